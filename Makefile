@@ -1,0 +1,51 @@
+# zcserve: `make bench` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 8000
+DEMO := .demo
+
+.PHONY: all setup test lint typecheck pytest soak fmt serve bench compare clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check zcserve tests benchmarks
+	$(BIN)/ruff format --check zcserve tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest -m "not soak"
+
+test: lint typecheck pytest
+
+soak: $(STAMP)
+	$(BIN)/pytest -m soak
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix zcserve tests benchmarks
+	$(BIN)/ruff format zcserve tests benchmarks
+
+$(DEMO)/.made: $(STAMP)
+	$(BIN)/python -m zcserve.demo $(DEMO)
+	touch $@
+
+serve: $(DEMO)/.made
+	$(BIN)/zcserve serve $(DEMO) --port $(PORT)
+
+bench: $(STAMP)
+	$(BIN)/zcserve bench
+
+clean:
+	rm -rf $(VENV) $(DEMO) .mypy_cache .pytest_cache .ruff_cache bench-results

@@ -1,0 +1,128 @@
+"""The `zcserve` command: `serve`, `load` and `bench`.
+
+Every bad flag ends in one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from zcserve import __version__
+from zcserve.config import LOOP_NAMES, ServerConfig
+from zcserve.errors import ConfigError
+from zcserve.strategies import STRATEGY_NAMES
+from zcserve.units import parse_size
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors are one line: `zcserve serve: error: ...`."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a folder over HTTP/1.1",
+        description="Serve ROOT over HTTP/1.1 with a chosen copy strategy.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("root", nargs="?", default=".", help="folder to serve")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one")
+    p.add_argument("--strategy", choices=STRATEGY_NAMES, default="auto", help="copy strategy")
+    p.add_argument("--loop", choices=LOOP_NAMES, default="uvloop", help="event loop")
+    p.add_argument("--listing", action="store_true", help="list folders without index.html")
+    p.add_argument("--chunk-size", type=_size, default="256KiB", help="userspace copy size")
+    p.add_argument("--sendfile-chunk", type=_size, default="2MiB", help="largest sendfile call")
+    p.add_argument("--backlog", type=int, default=4096, help="listen backlog")
+    p.add_argument("--header-timeout", type=_positive_float, default=10.0, help="seconds")
+    p.add_argument("--keepalive-timeout", type=_positive_float, default=75.0, help="seconds")
+    p.add_argument("--send-timeout", type=_positive_float, default=60.0, help="seconds")
+    p.add_argument("--max-connections", type=int, default=10_000, help="open connections cap")
+    p.add_argument("--grace", type=float, default=10.0, help="shutdown drain, seconds")
+    p.add_argument("--access-log", metavar="FILE|-", default=None, help="Common Log Format")
+    p.add_argument(
+        "--raw", metavar="FILE", default=None, help="no HTTP: send FILE to every connection, close"
+    )
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from zcserve import server
+
+    config = ServerConfig(
+        root=args.root,
+        host=args.host,
+        port=args.port,
+        strategy=args.strategy,
+        loop=args.loop,
+        listing=args.listing,
+        chunk_size=args.chunk_size,
+        sendfile_chunk=args.sendfile_chunk,
+        backlog=args.backlog,
+        header_timeout=args.header_timeout,
+        keepalive_timeout=args.keepalive_timeout,
+        send_timeout=args.send_timeout,
+        max_connections=args.max_connections,
+        grace=args.grace,
+        access_log=args.access_log,
+        raw_file=args.raw,
+    )
+    return server.run(config)
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(
+        prog="zcserve", description="A file server that makes zero-copy I/O measurable."
+    )
+    parser.add_argument("--version", action="version", version=f"zcserve {__version__}")
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="warning",
+        help="error log verbosity (stderr)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_serve(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        result: int = args.run(args)
+    except ConfigError as exc:
+        print(f"zcserve {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 0
+    return result

@@ -1,0 +1,318 @@
+"""HTTP/1.1 without I/O: request bytes in, `Request` events out, response heads back as bytes.
+
+Nothing here touches a socket or an event loop, so the protocol logic is tested
+with plain byte strings and reused by the server and the load generator alike.
+Parsing is done by httptools (llhttp, the parser uvicorn uses); this module adds
+the limits a public server needs and the mapping of every failure to a status.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from email.utils import formatdate, parsedate_to_datetime
+
+import httptools
+
+from zcserve.errors import HttpError
+
+# Limits. nginx's large_client_header_buffers is 4 x 8k; h11 caps an incomplete
+# head at 16 KiB; Apache's LimitRequestFields is 100.
+MAX_REQUEST_LINE = 8 * 1024
+"""Longest request target accepted before answering 414."""
+MAX_HEADER_BYTES = 16 * 1024
+"""Total size of header names and values accepted before answering 431."""
+MAX_HEADER_COUNT = 100
+"""Most header fields accepted before answering 431."""
+MAX_PIPELINED = 128
+"""Most parsed-but-unanswered requests held per connection (wrk pipelines 16)."""
+
+SERVER_NAME = "zcserve"
+
+REASONS: dict[int, str] = {
+    200: "OK",
+    206: "Partial Content",
+    301: "Moved Permanently",
+    304: "Not Modified",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+
+ALLOWED_METHODS = ("GET", "HEAD")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One parsed request head. Header names are lower-case; repeats are joined by ", "."""
+
+    method: str
+    target: bytes
+    path: bytes
+    query: bytes
+    version: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    keep_alive: bool = True
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size caps applied while parsing; the defaults are the module constants."""
+
+    max_request_line: int = MAX_REQUEST_LINE
+    max_header_bytes: int = MAX_HEADER_BYTES
+    max_header_count: int = MAX_HEADER_COUNT
+    max_pipelined: int = MAX_PIPELINED
+
+
+class _Reject(Exception):
+    """Raised inside an httptools callback to stop parsing with a status."""
+
+    def __init__(self, error: HttpError) -> None:
+        self.error = error
+
+
+class RequestParser:
+    """Incremental request parser: `feed` bytes, get back complete requests in order.
+
+    After the first `HttpError` the parser is finished: the connection should answer
+    the requests before it, then the error, then close.
+    """
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self._limits = limits or Limits()
+        self._parser = httptools.HttpRequestParser(self)
+        self._ready: list[Request | HttpError] = []
+        self._failed = False
+        self._in_head = False
+        self._head_tail = 0
+        self._max_head = self._limits.max_request_line + self._limits.max_header_bytes + 1024
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self._url = bytearray()
+        self._headers: dict[str, str] = {}
+        self._header_bytes = 0
+        self._header_count = 0
+        self._head: Request | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self._failed
+
+    @property
+    def in_head(self) -> bool:
+        """True while a request head has started but not finished arriving."""
+        return self._in_head
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Request | HttpError]:
+        """Parse `data`; return every request (or the terminal error) it completes."""
+        if self._failed:
+            return []
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # CONNECT or an Upgrade we do not speak: answer the head we have, then close.
+            if self._head is not None and self._head not in self._ready:
+                self._ready.append(_closing(self._head))
+            self._failed = True
+        except httptools.HttpParserCallbackError as exc:
+            reject = exc.__context__
+            self._fail(reject.error if isinstance(reject, _Reject) else _bad_request(exc))
+        except httptools.HttpParserInvalidMethodError:
+            self._fail(HttpError(501, "method not recognised"))
+        except httptools.HttpParserError as exc:
+            self._fail(_bad_request(exc))
+        else:
+            self._guard_incomplete_head(data)
+        ready, self._ready = self._ready, []
+        return ready
+
+    def _guard_incomplete_head(self, data: bytes | bytearray | memoryview) -> None:
+        # httptools buffers a header's name and value until both are complete, so a
+        # head that never ends would grow without bound inside it. Everything after
+        # the last CRLFCRLF is an upper bound on the unfinished head.
+        if not self._in_head:
+            self._head_tail = 0
+            return
+        end = bytes(data).rfind(b"\r\n\r\n")
+        self._head_tail = len(data) - end - 4 if end >= 0 else self._head_tail + len(data)
+        if self._head_tail > self._max_head:
+            status = 414 if self._header_count == 0 and not self._headers else 431
+            self._fail(HttpError(status, "request head too large"))
+
+    def _fail(self, error: HttpError) -> None:
+        self._failed = True
+        self._ready.append(error)
+
+    # httptools callbacks -------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._reset_message()
+        self._in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._limits.max_request_line:
+            raise _Reject(HttpError(414, "request target too long"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # llhttp may deliver a long name or value in pieces; only a complete
+        # (name, value) pair counts toward the header count.
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > self._limits.max_header_bytes:
+            raise _Reject(HttpError(431, "request headers too large"))
+        self._header_count += 1
+        if self._header_count > self._limits.max_header_count:
+            raise _Reject(HttpError(431, "too many request headers"))
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        previous = self._headers.get(key)
+        self._headers[key] = text if previous is None else f"{previous}, {text}"
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        version = parser.get_http_version()
+        if version not in ("1.0", "1.1"):
+            raise _Reject(HttpError(505, f"HTTP/{version} is not supported"))
+        target = bytes(self._url)
+        if target.startswith(b"/"):
+            try:
+                parsed = httptools.parse_url(target)
+            except httptools.HttpParserInvalidURLError as exc:
+                raise _Reject(HttpError(400, "malformed request target")) from exc
+            path, query = parsed.path or b"/", parsed.query or b""
+        elif target == b"*":
+            path, query = target, b""
+        else:
+            # absolute-form (RFC 9112 3.2.2) is accepted; its path is what we serve.
+            path, query = _absolute_form_path(target)
+        if version == "1.1" and "host" not in self._headers:
+            raise _Reject(HttpError(400, "HTTP/1.1 request without Host"))
+        self._head = Request(
+            method=parser.get_method().decode("ascii", "replace"),
+            target=target,
+            path=path,
+            query=query,
+            version=version,
+            headers=self._headers,
+            keep_alive=parser.should_keep_alive(),
+        )
+
+    def on_message_complete(self) -> None:
+        if self._head is None:  # pragma: no cover - llhttp always completes a head first
+            return
+        if len(self._ready) >= self._limits.max_pipelined:
+            raise _Reject(HttpError(429, "too many pipelined requests"))
+        self._ready.append(self._head)
+        self._head = None
+
+
+def _closing(request: Request) -> Request:
+    return Request(
+        request.method,
+        request.target,
+        request.path,
+        request.query,
+        request.version,
+        request.headers,
+        keep_alive=False,
+    )
+
+
+def _bad_request(exc: Exception) -> HttpError:
+    return HttpError(400, f"malformed request ({exc})")
+
+
+def _absolute_form_path(target: bytes) -> tuple[bytes, bytes]:
+    try:
+        parsed = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError as exc:
+        raise _Reject(HttpError(400, "malformed request target")) from exc
+    if not parsed.schema or parsed.schema.lower() not in (b"http", b"https"):
+        raise _Reject(HttpError(400, "malformed request target"))
+    return parsed.path or b"/", parsed.query or b""
+
+
+# Responses -----------------------------------------------------------------------
+
+
+class _DateCache:
+    """The Date header changes once a second; format it once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._value = formatdate(second, usegmt=True)
+        return self._value
+
+
+_date_cache = _DateCache()
+
+
+def http_date(timestamp: float | None = None) -> str:
+    """An IMF-fixdate (RFC 9110 5.6.7); the current second is cached."""
+    if timestamp is None:
+        return _date_cache.now()
+    return formatdate(timestamp, usegmt=True)
+
+
+def parse_http_date(value: str) -> float | None:
+    """Seconds since the epoch for an HTTP date, or None when it does not parse."""
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return parsed.timestamp()
+
+
+def render_head(
+    status: int, headers: Iterable[tuple[str, str]], *, keep_alive: bool, version: str = "1.1"
+) -> bytes:
+    """Status line and headers, with Date, Server and Connection added, as bytes."""
+    lines = [
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
+        f"Date: {_date_cache.now()}",
+        f"Server: {SERVER_NAME}",
+    ]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    if not keep_alive:
+        lines.append("Connection: close")
+    elif version == "1.0":
+        lines.append("Connection: keep-alive")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")
+
+
+def error_response(
+    status: int, *, keep_alive: bool = False, head_only: bool = False, version: str = "1.1"
+) -> bytes:
+    """A complete response with a one-line plain-text body saying what went wrong."""
+    body = f"{status} {REASONS.get(status, 'Error')}\n".encode("ascii")
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    if status == 405:
+        headers.append(("Allow", ", ".join(ALLOWED_METHODS)))
+    head = render_head(status, headers, keep_alive=keep_alive, version=version)
+    return head if head_only else head + body

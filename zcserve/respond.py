@@ -1,0 +1,125 @@
+"""Decide the response to one request: status, head bytes, and what body follows.
+
+This is where HTTP semantics meet the file system; it opens files (through
+`Root`) but never touches a socket. The server sends `Reply.head`, then either
+`Reply.body` or `Reply.count` bytes of `Reply.file` through the copy strategy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zcserve.errors import HttpError
+from zcserve.files import (
+    Kind,
+    OpenedFile,
+    RangeKind,
+    Root,
+    if_range_matches,
+    not_modified,
+    parse_range,
+)
+from zcserve.http import ALLOWED_METHODS, Request, error_response, http_date, render_head
+
+
+@dataclass(slots=True)
+class Reply:
+    """A planned response. When `file` is set, the caller must close it."""
+
+    status: int
+    head: bytes
+    keep_alive: bool
+    body: bytes = b""
+    file: OpenedFile | None = None
+    offset: int = 0
+    count: int = 0
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def error_reply(error: HttpError, request: Request | None = None) -> Reply:
+    """A short plain-text error. The connection stays open only for a 404 or 405,
+    where the request itself was well-formed."""
+    keep = request is not None and request.keep_alive and error.status in (403, 404, 405)
+    version = request.version if request is not None else "1.1"
+    head_only = request is not None and request.method == "HEAD"
+    data = error_response(error.status, keep_alive=keep, head_only=head_only, version=version)
+    return Reply(error.status, data, keep)
+
+
+def plan_reply(request: Request, root: Root) -> Reply:
+    """The reply to `request` for files under `root`; errors become error replies."""
+    try:
+        return _plan(request, root)
+    except HttpError as error:
+        return error_reply(error, request)
+
+
+def _plan(request: Request, root: Root) -> Reply:
+    if request.method not in ALLOWED_METHODS:
+        raise HttpError(405, f"method {request.method} not allowed")
+    if not request.path.startswith(b"/"):
+        raise HttpError(400, "request target must be a path")
+    resolved = root.resolve(request.path)
+    keep = request.keep_alive
+    head_only = request.method == "HEAD"
+    if resolved.kind is Kind.REDIRECT:
+        body = f"Moved to {resolved.location}\n".encode("utf-8", "replace")
+        headers = [
+            ("Location", resolved.location),
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+        ]
+        return _simple(301, headers, body, request)
+    if resolved.kind is Kind.LISTING:
+        body = resolved.listing
+        headers = [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))]
+        return _simple(200, headers, body, request)
+    file = resolved.file
+    assert file is not None
+    try:
+        validators = [("Last-Modified", http_date(file.mtime)), ("ETag", file.etag)]
+        asked = request.headers
+        if not_modified(asked.get("if-none-match"), asked.get("if-modified-since"), file):
+            file.close()
+            return Reply(
+                304, render_head(304, validators, keep_alive=keep, version=request.version), keep
+            )
+        byte_range = parse_range(asked.get("range"), file.size)
+        if byte_range.kind is not RangeKind.FULL and not if_range_matches(
+            asked.get("if-range"), file
+        ):
+            byte_range = parse_range(None, file.size)
+        common = [("Content-Type", file.content_type), ("Accept-Ranges", "bytes"), *validators]
+        if byte_range.kind is RangeKind.UNSATISFIABLE:
+            file.close()
+            body = b"416 Range Not Satisfiable\n"
+            headers_416 = [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("Content-Range", f"bytes */{file.size}"),
+            ]
+            return _simple(416, headers_416, body, request)
+        if byte_range.kind is RangeKind.PARTIAL:
+            status, offset, count = 206, byte_range.start, byte_range.length
+            common.append(
+                ("Content-Range", f"bytes {byte_range.start}-{byte_range.end}/{file.size}")
+            )
+        else:
+            status, offset, count = 200, 0, file.size
+        common.append(("Content-Length", str(count)))
+        head = render_head(status, common, keep_alive=keep, version=request.version)
+        if head_only or count == 0:
+            file.close()
+            return Reply(status, head, keep)
+        return Reply(status, head, keep, file=file, offset=offset, count=count)
+    except BaseException:
+        file.close()
+        raise
+
+
+def _simple(status: int, headers: list[tuple[str, str]], body: bytes, request: Request) -> Reply:
+    head = render_head(status, headers, keep_alive=request.keep_alive, version=request.version)
+    return Reply(status, head, request.keep_alive, b"" if request.method == "HEAD" else body)

@@ -1,0 +1,319 @@
+"""The server: the listening socket, the accept loop and each connection's life.
+
+This is the only server-side module that owns sockets and the event loop. A
+connection reads into one reused buffer, feeds the sans-I/O parser, answers
+requests in order (pipelining), and hands file bodies to the copy strategy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from zcserve.accesslog import AccessLog
+from zcserve.config import ServerConfig
+from zcserve.errors import ConfigError, HttpError, TransferError
+from zcserve.files import OpenedFile, Root
+from zcserve.http import Limits, Request, RequestParser, error_response
+from zcserve.respond import Reply, error_reply, plan_reply
+from zcserve.sockio import SocketStream
+from zcserve.strategies import CopyOptions, make_strategy
+
+log = logging.getLogger("zcserve")
+
+RECV_BUFFER = 64 * 1024
+"""Per-connection receive buffer, reused for every read (uvicorn's high-water mark)."""
+ACCEPT_BACKOFF = 0.1
+"""Seconds to wait before accepting again when the process is out of descriptors."""
+
+_PEER_GONE = (TransferError, OSError)
+"""A peer that left, stalled or broke: TimeoutError and ConnectionError are OSErrors."""
+
+
+def raise_nofile_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def bind(host: str, port: int, backlog: int, *, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking listening socket, or `ConfigError` saying why not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot resolve host {host!r}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+@dataclass(slots=True)
+class _Connection:
+    """What shutdown needs to know of a connection: is a response in flight?"""
+
+    busy: bool = False
+
+
+class Server:
+    """Serves one root with one copy strategy on a listening socket it is given."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.root = Root(config.root, listing=config.listing)
+        self.strategy = make_strategy(
+            config.strategy, CopyOptions(config.chunk_size, config.sendfile_chunk)
+        )
+        self.limits = Limits()
+        self.access_log = AccessLog.open(config.access_log)
+        self._connections: dict[asyncio.Task[None], _Connection] = {}
+        self._closing = False
+        self._stop: asyncio.Event | None = None
+        self._capacity: asyncio.Event | None = None
+        self._emfile_logged = False
+
+    # lifecycle ------------------------------------------------------------------
+
+    async def serve(self, listener: socket.socket) -> None:
+        """Accept until `shutdown`, then drain in-flight responses for `grace` seconds."""
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._capacity = asyncio.Event()
+        self._capacity.set()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, self.shutdown)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                pass
+        accepter = asyncio.create_task(self._accept_loop(loop, listener))
+        await self._stop.wait()
+        accepter.cancel()
+        listener.close()
+        await asyncio.gather(accepter, return_exceptions=True)
+        await self._drain()
+        self.access_log.close()
+
+    def shutdown(self) -> None:
+        """Stop accepting; idle connections close now, busy ones after their response."""
+        if self._closing:
+            return
+        self._closing = True
+        log.info("shutting down: %d connections open", len(self._connections))
+        for task, state in self._connections.items():
+            if not state.busy:
+                task.cancel()
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _drain(self) -> None:
+        tasks = list(self._connections)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self.config.grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _accept_loop(self, loop: asyncio.AbstractEventLoop, listener: socket.socket) -> None:
+        assert self._capacity is not None
+        handler = self._serve_raw if self.config.raw_file else self._serve_http
+        while True:
+            if len(self._connections) >= self.config.max_connections:
+                # Leave the rest in the kernel's backlog until a connection closes.
+                self._capacity.clear()
+                await self._capacity.wait()
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    if not self._emfile_logged:
+                        log.warning("accept: %s; backing off", os.strerror(exc.errno))
+                        self._emfile_logged = True
+                    await asyncio.sleep(ACCEPT_BACKOFF)
+                    continue
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                    continue
+                raise
+            self._emfile_logged = False
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            state = _Connection()
+            task = loop.create_task(handler(sock, state))
+            self._connections[task] = state
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._connections.pop(task, None)
+        if self._capacity is not None and len(self._connections) < self.config.max_connections:
+            self._capacity.set()
+
+    # one connection ---------------------------------------------------------------
+
+    async def _serve_http(self, sock: socket.socket, state: _Connection) -> None:
+        loop = asyncio.get_running_loop()
+        stream = SocketStream(sock, loop, send_timeout=self.config.send_timeout)
+        parser = RequestParser(self.limits)
+        buffer = bytearray(RECV_BUFFER)
+        view = memoryview(buffer)
+        pending: deque[Request | HttpError] = deque()
+        peer = _peer_host(sock)
+        # The first head must arrive within the header timeout of the accept.
+        head_deadline: float | None = loop.time() + self.config.header_timeout
+        try:
+            while not self._closing or pending:
+                if not pending:
+                    if head_deadline is not None:
+                        async with asyncio.timeout_at(head_deadline):
+                            received = await stream.recv_into(buffer)
+                    else:
+                        async with asyncio.timeout(self.config.keepalive_timeout):
+                            received = await stream.recv_into(buffer)
+                    if received == 0:
+                        return
+                    pending.extend(parser.feed(view[:received]))
+                    if parser.in_head:
+                        if head_deadline is None:
+                            head_deadline = loop.time() + self.config.header_timeout
+                    else:
+                        head_deadline = None
+                    continue
+                item = pending.popleft()
+                if isinstance(item, HttpError):
+                    await stream.send_all(error_response(item.status, keep_alive=False))
+                    self.access_log.write(peer, None, item.status, 0)
+                    return
+                state.busy = True
+                keep_alive = await self._respond(stream, item, peer)
+                state.busy = False
+                if not keep_alive:
+                    return
+        except TimeoutError:
+            log.debug("connection from %s timed out", peer)
+        except _PEER_GONE as exc:
+            log.debug("connection from %s ended: %s", peer, exc)
+        finally:
+            view.release()
+            _close_socket(sock)
+
+    async def _respond(self, stream: SocketStream, request: Request, peer: str) -> bool:
+        """Answer one request; return whether the connection may carry another."""
+        sent_before = stream.bytes_sent
+        reply: Reply | None = None
+        try:
+            reply = plan_reply(request, self.root)
+            if reply.file is not None:
+                await stream.send_all(reply.head, more=True)
+                await self.strategy.send(stream, reply.file, reply.offset, reply.count)
+            else:
+                await stream.send_all(reply.head + reply.body if reply.body else reply.head)
+        except _PEER_GONE:
+            raise
+        except Exception:
+            log.exception("unexpected error answering %s %r", request.method, request.target)
+            if stream.bytes_sent == sent_before:
+                await stream.send_all(error_reply(HttpError(500, "internal error")).head)
+            self.access_log.write(peer, request, 500, stream.bytes_sent - sent_before)
+            return False
+        finally:
+            if reply is not None:
+                reply.close()
+        self.access_log.write(peer, request, reply.status, stream.bytes_sent - sent_before)
+        return reply.keep_alive and not self._closing
+
+    async def _serve_raw(self, sock: socket.socket, state: _Connection) -> None:
+        """The classic experiment: no HTTP; send the whole file, then close."""
+        assert self.config.raw_file is not None
+        loop = asyncio.get_running_loop()
+        stream = SocketStream(sock, loop, send_timeout=self.config.send_timeout)
+        state.busy = True
+        fd = os.open(self.config.raw_file, os.O_RDONLY | os.O_CLOEXEC)
+        info = os.fstat(fd)
+        file = OpenedFile(fd, os.path.basename(self.config.raw_file), info.st_size, 0.0, 0)
+        try:
+            if file.size:
+                await self.strategy.send(stream, file, 0, file.size)
+        except _PEER_GONE as exc:
+            log.debug("raw transfer ended early: %s", exc)
+        finally:
+            file.close()
+            _close_socket(sock)
+
+
+def _peer_host(sock: socket.socket) -> str:
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return "-"
+    return str(peer[0]) if isinstance(peer, tuple) else "-"
+
+
+def _close_socket(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:  # pragma: no cover - close on a dead socket
+        pass
+
+
+def _loop_factory(name: str) -> type[asyncio.AbstractEventLoop] | None:
+    if name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+            raise ConfigError("uvloop is not installed; use --loop asyncio") from None
+        return uvloop.Loop
+    return None
+
+
+def run(config: ServerConfig, *, announce: bool = True) -> int:
+    """Bind, announce the URL on stdout, serve until SIGINT/SIGTERM; return 0."""
+    raise_nofile_limit()
+    factory = _loop_factory(config.loop)
+    listener = bind(config.host, config.port, config.backlog)
+    server = Server(config)
+    if announce:
+        what = config.raw_file if config.raw_file else server.root.path
+        mode = "raw file" if config.raw_file else "serving"
+        print(
+            f"zcserve: {mode} {what} on {url_of(listener)} "
+            f"(strategy={config.strategy}, loop={config.loop})",
+            flush=True,
+        )
+    started = time.monotonic()
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(server.serve(listener))
+    log.info("stopped after %.1fs", time.monotonic() - started)
+    sys.stdout.flush()
+    return 0

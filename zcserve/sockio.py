@@ -1,0 +1,74 @@
+"""A non-blocking socket owned by zcserve, with the few awaitable operations
+that copy strategies need.
+
+zcserve owns its sockets instead of using transports because uvloop's transports
+own their descriptors (``add_writer`` on them raises) and uvloop has no
+``sendfile``. Owning the socket works the same under uvloop and asyncio, and
+guarantees ordering: `send_all` returns only once the kernel holds every byte, so
+headers always reach the socket before a strategy sends the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from zcserve.errors import SendStalledError
+
+MSG_MORE = getattr(socket, "MSG_MORE", 0)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class SocketStream:
+    """One accepted connection's socket, its loop and its send-stall timeout."""
+
+    __slots__ = ("sock", "loop", "fd", "send_timeout", "bytes_sent")
+
+    def __init__(
+        self, sock: socket.socket, loop: asyncio.AbstractEventLoop, *, send_timeout: float
+    ) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop = loop
+        self.fd = sock.fileno()
+        self.send_timeout = send_timeout
+        self.bytes_sent = 0
+
+    @property
+    def supports_sendfile(self) -> bool:
+        """Plain TCP or Unix stream sockets can take sendfile(2); TLS cannot."""
+        return self.sock.type == socket.SOCK_STREAM and not hasattr(self.sock, "getpeercert")
+
+    async def recv_into(self, buffer: bytearray | memoryview) -> int:
+        return await self.loop.sock_recv_into(self.sock, buffer)
+
+    async def wait_writable(self) -> None:
+        """Wait until the socket accepts more bytes, or raise `SendStalledError`."""
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self.loop.add_writer(self.fd, _wake, waiter)
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                await waiter
+        except TimeoutError:
+            raise SendStalledError(f"peer read nothing for {self.send_timeout:g}s") from None
+        finally:
+            self.loop.remove_writer(self.fd)
+
+    async def send_all(self, data: bytes | bytearray | memoryview, *, more: bool = False) -> None:
+        """Hand every byte of `data` to the kernel. `more` sets MSG_MORE (cork until the
+        next send), so a head and the body that follows leave in the same segments."""
+        view = memoryview(data)
+        flags = MSG_MORE if more else 0
+        send = self.sock.send
+        while view:
+            try:
+                sent = send(view, flags)
+            except BlockingIOError:
+                await self.wait_writable()
+                continue
+            self.bytes_sent += sent
+            view = view[sent:]

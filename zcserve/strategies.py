@@ -1,0 +1,215 @@
+"""Copy strategies: the one thing that differs between benchmarks.
+
+Each strategy moves exactly `count` bytes of an open file, from `offset`, to a
+connected socket, or raises. Everything around it (parsing, headers, ranges,
+errors) is shared, so comparing two strategies measures the copy path alone.
+
+| strategy  | per chunk                         | copies of each byte           |
+|-----------|-----------------------------------|-------------------------------|
+| readwrite | executor read() -> new bytes, send | disk->page cache->user->socket |
+| fallback  | preadv into a reused buffer, send | page cache->user->socket       |
+| sendfile  | sendfile(2)                       | page cache->socket (in-kernel) |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Protocol, get_args
+
+import aiofiles
+
+from zcserve.errors import FileShrankError
+from zcserve.files import OpenedFile
+from zcserve.sockio import SocketStream
+
+StrategyName = Literal["auto", "sendfile", "readwrite", "fallback"]
+STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
+
+DEFAULT_CHUNK = 256 * 1024
+"""Userspace copy size: asyncio's and aiohttp's fallback chunk (256 KiB)."""
+SENDFILE_MAX_CHUNK = 2 * 1024 * 1024
+"""Largest single sendfile(2): nginx's sendfile_max_chunk default (2m)."""
+TURN_BYTES = 4 * 1024 * 1024
+"""Bytes one connection may send before yielding to the loop, so a fast reader of
+a huge file cannot starve other connections."""
+
+
+@dataclass(frozen=True, slots=True)
+class CopyOptions:
+    """Tuning shared by every strategy; each reads what applies to it."""
+
+    chunk_size: int = DEFAULT_CHUNK
+    sendfile_chunk: int = SENDFILE_MAX_CHUNK
+
+
+class CopyStrategy(Protocol):
+    """Moves `count` bytes of `file` starting at `offset` to `stream`, or raises.
+
+    Raises `FileShrankError` if the file ends early, `SendStalledError` if the
+    peer stops reading, `OSError` if the connection breaks. `count` is > 0.
+    """
+
+    name: ClassVar[str]
+
+    async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
+        """Copy the bytes; return only when the kernel holds all of them."""
+
+
+class SendfileStrategy:
+    """Zero-copy: sendfile(2) moves page-cache pages to the socket inside the kernel.
+
+    Under asyncio this is `loop.sock_sendfile` (native os.sendfile path, no
+    fallback); uvloop does not implement it, so there zcserve drives os.sendfile
+    on the non-blocking socket itself and waits for writability on EAGAIN.
+    """
+
+    name: ClassVar[str] = "sendfile"
+
+    def __init__(self, options: CopyOptions) -> None:
+        self.max_chunk = options.sendfile_chunk
+
+    async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
+        if _has_native_sock_sendfile(stream.loop):
+            await self._send_native(stream, file, offset, count)
+        else:
+            await self._send_driven(stream, file, offset, count)
+
+    async def _send_driven(
+        self, stream: SocketStream, file: OpenedFile, offset: int, count: int
+    ) -> None:
+        sock_fd, file_fd, chunk = stream.fd, file.fd, self.max_chunk
+        end = offset + count
+        turn = 0
+        while offset < end:
+            try:
+                sent = os.sendfile(sock_fd, file_fd, offset, min(chunk, end - offset))
+            except BlockingIOError:
+                turn = 0
+                await stream.wait_writable()
+                continue
+            if sent == 0:
+                raise FileShrankError(f"{file.name}: file ended at {offset}, expected {end}")
+            offset += sent
+            stream.bytes_sent += sent
+            turn += sent
+            if turn >= TURN_BYTES:
+                turn = 0
+                await asyncio.sleep(0)
+
+    async def _send_native(
+        self, stream: SocketStream, file: OpenedFile, offset: int, count: int
+    ) -> None:
+        loop = stream.loop
+        # sock_sendfile reports no progress inside a call, so the stall timeout
+        # bounds each call; a peer that takes longer than that for one chunk is
+        # treated as stalled, as it would be by the driven path between writes.
+        with open(file.fd, "rb", buffering=0, closefd=False) as fileobj:
+            end = offset + count
+            while offset < end:
+                size = min(self.max_chunk, end - offset)
+                async with asyncio.timeout(stream.send_timeout):
+                    sent = await loop.sock_sendfile(
+                        stream.sock, fileobj, offset, size, fallback=False
+                    )
+                offset += sent
+                stream.bytes_sent += sent
+                if sent < size:
+                    raise FileShrankError(f"{file.name}: file ended at {offset}, expected {end}")
+
+
+def _has_native_sock_sendfile(loop: asyncio.AbstractEventLoop) -> bool:
+    """asyncio's Unix selector loop implements sock_sendfile with os.sendfile; uvloop
+    raises NotImplementedError, so it gets the driven path."""
+    return isinstance(loop, asyncio.SelectorEventLoop) and hasattr(os, "sendfile")
+
+
+class ReadWriteStrategy:
+    """The classic path: read a chunk into a new userspace buffer (aiofiles, one
+    thread-pool hop per read), write it out, repeat. One chunk in memory at a time."""
+
+    name: ClassVar[str] = "readwrite"
+
+    def __init__(self, options: CopyOptions) -> None:
+        self.chunk_size = options.chunk_size
+
+    async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
+        async with aiofiles.open(file.fd, "rb", buffering=0, closefd=False) as afile:
+            await afile.seek(offset)
+            left = count
+            while left:
+                data = await afile.read(min(self.chunk_size, left))
+                if not data:
+                    raise FileShrankError(f"{file.name}: file ended {left} bytes early")
+                await stream.send_all(data)
+                left -= len(data)
+
+
+class FallbackStrategy:
+    """The userspace fallback: preadv into a reused buffer, send from a memoryview.
+
+    No allocation per chunk; buffers come from a small pool so memory stays
+    bounded at one chunk per active transfer. Reads are issued inline, like
+    sendfile's: both block only on a page-cache miss.
+    """
+
+    name: ClassVar[str] = "fallback"
+    POOL_SIZE: ClassVar[int] = 64
+
+    def __init__(self, options: CopyOptions) -> None:
+        self.chunk_size = options.chunk_size
+        self._pool: list[bytearray] = []
+
+    async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
+        buffer = self._pool.pop() if self._pool else bytearray(self.chunk_size)
+        try:
+            view = memoryview(buffer)
+            end = offset + count
+            turn = 0
+            while offset < end:
+                want = min(self.chunk_size, end - offset)
+                got = os.preadv(file.fd, [view[:want]], offset)
+                if got == 0:
+                    raise FileShrankError(f"{file.name}: file ended at {offset}, expected {end}")
+                await stream.send_all(view[:got])
+                offset += got
+                turn += got
+                if turn >= TURN_BYTES:
+                    turn = 0
+                    await asyncio.sleep(0)
+            view.release()
+        finally:
+            if len(self._pool) < self.POOL_SIZE:
+                self._pool.append(buffer)
+
+
+class AutoStrategy:
+    """sendfile where the socket and file allow it, otherwise the fallback, per response."""
+
+    name: ClassVar[str] = "auto"
+
+    def __init__(self, options: CopyOptions) -> None:
+        self.zero_copy = SendfileStrategy(options)
+        self.fallback = FallbackStrategy(options)
+
+    def choose(self, stream: SocketStream) -> CopyStrategy:
+        if hasattr(os, "sendfile") and stream.supports_sendfile:
+            return self.zero_copy
+        return self.fallback
+
+    async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
+        await self.choose(stream).send(stream, file, offset, count)
+
+
+StrategyClass = type[SendfileStrategy | ReadWriteStrategy | FallbackStrategy | AutoStrategy]
+
+STRATEGIES: dict[str, StrategyClass] = {
+    cls.name: cls for cls in (AutoStrategy, SendfileStrategy, ReadWriteStrategy, FallbackStrategy)
+}
+"""Every strategy by name; the CLI's choices come from here."""
+
+
+def make_strategy(name: str, options: CopyOptions | None = None) -> CopyStrategy:
+    """The strategy registered under `name`."""
+    return STRATEGIES[name](options or CopyOptions())
