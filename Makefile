@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 DEMO := .demo
+PY_DIRS := zcserve tests $(wildcard benchmarks)
 
 .PHONY: all setup test lint typecheck pytest soak fmt serve bench compare clean
 
@@ -19,8 +20,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check zcserve tests benchmarks
-	$(BIN)/ruff format --check zcserve tests benchmarks
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -34,8 +35,8 @@ soak: $(STAMP)
 	$(BIN)/pytest -m soak
 
 fmt: $(STAMP)
-	$(BIN)/ruff check --fix zcserve tests benchmarks
-	$(BIN)/ruff format zcserve tests benchmarks
+	$(BIN)/ruff check --fix $(PY_DIRS)
+	$(BIN)/ruff format $(PY_DIRS)
 
 $(DEMO)/.made: $(STAMP)
 	$(BIN)/python -m zcserve.demo $(DEMO)

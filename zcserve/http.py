@@ -134,7 +134,7 @@ class RequestParser:
             reject = exc.__context__
             self._fail(reject.error if isinstance(reject, _Reject) else _bad_request(exc))
         except httptools.HttpParserInvalidMethodError:
-            self._fail(HttpError(501, "method not recognised"))
+            self._fail(HttpError(400, "method not recognised"))  # also TLS or garbage
         except httptools.HttpParserError as exc:
             self._fail(_bad_request(exc))
         else:

@@ -1,0 +1,92 @@
+"""Shared fixtures: a generated site with a secret outside it, and live servers
+parametrized over every copy strategy and both event loops."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.serverthread import ServerThread, start_server
+from zcserve.demo import write_file
+from zcserve.strategies import STRATEGY_NAMES
+
+LOOPS = ("uvloop", "asyncio")
+SECRET = b"TOP-SECRET-OUTSIDE-ROOT\n"
+SPARSE_SIZE = 5 * 1024**3 + 12345  # past 4 GiB: offsets need 64 bits
+SPARSE_TAIL = b"the end of a sparse file past 4 GiB\n"
+
+SIZES = {"empty.bin": 0, "one.bin": 1, "64k1.bin": 64 * 1024 + 1, "big.bin": 24 * 1024 * 1024}
+
+
+@dataclass(frozen=True)
+class Site:
+    """A served root, where its files are, and their hashes."""
+
+    root: str
+    outside: str
+    hashes: dict[str, str]
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def read(self, name: str) -> bytes:
+        with open(self.path(name), "rb") as f:
+            return f.read()
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
+    base = tmp_path_factory.mktemp("site")
+    root = base / "root"
+    outside = base / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(SECRET)
+    (outside / "index.html").write_bytes(SECRET)
+    hashes = {}
+    for seed, (name, size) in enumerate(SIZES.items()):
+        write_file(str(root / name), size, seed=seed)
+        hashes[name] = hashlib.sha256((root / name).read_bytes()).hexdigest()
+    (root / "hello.txt").write_text("hello\n")
+    (root / "page.html").write_text("<p>page</p>\n")
+    (root / "with index").mkdir()
+    (root / "with index" / "index.html").write_text("<p>index</p>\n")
+    (root / "plain").mkdir()
+    (root / "plain" / "a&b<c>.txt").write_text("escaped\n")
+    (root / "plain" / "sub").mkdir()
+    with open(root / "sparse.bin", "wb") as sparse:
+        sparse.truncate(SPARSE_SIZE)
+        sparse.seek(SPARSE_SIZE - len(SPARSE_TAIL))
+        sparse.write(SPARSE_TAIL)
+    os.symlink(outside / "secret.txt", root / "link-out.txt")
+    os.symlink(outside, root / "dir-out")
+    os.symlink(root / "hello.txt", root / "link-in.txt")
+    os.symlink("../outside/secret.txt", root / "rel-out.txt")
+    os.mkfifo(root / "fifo")
+    return Site(str(root), str(outside), hashes)
+
+
+@dataclass(frozen=True)
+class Live:
+    """A running server and what it was started with."""
+
+    port: int
+    strategy: str
+    loop: str
+    thread: ServerThread
+
+
+@pytest.fixture(
+    scope="session",
+    params=[(s, loop) for s in STRATEGY_NAMES for loop in LOOPS],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
+def live(request: pytest.FixtureRequest, site: Site) -> Iterator[Live]:
+    strategy, loop = request.param
+    thread = start_server(root=site.root, strategy=strategy, loop=loop)
+    yield Live(thread.port, strategy, loop, thread)
+    thread.stop()

@@ -1,0 +1,99 @@
+"""The `zcserve serve` command line: announce, clean stop, one-line errors."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+
+import pytest
+
+from tests.conftest import Site
+from tests.httpclient import get
+from tests.procs import serving, zcserve_command
+from tests.serverthread import start_server
+from zcserve.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(zcserve_command(*args), capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_announces_serves_and_stops_cleanly(site: Site, stop: int) -> None:
+    with serving(site.root, "--strategy", "sendfile", stop_signal=stop) as child:
+        assert child.announce.startswith(f"zcserve: serving {site.root} on http://127.0.0.1:")
+        assert child.announce.rstrip().endswith("(strategy=sendfile, loop=uvloop)")
+        assert get(child.port, "/hello.txt").body == b"hello\n"
+    assert child.proc.returncode == 0
+    assert child.proc.stderr is not None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "/no/such/folder"], "is not a directory"),
+        (["serve", ".", "--strategy", "teleport"], "invalid choice: 'teleport'"),
+        (["serve", ".", "--loop", "trio"], "invalid choice: 'trio'"),
+        (["serve", ".", "--port", "70000"], "port 70000 out of range"),
+        (["serve", ".", "--port", "eighty"], "invalid int value"),
+        (["serve", ".", "--chunk-size", "lots"], "is not a size"),
+        (["serve", ".", "--header-timeout", "-1"], "must be greater than 0"),
+        (["serve", ".", "--host", "no.such.host.invalid"], "cannot resolve host"),
+        (["serve", "--raw", "/no/such/file"], "is not a regular file"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_flags_give_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_port_in_use_is_one_line(site: Site) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = run_cli("serve", site.root, "--port", str(port))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"zcserve serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+
+
+def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert "--strategy {auto,sendfile,readwrite,fallback}" in out
+    assert "(default: auto)" in out and "0 picks a free one" in out
+
+
+def test_listing_flag(site: Site) -> None:
+    server = start_server(root=site.root, listing=True)
+    try:
+        page = get(server.port, "/plain/")
+    finally:
+        server.stop()
+    assert page.status == 200 and page.headers["content-type"].startswith("text/html")
+    assert b"a&amp;b&lt;c&gt;.txt" in page.body
+
+
+def test_ipv6_loopback(site: Site) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        with socket.create_server(("::1", 0), family=socket.AF_INET6):
+            pass
+    except OSError:
+        pytest.skip("::1 unavailable")
+    with serving(site.root, "--host", "::1") as child:
+        assert child.url.startswith("http://[::1]:")
+        with socket.create_connection(("::1", child.port), timeout=10) as sock:
+            sock.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+    assert data.endswith(b"hello\n")

@@ -1,0 +1,110 @@
+"""Path resolution, ranges and conditionals, without sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Site
+from zcserve.errors import HttpError
+from zcserve.files import (
+    FULL,
+    UNSATISFIABLE,
+    ByteRange,
+    Kind,
+    OpenedFile,
+    RangeKind,
+    Root,
+    content_type,
+    if_range_matches,
+    not_modified,
+    parse_range,
+    url_segments,
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "segments"),
+    [
+        (b"/", []),
+        (b"/a/b", ["a", "b"]),
+        (b"//a/./b/", ["a", "b"]),
+        (b"/a%20b", ["a b"]),
+        (b"/%E2%82%AC", ["\u20ac"]),
+    ],
+)
+def test_url_segments(path: bytes, segments: list[str]) -> None:
+    assert url_segments(path) == segments
+
+
+@pytest.mark.parametrize(
+    "path", [b"/..", b"/a/../..", b"/%2e%2e/x", b"/a%00", b"/a\\b", b"/%c0%ae%c0%ae", b"/%5c"]
+)
+def test_url_segments_rejects(path: bytes) -> None:
+    with pytest.raises(HttpError) as caught:
+        url_segments(path)
+    assert caught.value.status == 404
+
+
+@pytest.mark.parametrize(
+    ("header", "size", "expected"),
+    [
+        (None, 10, FULL),
+        ("bytes=0-4", 10, ByteRange(RangeKind.PARTIAL, 0, 4)),
+        ("bytes=5-", 10, ByteRange(RangeKind.PARTIAL, 5, 9)),
+        ("bytes=-3", 10, ByteRange(RangeKind.PARTIAL, 7, 9)),
+        ("bytes=-30", 10, ByteRange(RangeKind.PARTIAL, 0, 9)),
+        ("bytes=8-100", 10, ByteRange(RangeKind.PARTIAL, 8, 9)),
+        ("bytes = 1-2", 10, ByteRange(RangeKind.PARTIAL, 1, 2)),  # whitespace tolerated
+        ("bytes=10-", 10, UNSATISFIABLE),
+        ("bytes=-0", 10, UNSATISFIABLE),
+        ("bytes=0-0", 0, UNSATISFIABLE),  # nothing to give from an empty file
+        ("bytes=0-1,3-4", 10, FULL),  # several ranges: whole file
+        ("bytes=4-1", 10, FULL),  # invalid: ignored
+        ("bytes=a-b", 10, FULL),
+        ("lines=1-2", 10, FULL),
+        ("bytes=-", 10, FULL),
+    ],
+)
+def test_parse_range(header: str | None, size: int, expected: ByteRange) -> None:
+    assert parse_range(header, size) == expected
+
+
+def test_validators_and_conditionals() -> None:
+    file = OpenedFile(-1, "x.txt", 10, 1_700_000_000.5, 1_700_000_000_500_000_000)
+    assert file.etag == f'"a-{1_700_000_000_500_000_000:x}"'
+    date = "Tue, 14 Nov 2023 22:13:20 GMT"
+    assert not_modified(file.etag, None, file)
+    assert not_modified(None, date, file)
+    assert not not_modified(None, "Tue, 14 Nov 2023 22:13:19 GMT", file)
+    assert not not_modified(None, "garbage", file)
+    assert if_range_matches(file.etag, file) and if_range_matches(date, file)
+    assert not if_range_matches("W/" + file.etag, file)
+    assert not if_range_matches("Tue, 14 Nov 2023 22:13:21 GMT", file)
+
+
+def test_content_type() -> None:
+    assert content_type("a.html") == "text/html; charset=utf-8"
+    assert content_type("a.PNG") == "image/png"
+    assert content_type("noext") == "application/octet-stream"
+
+
+def test_root_resolve(site: Site) -> None:
+    root = Root(site.root)
+    resolved = root.resolve(b"/hello.txt")
+    assert resolved.kind is Kind.FILE and resolved.file is not None
+    assert resolved.file.size == 6
+    resolved.file.close()
+    for outside in (b"/link-out.txt", b"/dir-out/secret.txt", b"/rel-out.txt"):
+        with pytest.raises(HttpError):
+            root.resolve(outside)
+    with pytest.raises(HttpError) as caught:
+        root.resolve(b"/fifo")
+    assert caught.value.status == 403
+
+
+def test_listing_escapes_names(site: Site) -> None:
+    resolved = Root(site.root, listing=True).resolve(b"/plain/")
+    assert resolved.kind is Kind.LISTING
+    page = resolved.listing.decode()
+    assert "a&amp;b&lt;c&gt;.txt" in page and 'href="a%26b%3Cc%3E.txt"' in page
+    assert 'href="sub/"' in page and "<c>" not in page

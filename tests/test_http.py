@@ -1,0 +1,85 @@
+"""The sans-I/O HTTP module, on plain bytes."""
+
+from __future__ import annotations
+
+import pytest
+
+from zcserve.errors import HttpError
+from zcserve.http import Limits, Request, RequestParser, error_response, render_head
+
+
+def feed_all(data: bytes, limits: Limits | None = None) -> list[Request | HttpError]:
+    return RequestParser(limits).feed(data)
+
+
+def test_simple_get() -> None:
+    [request] = feed_all(b"GET /a%20b?x=1 HTTP/1.1\r\nHost: h\r\nX-Y: 1\r\nX-Y: 2\r\n\r\n")
+    assert isinstance(request, Request)
+    assert request.method == "GET" and request.path == b"/a%20b" and request.query == b"x=1"
+    assert request.headers["x-y"] == "1, 2" and request.keep_alive and request.version == "1.1"
+
+
+def test_byte_at_a_time_and_pipelining() -> None:
+    parser = RequestParser()
+    raw = b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nHEAD /2 HTTP/1.0\r\n\r\n"
+    got: list[Request | HttpError] = []
+    for i in range(len(raw)):
+        got += parser.feed(raw[i : i + 1])
+    assert [(r.method, r.path, r.keep_alive) for r in got if isinstance(r, Request)] == [
+        ("GET", b"/1", True),
+        ("HEAD", b"/2", False),
+    ]
+
+
+def test_body_of_a_get_is_skipped() -> None:
+    got = feed_all(
+        b"GET /1 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
+        b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n"
+    )
+    assert [r.path for r in got if isinstance(r, Request)] == [b"/1", b"/2"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),  # start of a TLS ClientHello
+        (b"GET / HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
+        (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505),  # a version we do not speak
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n", 414),  # request line too long
+        (b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"v" * 17000 + b"\r\n\r\n", 431),  # huge header
+        (b"GET / HTTP/1.1\r\nHost: h\r\n" + b"A: b\r\n" * 101 + b"\r\n", 431),  # too many
+        (b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"v" * 40000, 431),  # a head that never ends
+        (b"GET / HTTP/1.1\r\nHo st: h\r\n\r\n", 400),  # space in a header name
+        (b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: x\r\n\r\n", 400),  # bad length
+    ],
+)
+def test_bad_requests_map_to_a_status(raw: bytes, status: int) -> None:
+    got = feed_all(raw)
+    assert got and isinstance(got[-1], HttpError), got
+    assert got[-1].status == status
+
+
+def test_parser_stops_after_an_error() -> None:
+    parser = RequestParser()
+    assert isinstance(parser.feed(b"BAD\x00 REQUEST\r\n\r\n")[0], HttpError)
+    assert parser.failed and parser.feed(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n") == []
+
+
+def test_pipelining_cap() -> None:
+    raw = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" * 5
+    got = feed_all(raw, Limits(max_pipelined=3))
+    assert [type(r) for r in got] == [Request, Request, Request, HttpError]
+    assert isinstance(got[-1], HttpError) and got[-1].status == 429
+
+
+def test_render_head() -> None:
+    head = render_head(200, [("Content-Length", "5")], keep_alive=False)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\nDate: ")
+    assert b"\r\nContent-Length: 5\r\nConnection: close\r\n\r\n" in head
+    assert head.endswith(b"\r\n\r\n") and head.count(b"\r\n\r\n") == 1
+    assert b"Connection: keep-alive" in render_head(200, [], keep_alive=True, version="1.0")
+
+
+def test_error_response_405_has_allow() -> None:
+    data = error_response(405)
+    assert b"Allow: GET, HEAD" in data and data.endswith(b"405 Method Not Allowed\n")
