@@ -14,10 +14,12 @@ from typing import NoReturn
 from zcserve import __version__
 from zcserve.config import LOOP_NAMES, ServerConfig
 from zcserve.errors import ConfigError
+from zcserve.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
 from zcserve.strategies import STRATEGY_NAMES
 from zcserve.units import parse_size
 
 EXIT_USAGE = 2
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,12 +62,51 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--chunk-size", type=_size, default="256KiB", help="userspace copy size")
     p.add_argument("--sendfile-chunk", type=_size, default="2MiB", help="largest sendfile call")
     p.add_argument("--backlog", type=int, default=4096, help="listen backlog")
-    p.add_argument("--header-timeout", type=_positive_float, default=10.0, help="seconds")
-    p.add_argument("--keepalive-timeout", type=_positive_float, default=75.0, help="seconds")
-    p.add_argument("--send-timeout", type=_positive_float, default=60.0, help="seconds")
-    p.add_argument("--max-connections", type=int, default=10_000, help="open connections cap")
+    p.add_argument(
+        "--header-timeout",
+        type=_positive_float,
+        default=10.0,
+        help="seconds to receive a whole request head (slowloris guard)",
+    )
+    p.add_argument(
+        "--keepalive-timeout",
+        type=_positive_float,
+        default=75.0,
+        help="idle seconds between requests",
+    )
+    p.add_argument(
+        "--send-timeout",
+        type=_positive_float,
+        default=60.0,
+        help="seconds a client may read nothing before it is cut off",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=10_000,
+        help="open connections cap; past it new ones wait in the listen backlog",
+    )
+    p.add_argument(
+        "--max-request-line", type=_size, default=str(MAX_REQUEST_LINE), help="414 past this"
+    )
+    p.add_argument(
+        "--max-header-bytes", type=_size, default=str(MAX_HEADER_BYTES), help="431 past this"
+    )
+    p.add_argument("--max-headers", type=int, default=MAX_HEADER_COUNT, help="431 past this")
+    p.add_argument(
+        "--max-pipelined",
+        type=int,
+        default=MAX_PIPELINED,
+        help="requests buffered per connection; 429 and close past this",
+    )
     p.add_argument("--grace", type=float, default=10.0, help="shutdown drain, seconds")
     p.add_argument("--access-log", metavar="FILE|-", default=None, help="Common Log Format")
+    p.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=argparse.SUPPRESS,
+        help="error log verbosity on stderr (default: warning)",
+    )
     p.add_argument(
         "--raw", metavar="FILE", default=None, help="no HTTP: send FILE to every connection, close"
     )
@@ -89,6 +130,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         keepalive_timeout=args.keepalive_timeout,
         send_timeout=args.send_timeout,
         max_connections=args.max_connections,
+        max_request_line=args.max_request_line,
+        max_header_bytes=args.max_header_bytes,
+        max_headers=args.max_headers,
+        max_pipelined=args.max_pipelined,
         grace=args.grace,
         access_log=args.access_log,
         raw_file=args.raw,
@@ -103,7 +148,7 @@ def build_parser() -> _Parser:
     parser.add_argument("--version", action="version", version=f"zcserve {__version__}")
     parser.add_argument(
         "--log-level",
-        choices=("debug", "info", "warning", "error"),
+        choices=LOG_LEVELS,
         default="warning",
         help="error log verbosity (stderr)",
     )

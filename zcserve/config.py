@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from zcserve.errors import ConfigError
+from zcserve.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
 from zcserve.strategies import DEFAULT_CHUNK, SENDFILE_MAX_CHUNK, STRATEGY_NAMES
 
 LoopName = Literal["uvloop", "asyncio"]
@@ -33,6 +34,10 @@ class ServerConfig:
     keepalive_timeout: float = 75.0
     send_timeout: float = 60.0
     max_connections: int = 10_000
+    max_request_line: int = MAX_REQUEST_LINE
+    max_header_bytes: int = MAX_HEADER_BYTES
+    max_headers: int = MAX_HEADER_COUNT
+    max_pipelined: int = MAX_PIPELINED
     grace: float = 10.0
     access_log: str | None = None
     raw_file: str | None = None
@@ -53,7 +58,17 @@ class ServerConfig:
                 raise ConfigError(f"raw file {self.raw_file!r} is not a regular file")
         elif not os.path.isdir(self.root):
             raise ConfigError(f"root {self.root!r} is not a directory")
-        for name in ("chunk_size", "sendfile_chunk", "backlog", "max_connections"):
+        positive = (
+            "chunk_size",
+            "sendfile_chunk",
+            "backlog",
+            "max_connections",
+            "max_request_line",
+            "max_header_bytes",
+            "max_headers",
+            "max_pipelined",
+        )
+        for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive")
         for name in ("header_timeout", "keepalive_timeout", "send_timeout"):

@@ -97,7 +97,12 @@ class Server:
         self.strategy = make_strategy(
             config.strategy, CopyOptions(config.chunk_size, config.sendfile_chunk)
         )
-        self.limits = Limits()
+        self.limits = Limits(
+            max_request_line=config.max_request_line,
+            max_header_bytes=config.max_header_bytes,
+            max_header_count=config.max_headers,
+            max_pipelined=config.max_pipelined,
+        )
         self.access_log = AccessLog.open(config.access_log)
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._closing = False
