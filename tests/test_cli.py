@@ -67,7 +67,7 @@ def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
         main(["serve", "--help"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    assert "--strategy {auto,sendfile,readwrite,fallback}" in out
+    assert "--strategy {auto,sendfile,readwrite,fallback,mmap,splice}" in out
     assert "(default: auto)" in out and "0 picks a free one" in out
 
 

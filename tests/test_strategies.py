@@ -283,3 +283,44 @@ def test_sendfile_under_strace(site: Site, loop_name: str, tmp_path: Any) -> Non
                 file_reads.append(entry)
     assert sent == SIZES["big.bin"]
     assert file_reads == []
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_file_truncated_mid_transfer(tmp_path: Any, name: str, loop_name: str) -> None:
+    """Shrinking the file mid-send ends the transfer with FileShrankError: no hang, no
+    spin, and for mmap no SIGBUS (send(2) reports EFAULT instead)."""
+    path = str(tmp_path / "shrinking.bin")
+    size = 16 * 1024 * 1024
+    with open(path, "wb") as f:
+        f.write(os.urandom(size))
+    file = open_file(path)
+
+    async def shrink_mid_send() -> int:
+        server_side, client = await _pair()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        reader = Reader(client, limit=1024 * 1024)
+        reader.start()
+        stream = SocketStream(server_side, asyncio.get_running_loop(), send_timeout=5)
+        sending = asyncio.ensure_future(make_strategy(name).send(stream, file, 0, size))
+        try:
+            async with asyncio.timeout(5):
+                while len(reader.data) < 1024 * 1024:
+                    await asyncio.sleep(0.01)
+            os.truncate(path, 2 * 1024 * 1024)
+            reader.limit = None
+            async with asyncio.timeout(5):
+                await sending
+        finally:
+            sending.cancel()
+            server_side.close()
+            reader.stop.set()
+            reader.join(5)
+            client.close()
+        return stream.bytes_sent
+
+    try:
+        with pytest.raises(FileShrankError):
+            run_on(loop_name, shrink_mid_send)
+    finally:
+        file.close()

@@ -59,7 +59,13 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--strategy", choices=STRATEGY_NAMES, default="auto", help="copy strategy")
     p.add_argument("--loop", choices=LOOP_NAMES, default="uvloop", help="event loop")
     p.add_argument("--listing", action="store_true", help="list folders without index.html")
-    p.add_argument("--chunk-size", type=_size, default="256KiB", help="userspace copy size")
+    p.add_argument(
+        "--chunk-size",
+        type=_size,
+        default=None,
+        help="copy size: buffer, mmap slice or pipe; None means 256KiB for readwrite/fallback, "
+        "1MiB for mmap/splice",
+    )
     p.add_argument("--sendfile-chunk", type=_size, default="2MiB", help="largest sendfile call")
     p.add_argument("--backlog", type=int, default=4096, help="listen backlog")
     p.add_argument(

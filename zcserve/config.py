@@ -8,7 +8,7 @@ from typing import Literal, get_args
 
 from zcserve.errors import ConfigError
 from zcserve.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
-from zcserve.strategies import DEFAULT_CHUNK, SENDFILE_MAX_CHUNK, STRATEGY_NAMES
+from zcserve.strategies import SENDFILE_MAX_CHUNK, STRATEGY_NAMES
 
 LoopName = Literal["uvloop", "asyncio"]
 LOOP_NAMES: tuple[str, ...] = get_args(LoopName)
@@ -27,7 +27,7 @@ class ServerConfig:
     strategy: str = "auto"
     loop: str = "uvloop"
     listing: bool = False
-    chunk_size: int = DEFAULT_CHUNK
+    chunk_size: int | None = None
     sendfile_chunk: int = SENDFILE_MAX_CHUNK
     backlog: int = DEFAULT_BACKLOG
     header_timeout: float = 10.0
@@ -58,8 +58,9 @@ class ServerConfig:
                 raise ConfigError(f"raw file {self.raw_file!r} is not a regular file")
         elif not os.path.isdir(self.root):
             raise ConfigError(f"root {self.root!r} is not a directory")
+        if self.chunk_size is not None and self.chunk_size <= 0:
+            raise ConfigError("chunk-size must be positive")
         positive = (
-            "chunk_size",
             "sendfile_chunk",
             "backlog",
             "max_connections",

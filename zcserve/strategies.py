@@ -9,11 +9,16 @@ errors) is shared, so comparing two strategies measures the copy path alone.
 | readwrite | executor read() -> new bytes, send | disk->page cache->user->socket |
 | fallback  | preadv into a reused buffer, send | page cache->user->socket       |
 | sendfile  | sendfile(2)                       | page cache->socket (in-kernel) |
+| mmap      | send(2) from a mapping of the file | page cache->socket (by send)  |
+| splice    | splice(2) file->pipe, pipe->socket | page cache->socket (in-kernel) |
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
+import mmap
 import os
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Protocol, get_args
@@ -24,7 +29,7 @@ from zcserve.errors import FileShrankError
 from zcserve.files import OpenedFile
 from zcserve.sockio import SocketStream
 
-StrategyName = Literal["auto", "sendfile", "readwrite", "fallback"]
+StrategyName = Literal["auto", "sendfile", "readwrite", "fallback", "mmap", "splice"]
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
 
 DEFAULT_CHUNK = 256 * 1024
@@ -40,7 +45,8 @@ a huge file cannot starve other connections."""
 class CopyOptions:
     """Tuning shared by every strategy; each reads what applies to it."""
 
-    chunk_size: int = DEFAULT_CHUNK
+    chunk_size: int | None = None
+    """Userspace buffer, mmap slice or pipe size; None: each strategy's tuned default."""
     sendfile_chunk: int = SENDFILE_MAX_CHUNK
 
 
@@ -132,7 +138,7 @@ class ReadWriteStrategy:
     name: ClassVar[str] = "readwrite"
 
     def __init__(self, options: CopyOptions) -> None:
-        self.chunk_size = options.chunk_size
+        self.chunk_size = options.chunk_size or DEFAULT_CHUNK
 
     async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
         async with aiofiles.open(file.fd, "rb", buffering=0, closefd=False) as afile:
@@ -158,7 +164,7 @@ class FallbackStrategy:
     POOL_SIZE: ClassVar[int] = 64
 
     def __init__(self, options: CopyOptions) -> None:
-        self.chunk_size = options.chunk_size
+        self.chunk_size = options.chunk_size or DEFAULT_CHUNK
         self._pool: list[bytearray] = []
 
     async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
@@ -184,6 +190,135 @@ class FallbackStrategy:
                 self._pool.append(buffer)
 
 
+class MmapStrategy:
+    """Map the file and send(2) from the mapping in slices: the kernel copies each
+    byte once, straight from the page cache into the socket buffer.
+
+    Python never reads the mapped bytes: a page past a truncated end would raise
+    SIGBUS in userspace, while handed to send(2) it fails with EFAULT, which is
+    reported as `FileShrankError`.
+    """
+
+    name: ClassVar[str] = "mmap"
+    DEFAULT_CHUNK: ClassVar[int] = 1024 * 1024
+
+    def __init__(self, options: CopyOptions) -> None:
+        self.chunk_size = options.chunk_size or self.DEFAULT_CHUNK
+
+    async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        try:
+            mapping = mmap.mmap(
+                file.fd, offset - start + count, access=mmap.ACCESS_READ, offset=start
+            )
+        except ValueError:  # the file is already shorter than offset + count
+            raise FileShrankError(f"{file.name}: file shorter than {offset + count}") from None
+        view = memoryview(mapping)
+        send = stream.sock.send
+        try:
+            position, end = offset - start, offset - start + count
+            turn = 0
+            while position < end:
+                piece = view[position : min(position + self.chunk_size, end)]
+                try:
+                    sent = send(piece)
+                except BlockingIOError:
+                    turn = 0
+                    await stream.wait_writable()
+                    continue
+                except OSError as exc:
+                    if exc.errno == errno.EFAULT:
+                        raise FileShrankError(f"{file.name}: file shrank while mapped") from None
+                    raise
+                finally:
+                    # No view may outlive the loop, or the mapping cannot be closed.
+                    piece.release()
+                position += sent
+                stream.bytes_sent += sent
+                turn += sent
+                if turn >= TURN_BYTES:
+                    turn = 0
+                    await asyncio.sleep(0)
+        finally:
+            view.release()
+            mapping.close()
+
+
+class SpliceStrategy:
+    """splice(2) the file into a pipe, then the pipe into the socket: page references
+    move, bytes do not. Two syscalls per chunk where sendfile needs one; pipes are
+    sized with F_SETPIPE_SZ and reused."""
+
+    name: ClassVar[str] = "splice"
+    DEFAULT_CHUNK: ClassVar[int] = 1024 * 1024
+    POOL_SIZE: ClassVar[int] = 64
+    FLAGS: ClassVar[int] = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+
+    def __init__(self, options: CopyOptions) -> None:
+        self.chunk_size = options.chunk_size or self.DEFAULT_CHUNK
+        self._pipes: list[tuple[int, int, int]] = []
+
+    def _pipe(self) -> tuple[int, int, int]:
+        if self._pipes:
+            return self._pipes.pop()
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            size = fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, self.chunk_size)
+        except OSError:  # above /proc/sys/fs/pipe-max-size: keep the default
+            size = fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
+        return read_end, write_end, size
+
+    async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
+        read_end, write_end, pipe_size = self._pipe()
+        clean = False
+        try:
+            await self._copy(stream, file, offset, count, read_end, write_end, pipe_size)
+            clean = True
+        finally:
+            if clean and len(self._pipes) < self.POOL_SIZE:
+                self._pipes.append((read_end, write_end, pipe_size))
+            else:  # bytes may be left in the pipe: never reuse it
+                os.close(read_end)
+                os.close(write_end)
+
+    async def _copy(
+        self,
+        stream: SocketStream,
+        file: OpenedFile,
+        offset: int,
+        count: int,
+        read_end: int,
+        write_end: int,
+        pipe_size: int,
+    ) -> None:
+        splice, flags, sock_fd = os.splice, self.FLAGS, stream.fd
+        end = offset + count
+        in_pipe = 0
+        left = count
+        turn = 0
+        while left:
+            if in_pipe == 0:
+                in_pipe = splice(
+                    file.fd, write_end, min(pipe_size, end - offset), offset, None, flags
+                )
+                if in_pipe == 0:
+                    raise FileShrankError(f"{file.name}: file ended at {offset}, expected {end}")
+                offset += in_pipe
+            try:
+                moved = splice(read_end, sock_fd, in_pipe, None, None, flags)
+            except BlockingIOError:
+                turn = 0
+                await stream.wait_writable()
+                continue
+            in_pipe -= moved
+            left -= moved
+            stream.bytes_sent += moved
+            turn += moved
+            if turn >= TURN_BYTES:
+                turn = 0
+                await asyncio.sleep(0)
+
+
 class AutoStrategy:
     """sendfile where the socket and file allow it, otherwise the fallback, per response."""
 
@@ -202,10 +337,25 @@ class AutoStrategy:
         await self.choose(stream).send(stream, file, offset, count)
 
 
-StrategyClass = type[SendfileStrategy | ReadWriteStrategy | FallbackStrategy | AutoStrategy]
+StrategyClass = type[
+    SendfileStrategy
+    | ReadWriteStrategy
+    | FallbackStrategy
+    | MmapStrategy
+    | SpliceStrategy
+    | AutoStrategy
+]
 
 STRATEGIES: dict[str, StrategyClass] = {
-    cls.name: cls for cls in (AutoStrategy, SendfileStrategy, ReadWriteStrategy, FallbackStrategy)
+    cls.name: cls
+    for cls in (
+        AutoStrategy,
+        SendfileStrategy,
+        ReadWriteStrategy,
+        FallbackStrategy,
+        MmapStrategy,
+        SpliceStrategy,
+    )
 }
 """Every strategy by name; the CLI's choices come from here."""
 
