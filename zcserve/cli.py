@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from zcserve import __version__
+from zcserve import __version__, loadgen
 from zcserve.config import LOOP_NAMES, ServerConfig
 from zcserve.errors import ConfigError
 from zcserve.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
@@ -44,6 +44,15 @@ def _positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
     return value
+
+
+def _workers(text: str) -> int:
+    from zcserve.workers import worker_count
+
+    try:
+        return worker_count(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -116,6 +125,12 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument(
         "--raw", metavar="FILE", default=None, help="no HTTP: send FILE to every connection, close"
     )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="worker processes sharing the port with SO_REUSEPORT; auto = one per CPU",
+    )
     p.set_defaults(run=_run_serve)
 
 
@@ -144,7 +159,13 @@ def _run_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         raw_file=args.raw,
     )
-    return server.run(config)
+    if args.workers == 1:
+        return server.run(config)
+    from zcserve.workers import Supervisor
+
+    # Braces survive into the template: the supervisor fills in the real URL.
+    template = server.announcement(config, "{url}", workers=args.workers)
+    return Supervisor(config, args.workers).run(template)
 
 
 def build_parser() -> _Parser:
@@ -160,6 +181,7 @@ def build_parser() -> _Parser:
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_serve(sub)
+    loadgen.add_command(sub)
     return parser
 
 

@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from zcserve.accesslog import AccessLog
@@ -302,20 +303,32 @@ def _loop_factory(name: str) -> type[asyncio.AbstractEventLoop] | None:
     return None
 
 
-def run(config: ServerConfig, *, announce: bool = True) -> int:
+def announcement(config: ServerConfig, url: str, *, workers: int = 1) -> str:
+    """The one line printed at start, which scripts read the URL from."""
+    if config.raw_file:
+        what = f"raw file {os.path.realpath(config.raw_file)}"
+    else:
+        what = f"serving {os.path.realpath(config.root)}"
+    extra = f", workers={workers}" if workers > 1 else ""
+    return f"zcserve: {what} on {url} (strategy={config.strategy}, loop={config.loop}{extra})"
+
+
+def run(
+    config: ServerConfig,
+    *,
+    announce: bool = True,
+    reuse_port: bool = False,
+    on_listening: Callable[[], object] | None = None,
+) -> int:
     """Bind, announce the URL on stdout, serve until SIGINT/SIGTERM; return 0."""
     raise_nofile_limit()
     factory = _loop_factory(config.loop)
-    listener = bind(config.host, config.port, config.backlog)
+    listener = bind(config.host, config.port, config.backlog, reuse_port=reuse_port)
     server = Server(config)
     if announce:
-        what = config.raw_file if config.raw_file else server.root.path
-        mode = "raw file" if config.raw_file else "serving"
-        print(
-            f"zcserve: {mode} {what} on {url_of(listener)} "
-            f"(strategy={config.strategy}, loop={config.loop})",
-            flush=True,
-        )
+        print(announcement(config, url_of(listener)), flush=True)
+    if on_listening is not None:
+        on_listening()
     started = time.monotonic()
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(server.serve(listener))

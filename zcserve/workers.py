@@ -1,0 +1,170 @@
+"""Several worker processes on one address: a supervisor, SO_REUSEPORT, restarts.
+
+The supervisor binds first (so `--port 0` resolves to one real port) but never
+listens: a bound, non-listening socket is not in the kernel's SO_REUSEPORT
+selection, so every connection lands on a worker. Each worker binds the same
+address with SO_REUSEPORT and runs an ordinary single-process server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from zcserve.config import ServerConfig
+from zcserve.errors import ConfigError
+
+log = logging.getLogger("zcserve.workers")
+
+READY_TIMEOUT = 15.0
+"""Seconds a new worker has to start listening."""
+RESTART_BACKOFF_MAX = 10.0
+"""Longest wait before restarting a worker that keeps dying."""
+STABLE_AFTER = 5.0
+"""A worker that lived this long resets the back-off."""
+
+
+def worker_count(text: str) -> int:
+    """`auto` is the number of CPUs this process may run on; otherwise a positive int."""
+    if text == "auto":
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
+    try:
+        count = int(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a worker count; expected a positive number or auto"
+        ) from None
+    if count < 1:
+        raise ValueError(f"{text!r} is not a worker count; expected a positive number or auto")
+    return count
+
+
+def _worker_main(config: ServerConfig, ready: multiprocessing.synchronize.Event) -> None:
+    from zcserve import server  # imported in the child: its loop is created there
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    server.run(config, announce=False, reuse_port=True, on_listening=ready.set)
+
+
+@dataclasses.dataclass
+class _Slot:
+    """One worker position: its current process and its restart history."""
+
+    index: int
+    process: BaseProcess | None = None
+    started: float = 0.0
+    backoff: float = 0.0
+    restart_at: float = 0.0
+
+
+class Supervisor:
+    """Starts `workers` servers, restarts the ones that die, drains them all on SIGTERM."""
+
+    def __init__(self, config: ServerConfig, workers: int) -> None:
+        self.config = config
+        self.workers = workers
+        self._context = multiprocessing.get_context("fork")
+        self._stopping = False
+        self._slots = [_Slot(i) for i in range(workers)]
+
+    def _bind_placeholder(self) -> socket.socket:
+        infos = socket.getaddrinfo(self.config.host, self.config.port, type=socket.SOCK_STREAM)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}"
+            ) from None
+        return sock
+
+    def _start(self, slot: _Slot, config: ServerConfig) -> multiprocessing.synchronize.Event:
+        ready = self._context.Event()
+        process = self._context.Process(
+            target=_worker_main, args=(config, ready), name=f"zcserve-worker-{slot.index}"
+        )
+        process.start()
+        slot.process, slot.started = process, time.monotonic()
+        return ready
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+
+    def run(self, announce: str) -> int:
+        """Bind, start every worker, print `announce` with the real URL, supervise."""
+        from zcserve.server import url_of
+
+        placeholder = self._bind_placeholder()
+        config = dataclasses.replace(self.config, port=placeholder.getsockname()[1])
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            events = [self._start(slot, config) for slot in self._slots]
+            deadline = time.monotonic() + READY_TIMEOUT
+            for event in events:
+                if not event.wait(max(0.0, deadline - time.monotonic())):
+                    raise ConfigError("a worker did not start listening in time")
+            print(announce.replace("{url}", url_of(placeholder)), flush=True)
+            self._supervise(config)
+        finally:
+            self._stop_all()
+            placeholder.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def _supervise(self, config: ServerConfig) -> None:
+        while not self._stopping:
+            sentinels = [s.process.sentinel for s in self._slots if s.process is not None]
+            wait(sentinels, timeout=0.2)
+            now = time.monotonic()
+            for slot in self._slots:
+                process = slot.process
+                if process is not None and not process.is_alive():
+                    process.join()
+                    lived = now - slot.started
+                    slot.backoff = (
+                        0.0
+                        if lived > STABLE_AFTER
+                        else min(RESTART_BACKOFF_MAX, max(0.1, slot.backoff * 2))
+                    )
+                    log.warning(
+                        "worker %d (pid %s) exited with %s; restarting in %.1fs",
+                        slot.index,
+                        process.pid,
+                        process.exitcode,
+                        slot.backoff,
+                    )
+                    slot.process, slot.restart_at = None, now + slot.backoff
+                if slot.process is None and now >= slot.restart_at and not self._stopping:
+                    self._start(slot, config)
+
+    def _stop_all(self) -> None:
+        running = [s.process for s in self._slots if s.process is not None and s.process.is_alive()]
+        for process in running:
+            if process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.config.grace + 5.0
+        for process in running:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
