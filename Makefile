@@ -48,5 +48,12 @@ serve: $(DEMO)/.made
 bench: $(STAMP)
 	$(BIN)/zcserve bench
 
+# The side-by-side table: nginx and wrk from the OS packages, aiohttp from PyPI.
+compare: $(STAMP)
+	command -v nginx >/dev/null && command -v wrk >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk curl)
+	$(BIN)/python -m pip install -q aiohttp
+	$(BIN)/python benchmarks/compare.py $(COMPARE_ARGS)
+
 clean:
 	rm -rf $(VENV) $(DEMO) .mypy_cache .pytest_cache .ruff_cache bench-results

@@ -62,7 +62,10 @@ class SocketStream:
         """Hand every byte of `data` to the kernel. `more` sets MSG_MORE (cork until the
         next send), so a head and the body that follows leave in the same segments."""
         view = memoryview(data)
-        flags = MSG_MORE if more else 0
+        await self._send_raw(view, MSG_MORE if more else 0)
+        self.bytes_sent += view.nbytes
+
+    async def _send_raw(self, view: memoryview, flags: int) -> None:
         send = self.sock.send
         while view:
             try:
@@ -70,5 +73,4 @@ class SocketStream:
             except BlockingIOError:
                 await self.wait_writable()
                 continue
-            self.bytes_sent += sent
             view = view[sent:]
