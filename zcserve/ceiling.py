@@ -186,7 +186,9 @@ def server_once(
         if cpus[0] is not None:
             server.cpu_affinity([cpus[0]])
         assert proc.stdout is not None
-        port = int(proc.stdout.readline().split(" on http://", 1)[1].split(" ", 1)[0].rsplit(":")[1])
+        port = int(
+            proc.stdout.readline().split(" on http://", 1)[1].split(" ", 1)[0].rsplit(":")[1]
+        )
         _pin(cpus[1])
         with socket.create_connection(("127.0.0.1", port)) as client:
             client.sendall(f"GET /{name} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from zcserve import __version__, loadgen
+from zcserve import __version__, bench, loadgen
 from zcserve.config import LOOP_NAMES, ServerConfig
 from zcserve.errors import ConfigError
 from zcserve.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
@@ -182,6 +182,7 @@ def build_parser() -> _Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_serve(sub)
     loadgen.add_command(sub)
+    bench.add_command(sub)
     return parser
 
 

@@ -1,0 +1,231 @@
+"""Servers for the load generator's tests: a scriptable HTTP server that counts what
+it sent, run on its own loop in a thread, and `zcserve serve` as a child process.
+
+The scriptable server answers every request the same way (`Behaviour`), after an
+optional delay, and counts requests and body bytes so tests compare the load
+generator's figures with the truth. Everything binds 127.0.0.1 port 0 and says
+when it is ready; nothing waits with a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import re
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+READY_TIMEOUT = 10.0
+ANNOUNCE = re.compile(r" on (http://\S+) \(")
+
+
+class Behaviour(enum.Enum):
+    OK = "ok"
+    STATUS_500 = "status_500"
+    CLOSE_MID_BODY = "close_mid_body"
+    LONG_BODY = "long_body"
+    CHANGING_BODY = "changing_body"
+    CHUNKED = "chunked"
+    SILENT = "silent"
+    """Read requests, never answer: the client must time out."""
+    HANG_UP = "hang_up"
+    """Close the connection as soon as a request arrives: the client sees a reset."""
+
+
+@dataclass
+class Counts:
+    requests: int = 0
+    body_bytes: int = 0
+    connections: int = 0
+    peers: set[str] = field(default_factory=set)
+    """Source addresses that sent requests."""
+
+
+class _Responder(asyncio.Protocol):
+    def __init__(self, server: ScriptedServer) -> None:
+        self.server = server
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server.counts.connections += 1
+        self.server.open.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            _, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            if self.server.delay > 0:
+                asyncio.get_running_loop().call_later(self.server.delay, self.respond)
+            else:
+                self.respond()
+
+    def respond(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        server = self.server
+        behaviour = server.behaviour
+        if behaviour is Behaviour.SILENT:
+            return
+        if behaviour is Behaviour.HANG_UP:
+            transport.close()
+            return
+        counts = server.counts
+        counts.requests += 1
+        counts.peers.add(transport.get_extra_info("peername")[0])
+        body = server.body
+        if behaviour is Behaviour.CHANGING_BODY:
+            body = counts.requests.to_bytes(8, "big") + body[8:]
+        status = "500 Internal Server Error" if behaviour is Behaviour.STATUS_500 else "200 OK"
+        if behaviour is Behaviour.CHUNKED:
+            half = len(body) // 2
+            chunks = b"".join(
+                f"{len(part):x}\r\n".encode() + part + b"\r\n"
+                for part in (body[:half], body[half:])
+                if part
+            )
+            head = f"HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+            counts.body_bytes += len(body)
+            transport.write(head + chunks + b"0\r\n\r\n")
+            return
+        head = f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        if behaviour is Behaviour.CLOSE_MID_BODY:
+            sent = body[: len(body) // 2]
+            counts.body_bytes += len(sent)
+            transport.write(head + sent)
+            transport.close()
+            return
+        counts.body_bytes += len(body)
+        extra = b"EXTRA BYTES" if behaviour is Behaviour.LONG_BODY else b""
+        transport.write(head + body + extra)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.server.open.discard(self)
+
+
+class ScriptedServer:
+    """An HTTP/1.1 server on its own loop in a thread; use as a context manager."""
+
+    def __init__(
+        self, behaviour: Behaviour = Behaviour.OK, *, body: bytes = b"x" * 4096, delay: float = 0
+    ) -> None:
+        self.behaviour = behaviour
+        self.body = body
+        self.delay = delay
+        self.counts = Counts()
+        self.open: set[_Responder] = set()
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scripted-server", daemon=True)
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/file"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # surfaced by __enter__ / __exit__
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stop = asyncio.Event()
+        server = await loop.create_server(
+            lambda: _Responder(self), "127.0.0.1", 0, backlog=4096, reuse_address=True
+        )
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        await self._stop.wait()
+        server.close()
+        await server.wait_closed()
+        for responder in list(self.open):
+            if responder.transport is not None:
+                responder.transport.abort()
+        for _ in range(100):  # connection_lost runs on the next loop iterations
+            if not self.open:
+                break
+            await asyncio.sleep(0)
+
+    def __enter__(self) -> ScriptedServer:
+        self._thread.start()
+        if not self._ready.wait(READY_TIMEOUT):
+            raise RuntimeError("scripted server did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(READY_TIMEOUT)
+        if self._error is not None:
+            raise self._error
+
+
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A port nobody listens on, held (bound, not listening) so nobody takes it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if selector.select(deadline - time.monotonic()):
+                return proc.stdout.readline()
+    return ""
+
+
+@contextmanager
+def zcserve_child(*args: str) -> Iterator[str]:
+    """Run `python -m zcserve serve ARGS --port 0`; yield its URL; stop it by PID."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zcserve", "serve", *args, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = _read_line(proc, READY_TIMEOUT)
+        match = ANNOUNCE.search(line)
+        if match is None:
+            raise AssertionError(f"zcserve did not announce a URL: {line!r}")
+        yield match.group(1)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(READY_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -1,0 +1,480 @@
+"""`zcserve bench`: every strategy, several file sizes, several concurrency levels.
+
+With no arguments it generates its files in a temporary folder, starts
+`zcserve serve` once per strategy (pinned to one CPU), sweeps the concurrency
+levels with the load generator (pinned to the others), stops every process it
+started, and writes a table, results.json, results.csv and plots.
+
+`--seed-experiment` reproduces the classic teaching experiment (one 1 GiB file,
+10 sequential raw downloads, readwrite against sendfile); `--ceiling` measures
+each copy path's plain blocking loop beside the server's figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+from rich.console import Console
+
+from zcserve.benchreport import BenchRow, markdown_table, print_table, write_results
+from zcserve.ceiling import CEILING_STRATEGIES, run_ceiling, split_cpus
+from zcserve.config import LOOP_NAMES
+from zcserve.demo import write_file
+from zcserve.errors import ConfigError
+from zcserve.loadgen import LoadOptions, run_load
+from zcserve.loadraw import RawOptions, run_raw
+from zcserve.strategies import STRATEGY_NAMES
+from zcserve.units import format_size, parse_duration, parse_size
+
+DEFAULT_STRATEGIES = ("readwrite", "sendfile", "fallback")
+DEFAULT_SIZES = (4 * 1024, 1024 * 1024, 64 * 1024 * 1024)
+DEFAULT_CONCURRENCY = (1, 8, 64, 512)
+DEFAULT_DURATION = 2.5
+DEFAULT_WARMUP = 0.5
+SEED_SIZE = 1024**3
+SEED_DOWNLOADS = 10
+ANNOUNCE = re.compile(r" on (http://\S+) \(")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """One bench run, validated once."""
+
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
+    sizes: tuple[int, ...] = DEFAULT_SIZES
+    concurrency: tuple[int, ...] = DEFAULT_CONCURRENCY
+    duration: float = DEFAULT_DURATION
+    warmup: float = DEFAULT_WARMUP
+    loop: str = "uvloop"
+    url: str | None = None
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in self.strategies:
+            if name not in STRATEGY_NAMES:
+                raise ConfigError(
+                    f"unknown strategy {name!r}; expected some of {', '.join(STRATEGY_NAMES)}"
+                )
+        if not self.strategies or not self.sizes or not self.concurrency:
+            raise ConfigError("strategies, sizes and concurrency each need at least one value")
+        if any(c < 1 for c in self.concurrency):
+            raise ConfigError("concurrency levels must be 1 or more")
+        if any(s < 1 for s in self.sizes):
+            raise ConfigError("file sizes must be 1 byte or more")
+        if not self.duration > 0 or self.warmup < 0:
+            raise ConfigError("duration must be more than 0 and warm-up 0 or more seconds")
+        if self.loop not in LOOP_NAMES:
+            raise ConfigError(
+                f"unknown loop {self.loop!r}; expected one of {', '.join(LOOP_NAMES)}"
+            )
+        if self.url is not None and not self.url.startswith("http://"):
+            raise ConfigError(f"bad --url {self.url!r}; expected http://host:port/ or a file URL")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which CPUs the server and the load generator run on, and how to say so."""
+
+    server: set[int] | None
+    client: set[int] | None
+
+    @classmethod
+    def detect(cls) -> Placement:
+        server_cpu, client_cpu = split_cpus()
+        if server_cpu is None or client_cpu is None:
+            return cls(None, None)
+        cpus = set(os.sched_getaffinity(0))
+        return cls({server_cpu}, cpus - {server_cpu})
+
+    def describe(self) -> str:
+        if self.server is None or self.client is None:
+            return "one CPU: server and load generator could not be separated"
+        return (
+            f"server pinned to CPU {sorted(self.server)}, "
+            f"load generator on CPU {sorted(self.client)}"
+        )
+
+
+class ServerProcess:
+    """`zcserve serve` in a child process: pinned, watched for CPU and peak RSS."""
+
+    def __init__(self, args: Sequence[str], placement: Placement) -> None:
+        command = [sys.executable, "-m", "zcserve", "serve", *args, "--port", "0"]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        self.ps = psutil.Process(self.proc.pid)
+        if placement.server is not None:
+            self.ps.cpu_affinity(sorted(placement.server))
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = ANNOUNCE.search(line)
+        if match is None:
+            self.stop()
+            raise ConfigError(f"zcserve serve did not start: {line.strip() or 'no output'}")
+        self.url = match.group(1)
+        self._peak_rss = 0
+        self._sampling = threading.Event()
+
+    def cpu_seconds(self) -> float:
+        times = self.ps.cpu_times()
+        return float(times.user + times.system)
+
+    @contextmanager
+    def watch_rss(self) -> Iterator[list[float]]:
+        """Sample RSS every 50 ms while the block runs; yields [peak MB] filled at exit."""
+        peak = [0.0]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                try:
+                    peak[0] = max(peak[0], self.ps.memory_info().rss / 1e6)
+                except psutil.Error:
+                    return
+                stop.wait(0.05)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            yield peak
+        finally:
+            stop.set()
+            sampler.join()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@contextmanager
+def serving(args: Sequence[str], placement: Placement) -> Iterator[ServerProcess]:
+    server = ServerProcess(args, placement)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """Run the block (this process: the load generator) on `cpus`."""
+    if cpus is None:
+        yield
+        return
+    original = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, original)
+
+
+def make_files(folder: str, sizes: Sequence[int]) -> dict[int, str]:
+    names = {}
+    for size in sizes:
+        name = f"{format_size(size)}.bin"
+        write_file(os.path.join(folder, name), size, seed=size % 251)
+        names[size] = name
+    return names
+
+
+def measure_cell(
+    server: ServerProcess | None,
+    url: str,
+    size: int,
+    connections: int,
+    options: BenchOptions,
+    placement: Placement,
+    strategy: str,
+) -> BenchRow:
+    load = LoadOptions(
+        urls=(url,),
+        connections=connections,
+        duration=options.duration,
+        warmup=options.warmup,
+        processes=len(placement.client) if placement.client else 1,
+        loop=options.loop,
+    )
+    with pinned(placement.client):
+        before = server.cpu_seconds() if server else 0.0
+        if server is not None:
+            with server.watch_rss() as peak:
+                result = run_load(load)
+        else:
+            peak = [0.0]
+            result = run_load(load)
+        cpu = (server.cpu_seconds() - before) if server else 0.0
+    latency = result.latency_ms()
+    # Warm-up CPU is included in `cpu`; scale it to the measured part of the run.
+    measured = options.duration / (options.duration + options.warmup)
+    return BenchRow(
+        strategy=strategy,
+        size=size,
+        connections=connections,
+        requests_per_second=result.requests_per_second,
+        megabytes_per_second=result.megabytes_per_second,
+        p50_ms=latency["p50"],
+        p99_ms=latency["p99"],
+        errors=result.error_total,
+        server_cpu_seconds=cpu * measured,
+        server_peak_rss_mb=peak[0],
+        duration=result.duration,
+        requests=result.requests,
+        loop=options.loop,
+    )
+
+
+def run_sweep(options: BenchOptions, console: Console) -> tuple[list[BenchRow], Placement]:
+    placement = Placement.detect()
+    rows: list[BenchRow] = []
+    if options.url is not None:
+        for connections in options.concurrency:
+            rows.append(
+                measure_cell(None, options.url, 0, connections, options, placement, "external")
+            )
+            console.print(_progress_line(rows[-1]))
+        return rows, placement
+    with tempfile.TemporaryDirectory(prefix="zcserve-bench-") as folder:
+        names = make_files(folder, options.sizes)
+        for strategy in options.strategies:
+            args = [folder, "--strategy", strategy, "--loop", options.loop]
+            with serving(args, placement) as server:
+                for size in options.sizes:
+                    for connections in options.concurrency:
+                        url = f"{server.url}/{names[size]}"
+                        row = measure_cell(
+                            server, url, size, connections, options, placement, strategy
+                        )
+                        rows.append(row)
+                        console.print(_progress_line(row))
+    return rows, placement
+
+
+def _progress_line(row: BenchRow) -> str:
+    return (
+        f"  {row.strategy:9} {format_size(row.size):>6} c={row.connections:<4} "
+        f"{row.requests_per_second:10,.0f} req/s {row.megabytes_per_second:9,.1f} MB/s "
+        f"p99 {row.p99_ms:7.2f} ms errors {row.errors}"
+    )
+
+
+def output_folder(requested: str | None) -> str:
+    if requested:
+        return requested
+    return os.path.join("bench-results", time.strftime("%Y%m%d-%H%M%S"))
+
+
+def run_bench(options: BenchOptions, console: Console) -> int:
+    started = time.monotonic()
+    rows, placement = run_sweep(options, console)
+    print_table(rows, pinning=placement.describe(), console=console)
+    folder = output_folder(options.out)
+    meta = {
+        "command": " ".join(["zcserve", *sys.argv[1:]]) if sys.argv else "zcserve bench",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine_description(),
+        "placement": placement.describe(),
+        "duration": options.duration,
+        "warmup": options.warmup,
+        "loop": options.loop,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    write_results(folder, rows, meta)
+    with open(os.path.join(folder, "table.md"), "w", encoding="utf-8") as out:
+        out.write(markdown_table(rows))
+    console.print(f"results written to {folder}/ (table.md, results.json, results.csv, *.png)")
+    errors = sum(row.errors for row in rows)
+    if errors:
+        console.print(f"[red]ERRORS: {errors} requests failed during the bench[/red]")
+        return 1
+    return 0
+
+
+def machine_description() -> str:
+    cpus = os.cpu_count() or 0
+    memory = psutil.virtual_memory().total / 1024**3
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpus} CPUs {model}, {memory:.0f} GiB RAM, Linux {os.uname().release}".strip()
+
+
+# The seed experiment -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeedFigure:
+    strategy: str
+    total_seconds: float
+    megabytes_per_second: float
+    server_cpu_seconds: float
+
+
+def run_seed_experiment(
+    strategies: Sequence[str], size: int, downloads: int, loop: str, console: Console
+) -> list[SeedFigure]:
+    """`zcserve serve --raw FILE` against `zcserve load --raw`: N sequential downloads."""
+    placement = Placement.detect()
+    figures = []
+    with tempfile.TemporaryDirectory(prefix="zcserve-seed-") as folder:
+        path = os.path.join(folder, "seed.bin")
+        write_file(path, size)
+        for strategy in strategies:
+            args = ["--raw", path, "--strategy", strategy, "--loop", loop]
+            with serving(args, placement) as server, pinned(placement.client):
+                address = server.url.removeprefix("http://")
+                before = server.cpu_seconds()
+                result = run_raw(RawOptions(address, downloads=downloads, timeout=60))
+                cpu = server.cpu_seconds() - before
+            if result.total_bytes != size * downloads:
+                raise ConfigError(f"{strategy}: received {result.total_bytes} bytes")
+            figures.append(
+                SeedFigure(strategy, result.total_seconds, result.megabytes_per_second, cpu)
+            )
+            console.print(
+                f"  {strategy:9} {downloads} x {format_size(size)}: "
+                f"{result.total_seconds:.2f} s, {result.megabytes_per_second:,.0f} MB/s, "
+                f"server CPU {cpu:.2f} s"
+            )
+    baseline = next((f for f in figures if f.strategy == "readwrite"), None)
+    for figure in figures:
+        if baseline is not None and figure is not baseline and figure.total_seconds:
+            console.print(
+                f"{figure.strategy} is {baseline.total_seconds / figure.total_seconds:.2f}x "
+                f"readwrite (total time {baseline.total_seconds:.2f} s / "
+                f"{figure.total_seconds:.2f} s)"
+            )
+    console.print(placement.describe())
+    return figures
+
+
+# CLI ----------------------------------------------------------------------------
+
+
+def _list_of(parse: Any, text: str, what: str) -> tuple[Any, ...]:
+    try:
+        return tuple(parse(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad {what} list {text!r}: {exc}") from None
+
+
+def add_command(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="compare copy strategies across sizes and concurrency",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--strategies",
+        type=lambda t: _list_of(str, t, "strategy"),
+        default=",".join(DEFAULT_STRATEGIES),
+        help=f"comma-separated, from {','.join(STRATEGY_NAMES)}",
+    )
+    p.add_argument(
+        "--sizes",
+        type=lambda t: _list_of(parse_size, t, "size"),
+        default=",".join(format_size(s) for s in DEFAULT_SIZES),
+        help="comma-separated file sizes",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=lambda t: _list_of(int, t, "concurrency"),
+        default=",".join(str(c) for c in DEFAULT_CONCURRENCY),
+        help="comma-separated connection counts",
+    )
+    p.add_argument("--duration", type=_seconds, default=DEFAULT_DURATION, help="seconds per cell")
+    p.add_argument("--warmup", type=_seconds, default=DEFAULT_WARMUP, help="seconds per cell")
+    p.add_argument("--loop", choices=LOOP_NAMES, default="uvloop", help="server and client loop")
+    p.add_argument("--url", default=None, help="bench this existing server URL instead")
+    p.add_argument("--out", default=None, help="output folder (default: bench-results/DATE)")
+    p.add_argument(
+        "--seed-experiment",
+        action="store_true",
+        help="1 GiB file, 10 sequential raw downloads, readwrite against sendfile",
+    )
+    p.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="each path's plain blocking loop beside the server (64MiB and 1GiB files)",
+    )
+    p.add_argument("--repeat", type=int, default=3, help="runs per ceiling figure (median)")
+    p.set_defaults(run=run_command)
+
+
+def _seconds(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def run_command(args: argparse.Namespace) -> int:
+    # A pipe or a CI log gets the whole table rather than 80 squeezed columns.
+    console = Console(width=None if sys.stdout.isatty() else 180)
+    if args.seed_experiment:
+        run_seed_experiment(
+            ("readwrite", "sendfile"), SEED_SIZE, SEED_DOWNLOADS, args.loop, console
+        )
+        return 0
+    if args.ceiling:
+        return _run_ceiling_command(args, console)
+    options = BenchOptions(
+        strategies=args.strategies,
+        sizes=args.sizes,
+        concurrency=args.concurrency,
+        duration=args.duration,
+        warmup=args.warmup,
+        loop=args.loop,
+        url=args.url,
+        out=args.out,
+    )
+    return run_bench(options, console)
+
+
+def _run_ceiling_command(args: argparse.Namespace, console: Console) -> int:
+    strategies = tuple(s for s in args.strategies if s in CEILING_STRATEGIES)
+    if args.strategies == tuple(DEFAULT_STRATEGIES):
+        strategies = CEILING_STRATEGIES
+    sizes = args.sizes if args.sizes != DEFAULT_SIZES else (64 * 1024**2, 1024**3)
+    with tempfile.TemporaryDirectory(prefix="zcserve-ceiling-") as folder:
+        paths = []
+        for size in sizes:
+            path = os.path.join(folder, f"{format_size(size)}.bin")
+            write_file(path, size)
+            paths.append(path)
+        rows = run_ceiling(paths, strategies, args.repeat, args.loop)
+    console.print("| strategy | size | ceiling GB/s | ceiling CPU-s/GiB | server GB/s | "
+                  "server CPU-s/GiB | server/ceiling |")  # fmt: skip
+    console.print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        console.print(
+            f"| {row.strategy} | {format_size(row.size)} | {row.ceiling_gbps:.2f} "
+            f"| {row.ceiling_cpu_per_gib:.2f} | {row.server_gbps:.2f} "
+            f"| {row.server_cpu_per_gib:.2f} | {row.ratio:.0%} |"
+        )
+    return 0

@@ -1,0 +1,218 @@
+"""Load results: live counters while running, a mergeable `LoadResult` afterwards.
+
+Latencies go into an HDR histogram (microseconds, 1 us to 1 hour, 3 significant
+digits, as wrk2). Each worker process returns its histogram encoded; the parent
+adds them back together, which is exact: merged percentiles equal those of one
+histogram holding every value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+from hdrh.histogram import HdrHistogram
+
+LOWEST_MICROS = 1
+HIGHEST_MICROS = 3600 * 1_000_000
+SIGNIFICANT_DIGITS = 3
+
+PERCENTILES: tuple[tuple[str, float], ...] = (
+    ("p50", 50.0),
+    ("p90", 90.0),
+    ("p99", 99.0),
+    ("p99.9", 99.9),
+)
+
+ERROR_KINDS = (
+    "connect",
+    "reset",
+    "timeout",
+    "short_body",
+    "long_body",
+    "bad_response",
+    "verify",
+)
+"""Error counts besides `status_NNN` (one per non-2xx status seen)."""
+
+Model = Literal["closed", "open"]
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(LOWEST_MICROS, HIGHEST_MICROS, SIGNIFICANT_DIGITS)
+
+
+def merge_histograms(encoded: Sequence[str]) -> HdrHistogram:
+    """One histogram holding every value of the encoded ones (exact)."""
+    merged = new_histogram()
+    for text in encoded:
+        merged.decode_and_add(text)
+    return merged
+
+
+class LiveStats:
+    """One worker's counters for one phase (warm-up or measurement).
+
+    Latencies are first counted in a dict keyed by microseconds and flushed into
+    the histogram now and then: a dict increment costs a tenth of `record_value`.
+    """
+
+    __slots__ = ("requests", "failed", "body_bytes", "errors", "pending", "histogram")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        """Complete responses, whatever their status."""
+        self.failed = 0
+        """Requests that got no complete response (connect, reset, timeout, ...)."""
+        self.body_bytes = 0
+        self.errors: dict[str, int] = {}
+        self.pending: dict[int, int] = {}
+        self.histogram = new_histogram()
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    @property
+    def error_total(self) -> int:
+        return sum(self.errors.values())
+
+    def flush(self) -> None:
+        """Move the pending latencies into the histogram."""
+        record = self.histogram.record_value
+        for micros, count in self.pending.items():
+            record(min(max(micros, LOWEST_MICROS), HIGHEST_MICROS), count)
+        self.pending.clear()
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What one load run measured; `merge` adds the results of several processes.
+
+    `requests` counts complete responses of any status; `failed` counts requests
+    that got none. With `-n N`, requests + failed == N. A non-2xx, a body over its
+    Content-Length or a hash mismatch is both a request and an error.
+    """
+
+    urls: tuple[str, ...]
+    model: Model
+    connections: int
+    processes: int
+    duration: float
+    """Seconds measured, from the end of the warm-up to the last response."""
+    requests: int
+    failed: int
+    body_bytes: int
+    errors: Mapping[str, int]
+    histogram: str
+    """The latency histogram, HdrHistogram's compressed base64 encoding."""
+    cpu_seconds: float
+    """User + system CPU of every client process during the measurement."""
+    target_rate: float | None = None
+    warmup: float = 0.0
+    loop: str = "uvloop"
+    verified: bool = False
+
+    # derived figures -----------------------------------------------------------
+
+    @property
+    def error_total(self) -> int:
+        return sum(self.errors.values())
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.requests / self.duration if self.duration > 0 else 0.0
+
+    @property
+    def achieved_rate(self) -> float:
+        """Requests sent per second, answered or not: compare with `target_rate`."""
+        sent = self.requests + self.failed
+        return sent / self.duration if self.duration > 0 else 0.0
+
+    @property
+    def megabytes_per_second(self) -> float:
+        """Body bytes per second in MB (10^6 bytes)."""
+        return self.body_bytes / 1e6 / self.duration if self.duration > 0 else 0.0
+
+    def decode_histogram(self) -> HdrHistogram:
+        return merge_histograms([self.histogram])
+
+    def latency_ms(self) -> dict[str, float]:
+        """p50, p90, p99, p99.9, max, min and mean latency in milliseconds."""
+        histogram = self.decode_histogram()
+        if histogram.get_total_count() == 0:
+            return {name: 0.0 for name in (*dict(PERCENTILES), "max", "min", "mean")}
+        figures = {
+            name: histogram.get_value_at_percentile(percentile) / 1000
+            for name, percentile in PERCENTILES
+        }
+        figures["max"] = histogram.get_max_value() / 1000
+        figures["min"] = histogram.get_min_value() / 1000
+        figures["mean"] = round(histogram.get_mean_value() / 1000, 3)
+        return figures
+
+    # merging and JSON -------------------------------------------------------
+
+    @classmethod
+    def merge(cls, results: Sequence[LoadResult]) -> LoadResult:
+        """One result for processes that ran side by side over the same period."""
+        if not results:
+            raise ValueError("nothing to merge")
+        first = results[0]
+        errors: dict[str, int] = {}
+        for result in results:
+            for kind, count in result.errors.items():
+                errors[kind] = errors.get(kind, 0) + count
+        histogram = merge_histograms([result.histogram for result in results])
+        return replace(
+            first,
+            connections=sum(result.connections for result in results),
+            processes=sum(result.processes for result in results),
+            duration=max(result.duration for result in results),
+            requests=sum(result.requests for result in results),
+            failed=sum(result.failed for result in results),
+            body_bytes=sum(result.body_bytes for result in results),
+            errors=dict(sorted(errors.items())),
+            histogram=histogram.encode().decode("ascii"),
+            cpu_seconds=sum(result.cpu_seconds for result in results),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Every figure, derived ones included, as JSON-ready values."""
+        data = asdict(self)
+        data["urls"] = list(self.urls)
+        data["errors"] = dict(self.errors)
+        data.update(
+            error_total=self.error_total,
+            requests_per_second=self.requests_per_second,
+            achieved_rate=self.achieved_rate,
+            megabytes_per_second=self.megabytes_per_second,
+            latency_ms=self.latency_ms(),
+        )
+        return data
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LoadResult:
+        """The inverse of `to_json`; derived figures are recomputed, not read."""
+        target_rate = data.get("target_rate")
+        return cls(
+            urls=tuple(str(url) for url in data["urls"]),
+            model="open" if data["model"] == "open" else "closed",
+            connections=int(data["connections"]),
+            processes=int(data["processes"]),
+            duration=float(data["duration"]),
+            requests=int(data["requests"]),
+            failed=int(data["failed"]),
+            body_bytes=int(data["body_bytes"]),
+            errors={str(kind): int(count) for kind, count in data["errors"].items()},
+            histogram=str(data["histogram"]),
+            cpu_seconds=float(data["cpu_seconds"]),
+            target_rate=None if target_rate is None else float(target_rate),
+            warmup=float(data.get("warmup", 0.0)),
+            loop=str(data.get("loop", "uvloop")),
+            verified=bool(data.get("verified", False)),
+        )
