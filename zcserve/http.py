@@ -127,8 +127,16 @@ class RequestParser:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # CONNECT or an Upgrade we do not speak: answer the head we have, then close.
-            if self._head is not None and self._head not in self._ready:
-                self._ready.append(_closing(self._head))
+            # llhttp may have completed the message already (a GET with Upgrade), so
+            # the head to close on is then the last one ready.
+            if self._head is not None:
+                self._ready.append(self._head)
+                self._head = None
+            last = self._ready[-1] if self._ready else None
+            if isinstance(last, Request):
+                self._ready[-1] = _closing(last)
+            else:
+                self._ready.append(HttpError(400, "upgrade without a request"))
             self._failed = True
         except httptools.HttpParserCallbackError as exc:
             reject = exc.__context__
@@ -306,11 +314,16 @@ def render_head(
     return "\r\n".join(lines).encode("latin-1")
 
 
+def error_body(status: int) -> bytes:
+    """The one-line plain-text body of an error response."""
+    return f"{status} {REASONS.get(status, 'Error')}\n".encode("ascii")
+
+
 def error_response(
     status: int, *, keep_alive: bool = False, head_only: bool = False, version: str = "1.1"
 ) -> bytes:
     """A complete response with a one-line plain-text body saying what went wrong."""
-    body = f"{status} {REASONS.get(status, 'Error')}\n".encode("ascii")
+    body = error_body(status)
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
     if status == 405:
         headers.append(("Allow", ", ".join(ALLOWED_METHODS)))

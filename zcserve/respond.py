@@ -19,7 +19,14 @@ from zcserve.files import (
     not_modified,
     parse_range,
 )
-from zcserve.http import ALLOWED_METHODS, Request, error_response, http_date, render_head
+from zcserve.http import (
+    ALLOWED_METHODS,
+    Request,
+    error_body,
+    error_response,
+    http_date,
+    render_head,
+)
 
 
 @dataclass(slots=True)
@@ -44,9 +51,9 @@ def error_reply(error: HttpError, request: Request | None = None) -> Reply:
     where the request itself was well-formed."""
     keep = request is not None and request.keep_alive and error.status in (403, 404, 405)
     version = request.version if request is not None else "1.1"
-    head_only = request is not None and request.method == "HEAD"
-    data = error_response(error.status, keep_alive=keep, head_only=head_only, version=version)
-    return Reply(error.status, data, keep)
+    head = error_response(error.status, keep_alive=keep, head_only=True, version=version)
+    body = b"" if request is not None and request.method == "HEAD" else error_body(error.status)
+    return Reply(error.status, head, keep, body)
 
 
 def plan_reply(request: Request, root: Root) -> Reply:

@@ -115,10 +115,17 @@ class SendfileStrategy:
             end = offset + count
             while offset < end:
                 size = min(self.max_chunk, end - offset)
-                async with asyncio.timeout(stream.send_timeout):
-                    sent = await loop.sock_sendfile(
-                        stream.sock, fileobj, offset, size, fallback=False
-                    )
+                try:
+                    async with asyncio.timeout(stream.send_timeout):
+                        sent = await loop.sock_sendfile(
+                            stream.sock, fileobj, offset, size, fallback=False
+                        )
+                except asyncio.SendfileNotAvailableError:
+                    # asyncio (3.11 unix_events.py) reports an OSError from the first
+                    # os.sendfile of a call, a reset peer's included, as "not available".
+                    # An empty send raises the real error if the peer left.
+                    stream.sock.send(b"")
+                    raise
                 offset += sent
                 stream.bytes_sent += sent
                 if sent < size:

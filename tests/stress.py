@@ -1,0 +1,343 @@
+"""Tools for the hardening tests: a server in a child process whose log can be read
+while it runs, descriptor and memory readings, bounded polling, and an asyncio
+client that holds thousands of sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import resource
+import signal
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+
+from tests.procs import ANNOUNCE, zcserve_command
+from tests.serverthread import ServerThread, start_server
+
+T = TypeVar("T")
+
+LINGER_RESET = struct.pack("ii", 1, 0)
+"""SO_LINGER on with a zero timeout: close() sends RST instead of FIN."""
+MiB = 1024 * 1024
+
+
+def reset(sock: socket.socket) -> None:
+    """Abort the connection with a TCP reset."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+    sock.close()
+
+
+def open_fds() -> int:
+    """Descriptors open in this process (for a server run in a thread here)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def server_side_connections(port: int) -> int:
+    """TCP connections this process holds on local `port` (an in-process server's)."""
+    held = psutil.Process().net_connections(kind="tcp")
+    return sum(
+        1 for c in held if c.laddr and c.laddr.port == port and c.status != psutil.CONN_LISTEN
+    )
+
+
+def settled_fds(port: int, timeout: float = 5.0) -> int:
+    """This process's descriptor count once the in-process server on `port` holds no
+    connection (a response can reach the client before the server closes its end)."""
+    wait_for(lambda: server_side_connections(port) == 0, timeout, "server connections closed")
+    return open_fds()
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str, *, every: float = 0.02) -> T:
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g}s (last: {result!r})")
+        time.sleep(every)
+
+
+def recv_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
+    """Everything `sock` receives until EOF or a reset, within `timeout` seconds.
+
+    Returns the bytes and whether the connection really ended (False: timed out)."""
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return b"".join(chunks), False
+        sock.settimeout(left)
+        try:
+            data = sock.recv(1 << 20)
+        except TimeoutError:
+            return b"".join(chunks), False
+        except ConnectionError:
+            return b"".join(chunks), True
+        if not data:
+            return b"".join(chunks), True
+        chunks.append(data)
+
+
+def status_codes(received: bytes) -> list[int]:
+    """Every status code in a byte stream of responses (bodies here are plain text)."""
+    return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", received)]
+
+
+def raise_own_nofile(wanted: int) -> tuple[int, int]:
+    """Raise this process's RLIMIT_NOFILE soft limit to at least `wanted` if the hard
+    limit allows; return the old limits so the caller can restore them."""
+    old = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = old
+    if soft < wanted <= hard or (hard == resource.RLIM_INFINITY and soft < wanted):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return old
+
+
+@contextmanager
+def running(**overrides: Any) -> Iterator[ServerThread]:
+    """An in-process server (`start_server` with `overrides`), stopped after the block."""
+    server = start_server(**overrides)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# A server in a child process -------------------------------------------------------
+
+
+@dataclass
+class Spawned:
+    """A `zcserve serve` child: its port, its log file, and what it printed after the
+    announce line (filled in when it stops)."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    log_path: Path
+    stdout: str = ""
+    returncode: int | None = None
+    process: psutil.Process = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.process = psutil.Process(self.proc.pid)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def fds(self) -> int:
+        return self.process.num_fds()
+
+    def connections(self) -> int:
+        """TCP connections the server holds, its listening socket aside."""
+        held = self.process.net_connections(kind="tcp")
+        return sum(1 for conn in held if conn.status != psutil.CONN_LISTEN)
+
+    def idle_fds(self, timeout: float = 5.0) -> int:
+        """The descriptor count once the server holds no connection."""
+        wait_for(lambda: self.connections() == 0, timeout, "server connections all closed")
+        return self.fds()
+
+    def rss(self) -> int:
+        return int(self.process.memory_info().rss)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Signal the child, wait for it, and return its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        out, _ = self.proc.communicate(timeout=timeout)
+        self.stdout += out or ""
+        self.returncode = self.proc.returncode
+        return self.returncode
+
+
+def _limit_nofile(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return apply
+
+
+@contextmanager
+def spawn(log_dir: Path, root: str, *args: str, nofile: int | None = None) -> Iterator[Spawned]:
+    """Run `zcserve serve ROOT ARGS --port 0` with its log (stderr) in a file under
+    `log_dir`; `nofile` caps its descriptors (soft and hard). On exit the child is
+    stopped by its PID if the test has not stopped it already."""
+    log_path = log_dir / f"zcserve-{time.monotonic_ns()}.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            zcserve_command("serve", root, *args, "--port", "0"),
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            text=True,
+            preexec_fn=_limit_nofile(nofile) if nofile is not None else None,
+        )
+    child: Spawned | None = None
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = ANNOUNCE.search(line)
+        if match is None:
+            raise AssertionError(f"no announce line: {line!r}\n{log_path.read_text()}")
+        child = Spawned(proc, int(match.group(1).rsplit(":", 1)[1]), log_path)
+        yield child
+    finally:
+        if child is None or child.returncode is None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                out, _ = proc.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            if child is not None:
+                child.stdout += out or ""
+                child.returncode = proc.returncode
+
+
+# Many sockets from one asyncio loop ---------------------------------------------------
+
+
+async def connect(
+    port: int, *, source: str | None = None, rcvbuf: int | None = None
+) -> socket.socket:
+    """A connected non-blocking client socket, optionally from another 127.0.0.x."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source is not None:
+            sock.bind((source, 0))
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def read_response_async(sock: socket.socket) -> tuple[int, bytes]:
+    """Status and body of one response with a Content-Length, read from `sock`."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await loop.sock_recv(sock, 65536)
+        if not chunk:
+            raise ConnectionError(f"closed inside a head: {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    match = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
+    assert match is not None, head
+    length = int(match.group(1))
+    while len(body) < length:
+        chunk = await loop.sock_recv(sock, max(65536, length - len(body)))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(body)} of {length} body bytes")
+        body += chunk
+    assert len(body) == length, "more bytes than Content-Length"
+    return int(head.split(b" ", 2)[1]), body
+
+
+@dataclass(frozen=True)
+class Abort:
+    """One aborted download: how many response bytes to read first (-1: abort before
+    sending the request) and whether to reset (RST) or close (FIN)."""
+
+    after: int
+    hard: bool
+
+
+def abort_plan(count: int, size: int, seed: int) -> list[Abort]:
+    """`count` abort points over a `size`-byte download, most early, none within the
+    last 8 MiB so that no transfer can finish into the socket buffers (a client's
+    receive buffer is 64 KiB, the server's send buffer at most 4 MiB on Linux)."""
+    import random
+
+    rng = random.Random(seed)
+    latest = max(0, size - 8 * MiB)
+    plan = []
+    for _ in range(count):
+        roll = rng.random()
+        if roll < 0.05:
+            after = -1  # connect, then leave without a request
+        elif roll < 0.15:
+            after = 0  # send the request, read nothing
+        elif roll < 0.85:
+            after = rng.randrange(1, min(latest, MiB) + 1)  # in the first MiB
+        else:
+            after = rng.randrange(1, latest + 1)  # anywhere else
+        plan.append(Abort(after, rng.random() < 0.5))
+    return plan
+
+
+async def abort_storm(port: int, path: str, plan: list[Abort], concurrency: int) -> None:
+    """Run `plan` against the server: `concurrency` downloads at a time, each cut
+    off at its point by a reset or a plain close."""
+    loop = asyncio.get_running_loop()
+    request = f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    todo = iter(plan)
+
+    async def worker() -> None:
+        buffer = bytearray(256 * 1024)
+        for abort in todo:
+            sock = await connect(port, rcvbuf=64 * 1024)
+            try:
+                if abort.after >= 0:
+                    await loop.sock_sendall(sock, request)
+                got = 0
+                while got < abort.after:
+                    received = await loop.sock_recv_into(sock, buffer)
+                    if received == 0:
+                        raise AssertionError(f"server closed after {got} bytes")
+                    got += received
+            finally:
+                if abort.hard:
+                    reset(sock)
+                else:
+                    sock.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+ABORT_RSS_GROWTH = 30 * MiB
+"""How far the server's RSS may stay above its start after an abort storm: the
+fallback strategy alone may keep 64 pooled 256 KiB buffers (16 MiB)."""
+
+
+def run_abort_storm(
+    log_dir: Path, root: str, big: tuple[str, int, str], strategy: str, loop: str, count: int
+) -> int:
+    """`count` aborted downloads of `big` (URL path, size, sha256) from a server
+    child: its descriptors must come back to the start, its RSS stay within
+    `ABORT_RSS_GROWTH`, and it must log nothing. Returns the RSS growth."""
+    import hashlib
+
+    from tests.httpclient import get
+
+    path, size, sha256 = big
+    with spawn(log_dir, root, "--strategy", strategy, "--loop", loop) as child:
+        assert get(child.port, "/empty.bin").status == 200  # warm up; no body transfer
+        base_fds, base_rss = child.idle_fds(), child.rss()
+        plan = abort_plan(count, size, seed=count)
+        asyncio.run(abort_storm(child.port, path, plan, concurrency=32))
+        wait_for(lambda: child.fds() == base_fds, 10.0, "descriptors back to the start")
+        growth = child.rss() - base_rss
+        assert growth <= ABORT_RSS_GROWTH, f"RSS grew by {growth / MiB:.1f} MiB"
+        whole = get(child.port, path)
+        assert hashlib.sha256(whole.body).hexdigest() == sha256, "served wrong bytes after"
+        assert child.stop() == 0
+    assert child.log() == "", f"aborts must log nothing at the default level:\n{child.log()}"
+    return growth

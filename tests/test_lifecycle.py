@@ -1,0 +1,166 @@
+"""A server process's life: graceful shutdown on SIGTERM/SIGINT, surviving the end
+of its descriptors, and what it writes to the access log."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LOOPS, SIZES, Site
+from tests.httpclient import connect, get
+from tests.stress import recv_until_closed, running, spawn, status_codes, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+BIG = b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def small_window_socket(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+# Graceful shutdown ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_shutdown_lets_a_download_in_flight_finish(
+    site: Site, tmp_path: Path, signum: int, loop: str
+) -> None:
+    with spawn(tmp_path, site.root, "--loop", loop) as child:
+        idle = connect(child.port)
+        idle.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert status_codes(idle.recv(4096)) == [200]
+        download = small_window_socket(child.port)
+        download.sendall(BIG)
+        received = download.recv(1024 * 1024)
+        while len(received) < 1024 * 1024:  # well inside the 24 MiB: still in flight
+            received += download.recv(1024 * 1024)
+        child.proc.send_signal(signum)
+        with idle:
+            rest, closed = recv_until_closed(idle, 3.0)
+            assert closed and rest == b"", "an idle keep-alive connection must close at once"
+        wait_for(lambda: refused(child.port), 3.0, "new connections refused")
+        assert child.proc.poll() is None, "the server left before the download finished"
+        with download:
+            rest, closed = recv_until_closed(download, 20.0)
+        assert closed
+        body = (received + rest).partition(b"\r\n\r\n")[2]
+        assert hashlib.sha256(body).hexdigest() == site.hashes["big.bin"]
+        assert child.proc.wait(5) == 0
+    assert "Traceback" not in child.log()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_grace_ends_a_stalled_download_and_exits_0(site: Site, tmp_path: Path, loop: str) -> None:
+    with spawn(tmp_path, site.root, "--loop", loop, "--grace", "0.3") as child:
+        with small_window_socket(child.port) as stalled:
+            stalled.sendall(BIG)
+            assert stalled.recv(16).startswith(b"HTTP/1.1 200")  # then reads nothing
+            signalled = time.monotonic()
+            child.proc.send_signal(signal.SIGTERM)
+            assert child.proc.wait(5) == 0
+            took = time.monotonic() - signalled
+            received, closed = recv_until_closed(stalled, 10.0)
+        assert took < 2.0, f"exit took {took:.2f}s with a 0.3s grace"
+        assert closed and len(received) < SIZES["big.bin"]
+    assert "Traceback" not in child.log()
+
+
+# Out of descriptors ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_out_of_descriptors_backs_off_logs_once_and_recovers(
+    site: Site, tmp_path: Path, loop: str
+) -> None:
+    nofile = 64
+    with spawn(tmp_path, site.root, "--loop", loop, nofile=nofile) as child:
+        clients = [connect(child.port) for _ in range(2 * nofile)]
+        try:
+            wait_for(lambda: "backing off" in child.log(), 5.0, "EMFILE warning")
+            assert child.proc.poll() is None
+            for sock in clients:  # a request on every connection, accepted or not
+                sock.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            statuses = []
+            for sock in clients:
+                received, closed = recv_until_closed(sock, 10.0)
+                assert closed, "a connection neither answered nor closed"
+                statuses += status_codes(received) or [0]
+        finally:
+            for sock in clients:
+                sock.close()
+        # The accepted connections had no descriptor left to open the file with.
+        assert 503 in statuses, statuses
+        assert set(statuses) <= {200, 503, 0}, statuses
+        assert statuses.count(200) > nofile, "once descriptors freed up, requests were served"
+        for _ in range(3):
+            assert get(child.port, "/hello.txt").body == b"hello\n"
+        assert child.stop() == 0
+    log = child.log()
+    assert log.count("backing off") == 1, log
+    assert "Traceback" not in log
+
+
+# Access log --------------------------------------------------------------------------------
+
+CLF = re.compile(
+    r"^(?P<host>\S+) - - \[(?P<time>\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4})\] "
+    r'"(?P<request>[^"]*)" (?P<status>\d{3}) (?P<bytes>\d+|-)$'
+)
+
+
+def test_access_log_writes_one_clf_line_per_response(site: Site, tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    with running(root=site.root, access_log=str(path)) as server:
+        assert get(server.port, "/hello.txt").status == 200
+        assert get(server.port, "/missing.txt").status == 404
+        assert get(server.port, "/hello.txt", method="HEAD").status == 200
+        assert get(server.port, "/64k1.bin", {"Range": "bytes=10-19"}).status == 206
+        with connect(server.port) as sock:
+            sock.sendall(b"GET /one.bin HTTP/1.1\r\nHost: t\r\n\r\nGARBAGE\r\n\r\n")
+            received, closed = recv_until_closed(sock, 5.0)
+        assert status_codes(received) == [200, 400] and closed
+    lines = path.read_text().splitlines()
+    parsed = [CLF.match(line) for line in lines]
+    assert all(parsed), lines
+    got = [(m["host"], m["request"], m["status"], m["bytes"]) for m in parsed if m]
+    assert got == [
+        ("127.0.0.1", "GET /hello.txt HTTP/1.1", "200", "6"),
+        ("127.0.0.1", "GET /missing.txt HTTP/1.1", "404", str(len(b"404 Not Found\n"))),
+        ("127.0.0.1", "HEAD /hello.txt HTTP/1.1", "200", "-"),
+        ("127.0.0.1", "GET /64k1.bin HTTP/1.1", "206", "10"),
+        ("127.0.0.1", "GET /one.bin HTTP/1.1", "200", "1"),
+        ("127.0.0.1", "-", "400", str(len(b"400 Bad Request\n"))),
+    ]
+
+
+def test_access_log_is_off_by_default_and_dash_is_stdout(site: Site, tmp_path: Path) -> None:
+    with spawn(tmp_path, site.root) as quiet:
+        assert get(quiet.port, "/hello.txt").body == b"hello\n"
+        assert quiet.stop() == 0
+    assert quiet.stdout == "" and quiet.log() == "", "nothing is logged by default"
+    with spawn(tmp_path, site.root, "--access-log", "-") as loud:
+        assert get(loud.port, "/hello.txt").body == b"hello\n"
+        assert loud.stop() == 0
+    lines = loud.stdout.splitlines()
+    assert len(lines) == 1 and CLF.match(lines[0]), lines
+    assert lines[0].endswith('"GET /hello.txt HTTP/1.1" 200 6')
