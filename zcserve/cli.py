@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from zcserve import __version__, bench, loadgen
+from zcserve import __version__, bench, loadgen, report
 from zcserve.config import LOOP_NAMES, ServerConfig
 from zcserve.errors import ConfigError
 from zcserve.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
@@ -126,6 +126,10 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--raw", metavar="FILE", default=None, help="no HTTP: send FILE to every connection, close"
     )
     p.add_argument(
+        "--tls-cert", metavar="FILE", default=None, help="serve HTTPS with this PEM chain"
+    )
+    p.add_argument("--tls-key", metavar="FILE", default=None, help="the certificate's private key")
+    p.add_argument(
         "--workers",
         type=_workers,
         default=1,
@@ -158,6 +162,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         grace=args.grace,
         access_log=args.access_log,
         raw_file=args.raw,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     if args.workers == 1:
         return server.run(config)
@@ -183,6 +189,7 @@ def build_parser() -> _Parser:
     _add_serve(sub)
     loadgen.add_command(sub)
     bench.add_command(sub)
+    report.add_command(sub)
     return parser
 
 

@@ -13,6 +13,9 @@ from zcserve.strategies import SENDFILE_MAX_CHUNK, STRATEGY_NAMES
 LoopName = Literal["uvloop", "asyncio"]
 LOOP_NAMES: tuple[str, ...] = get_args(LoopName)
 
+ZERO_COPY_STRATEGIES = ("sendfile", "splice", "mmap")
+"""Strategies that hand file pages to the kernel's socket path, which TLS cannot use."""
+
 DEFAULT_BACKLOG = 4096
 """Listen backlog; asyncio's default of 100 drops SYNs under a burst (wrk's README)."""
 
@@ -41,6 +44,8 @@ class ServerConfig:
     grace: float = 10.0
     access_log: str | None = None
     raw_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGY_NAMES:
@@ -53,6 +58,7 @@ class ServerConfig:
             )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} out of range; expected 0-65535")
+        self._check_tls()
         if self.raw_file is not None:
             if not os.path.isfile(self.raw_file):
                 raise ConfigError(f"raw file {self.raw_file!r} is not a regular file")
@@ -77,3 +83,23 @@ class ServerConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive, in seconds")
         if self.grace < 0:
             raise ConfigError("grace must be zero or more seconds")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def _check_tls(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key")
+        if self.tls_cert is None or self.tls_key is None:
+            return
+        for flag, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key)):
+            if not os.path.isfile(path):
+                raise ConfigError(f"{flag} {path!r} is not a file")
+        if self.strategy in ZERO_COPY_STRATEGIES:
+            raise ConfigError(
+                f"--strategy {self.strategy} cannot carry TLS: records are encrypted in "
+                "userspace, so file bytes must pass through it; use auto, fallback or readwrite"
+            )
+        if self.raw_file is not None:
+            raise ConfigError("--raw speaks plain TCP; it cannot be combined with TLS")

@@ -15,6 +15,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections import deque
@@ -29,6 +30,7 @@ from zcserve.http import Limits, Request, RequestParser, error_body, error_respo
 from zcserve.respond import plan_reply
 from zcserve.sockio import SocketStream
 from zcserve.strategies import CopyOptions, make_strategy
+from zcserve.tlsstream import TlsStream, server_context
 
 log = logging.getLogger("zcserve")
 
@@ -82,11 +84,11 @@ def bind(host: str, port: int, backlog: int, *, reuse_port: bool = False) -> soc
     return sock
 
 
-def url_of(sock: socket.socket) -> str:
+def url_of(sock: socket.socket, scheme: str = "http") -> str:
     host, port = sock.getsockname()[:2]
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 @dataclass(slots=True)
@@ -112,6 +114,7 @@ class Server:
             max_pipelined=config.max_pipelined,
         )
         self.access_log = AccessLog.open(config.access_log)
+        self.tls = _tls_context(config)
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._closing = False
         self._stop: asyncio.Event | None = None
@@ -194,9 +197,24 @@ class Server:
 
     # one connection ---------------------------------------------------------------
 
+    async def _open_stream(
+        self, sock: socket.socket, loop: asyncio.AbstractEventLoop
+    ) -> SocketStream:
+        if self.tls is None:
+            return SocketStream(sock, loop, send_timeout=self.config.send_timeout)
+        stream = TlsStream(sock, loop, self.tls, send_timeout=self.config.send_timeout)
+        async with asyncio.timeout(self.config.header_timeout):
+            await stream.handshake()
+        return stream
+
     async def _serve_http(self, sock: socket.socket, state: _Connection) -> None:
         loop = asyncio.get_running_loop()
-        stream = SocketStream(sock, loop, send_timeout=self.config.send_timeout)
+        try:
+            stream = await self._open_stream(sock, loop)
+        except _PEER_GONE as exc:  # ssl.SSLError is an OSError
+            log.debug("TLS handshake with %s failed: %s", _peer_host(sock), exc)
+            _close_socket(sock)
+            return
         parser = RequestParser(self.limits)
         buffer = bytearray(RECV_BUFFER)
         view = memoryview(buffer)
@@ -303,6 +321,15 @@ class Server:
             _close_socket(sock)
 
 
+def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    try:
+        return server_context(config.tls_cert, config.tls_key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"cannot load the TLS certificate or key: {exc}") from None
+
+
 def _peer_host(sock: socket.socket) -> str:
     try:
         peer = sock.getpeername()
@@ -351,7 +378,7 @@ def run(
     listener = bind(config.host, config.port, config.backlog, reuse_port=reuse_port)
     server = Server(config)
     if announce:
-        print(announcement(config, url_of(listener)), flush=True)
+        print(announcement(config, url_of(listener, "https" if config.tls else "http")), flush=True)
     if on_listening is not None:
         on_listening()
     started = time.monotonic()

@@ -122,7 +122,8 @@ class Supervisor:
             for event in events:
                 if not event.wait(max(0.0, deadline - time.monotonic())):
                     raise ConfigError("a worker did not start listening in time")
-            print(announce.replace("{url}", url_of(placeholder)), flush=True)
+            scheme = "https" if self.config.tls else "http"
+            print(announce.replace("{url}", url_of(placeholder, scheme)), flush=True)
             self._supervise(config)
         finally:
             self._stop_all()
