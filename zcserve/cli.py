@@ -126,6 +126,12 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--raw", metavar="FILE", default=None, help="no HTTP: send FILE to every connection, close"
     )
     p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve Prometheus metrics on this separate listener (merged across workers)",
+    )
+    p.add_argument(
         "--tls-cert", metavar="FILE", default=None, help="serve HTTPS with this PEM chain"
     )
     p.add_argument("--tls-key", metavar="FILE", default=None, help="the certificate's private key")
@@ -163,6 +169,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         raw_file=args.raw,
         tls_cert=args.tls_cert,
+        metrics=args.metrics,
         tls_key=args.tls_key,
     )
     if args.workers == 1:

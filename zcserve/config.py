@@ -8,6 +8,7 @@ from typing import Literal, get_args
 
 from zcserve.errors import ConfigError
 from zcserve.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
+from zcserve.metrics import parse_address
 from zcserve.strategies import SENDFILE_MAX_CHUNK, STRATEGY_NAMES
 
 LoopName = Literal["uvloop", "asyncio"]
@@ -44,6 +45,10 @@ class ServerConfig:
     grace: float = 10.0
     access_log: str | None = None
     raw_file: str | None = None
+    metrics: str | None = None
+    """HOST:PORT of the Prometheus listener, or None."""
+    metrics_dir: str | None = None
+    """Set by the supervisor: where a worker writes its metrics snapshots."""
     tls_cert: str | None = None
     tls_key: str | None = None
 
@@ -59,6 +64,8 @@ class ServerConfig:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} out of range; expected 0-65535")
         self._check_tls()
+        if self.metrics is not None:
+            parse_address(self.metrics)
         if self.raw_file is not None:
             if not os.path.isfile(self.raw_file):
                 raise ConfigError(f"raw file {self.raw_file!r} is not a regular file")

@@ -238,6 +238,8 @@ class MetricsEndpoint:
             ) from None
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
+        host = address[0] if ":" not in address[0] else f"[{address[0]}]"
+        self.url = f"http://{host}:{self.port}/metrics"
         self._thread = threading.Thread(
             target=self.httpd.serve_forever, name="zcserve-metrics", daemon=True
         )

@@ -24,12 +24,25 @@ from dataclasses import dataclass
 
 from zcserve.accesslog import AccessLog
 from zcserve.config import ServerConfig
-from zcserve.errors import ConfigError, HttpError, TransferError
+from zcserve.errors import (
+    ConfigError,
+    FileShrankError,
+    HttpError,
+    SendStalledError,
+    TransferError,
+)
 from zcserve.files import OpenedFile, Root
 from zcserve.http import Limits, Request, RequestParser, error_body, error_response
+from zcserve.metrics import (
+    SNAPSHOT_INTERVAL,
+    Metrics,
+    MetricsEndpoint,
+    SnapshotWriter,
+    parse_address,
+)
 from zcserve.respond import plan_reply
 from zcserve.sockio import SocketStream
-from zcserve.strategies import CopyOptions, make_strategy
+from zcserve.strategies import AutoStrategy, CopyOptions, CopyStrategy, make_strategy
 from zcserve.tlsstream import TlsStream, server_context
 
 log = logging.getLogger("zcserve")
@@ -115,6 +128,7 @@ class Server:
         )
         self.access_log = AccessLog.open(config.access_log)
         self.tls = _tls_context(config)
+        self.metrics = Metrics()
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._closing = False
         self._stop: asyncio.Event | None = None
@@ -135,12 +149,36 @@ class Server:
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
                 pass
         accepter = asyncio.create_task(self._accept_loop(loop, listener))
+        snapshots = self._start_snapshots()
         await self._stop.wait()
         accepter.cancel()
         listener.close()
         await asyncio.gather(accepter, return_exceptions=True)
         await self._drain()
         self.access_log.close()
+        if snapshots is not None:
+            snapshots.cancel()
+            await asyncio.gather(snapshots, return_exceptions=True)
+
+    def _start_snapshots(self) -> asyncio.Task[None] | None:
+        """Under a supervisor, write this worker's metrics where it can merge them."""
+        if self.config.metrics_dir is None:
+            return None
+        writer = SnapshotWriter(self.config.metrics_dir, self.metrics)
+
+        async def keep_writing() -> None:
+            try:
+                while True:
+                    writer.write()
+                    await asyncio.sleep(SNAPSHOT_INTERVAL)
+            finally:
+                writer.write()
+
+        return asyncio.create_task(keep_writing())
+
+    async def exposition(self) -> str:
+        """The metrics page, rendered on the loop that owns the counters."""
+        return self.metrics.exposition()
 
     def shutdown(self) -> None:
         """Stop accepting; idle connections close now, busy ones after their response."""
@@ -186,12 +224,15 @@ class Server:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             state = _Connection()
+            self.metrics.connections_total += 1
+            self.metrics.active_connections += 1
             task = loop.create_task(handler(sock, state))
             self._connections[task] = state
             task.add_done_callback(self._forget)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._connections.pop(task, None)
+        self.metrics.active_connections -= 1
         if self._capacity is not None and len(self._connections) < self.config.max_connections:
             self._capacity.set()
 
@@ -242,6 +283,7 @@ class Server:
                     continue
                 item = pending.popleft()
                 if isinstance(item, HttpError):
+                    self.metrics.response(item.status, 0.0)
                     await stream.send_all(error_response(item.status, keep_alive=False))
                     self.access_log.write(peer, None, item.status, len(error_body(item.status)))
                     return
@@ -251,10 +293,13 @@ class Server:
                 if not keep_alive:
                     return
         except TimeoutError:
+            self.metrics.error("timeout")
             log.debug("connection from %s timed out", peer)
         except _PEER_GONE as exc:
+            self.metrics.error(_error_kind(exc))
             log.debug("connection from %s ended: %s", peer, exc)
         except Exception:
+            self.metrics.error("internal")
             # A bug between responses costs this connection only, never the server;
             # `_respond` handles its own, so no response is half sent here.
             log.exception("unexpected error on the connection from %s", peer)
@@ -267,6 +312,7 @@ class Server:
     async def _respond(self, stream: SocketStream, request: Request, peer: str) -> bool:
         """Answer one request; return whether the connection may carry another."""
         sent_before = stream.bytes_sent
+        started = stream.loop.time()
         try:
             reply = plan_reply(request, self.root)
         except Exception:
@@ -275,8 +321,13 @@ class Server:
             return await self._fail(stream, request, peer, sent_before)
         try:
             if reply.file is not None:
+                strategy = self._strategy_for(stream)
                 await stream.send_all(reply.head, more=True)
-                await self.strategy.send(stream, reply.file, reply.offset, reply.count)
+                body_start = stream.bytes_sent
+                try:
+                    await strategy.send(stream, reply.file, reply.offset, reply.count)
+                finally:
+                    self.metrics.sent(strategy.name, stream.bytes_sent - body_start)
             else:
                 await stream.send_all(reply.head + reply.body if reply.body else reply.head)
         except _PEER_GONE:
@@ -286,8 +337,17 @@ class Server:
         finally:
             reply.close()
         body_sent = stream.bytes_sent - sent_before - len(reply.head)
+        self.metrics.response(reply.status, stream.loop.time() - started)
         self.access_log.write(peer, request, reply.status, body_sent)
         return reply.keep_alive and not self._closing
+
+    def _strategy_for(self, stream: SocketStream) -> CopyStrategy:
+        if isinstance(self.strategy, AutoStrategy):
+            chosen = self.strategy.choose(stream)
+            if chosen is self.strategy.fallback:
+                self.metrics.fallbacks += 1
+            return chosen
+        return self.strategy
 
     async def _fail(
         self, stream: SocketStream, request: Request, peer: str, sent_before: int, head: int = 0
@@ -295,6 +355,8 @@ class Server:
         """Log the exception being handled with its traceback; answer 500 if nothing of
         the response is sent yet. The connection must close either way."""
         log.exception("unexpected error answering %s %r", request.method, request.target)
+        self.metrics.error("internal")
+        self.metrics.response(500, 0.0)
         if stream.bytes_sent == sent_before:
             await stream.send_all(error_response(500, keep_alive=False))
             self.access_log.write(peer, request, 500, len(error_body(500)))
@@ -319,6 +381,18 @@ class Server:
         finally:
             file.close()
             _close_socket(sock)
+
+
+def _error_kind(exc: BaseException) -> str:
+    if isinstance(exc, FileShrankError):
+        return "file_shrank"
+    if isinstance(exc, SendStalledError):
+        return "send_stalled"
+    if isinstance(exc, ssl.SSLError):
+        return "tls"
+    if isinstance(exc, ConnectionError):
+        return "reset"
+    return "io"
 
 
 def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:
@@ -383,7 +457,20 @@ def run(
         on_listening()
     started = time.monotonic()
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(server.serve(listener))
+        endpoint = None
+        if config.metrics is not None:
+            loop = runner.get_loop()
+            endpoint = MetricsEndpoint(
+                parse_address(config.metrics),
+                lambda: asyncio.run_coroutine_threadsafe(server.exposition(), loop).result(10),
+            ).start()
+            if announce:
+                print(f"zcserve: metrics on {endpoint.url}", flush=True)
+        try:
+            runner.run(server.serve(listener))
+        finally:
+            if endpoint is not None:
+                endpoint.stop()
     log.info("stopped after %.1fs", time.monotonic() - started)
     sys.stdout.flush()
     return 0

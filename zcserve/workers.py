@@ -9,11 +9,14 @@ address with SO_REUSEPORT and runs an ordinary single-process server.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -21,6 +24,7 @@ from types import FrameType
 
 from zcserve.config import ServerConfig
 from zcserve.errors import ConfigError
+from zcserve.metrics import Metrics, MetricsEndpoint, parse_address, read_snapshots
 
 log = logging.getLogger("zcserve.workers")
 
@@ -79,6 +83,7 @@ class Supervisor:
         self._context = multiprocessing.get_context("fork")
         self._stopping = False
         self._slots = [_Slot(i) for i in range(workers)]
+        self._metrics_dir: str | None = None
 
     def _bind_placeholder(self) -> socket.socket:
         infos = socket.getaddrinfo(self.config.host, self.config.port, type=socket.SOCK_STREAM)
@@ -113,6 +118,15 @@ class Supervisor:
 
         placeholder = self._bind_placeholder()
         config = dataclasses.replace(self.config, port=placeholder.getsockname()[1])
+        endpoint = None
+        if self.config.metrics is not None:
+            # Workers write snapshots; this process serves their sum.
+            folder = self._metrics_dir = tempfile.mkdtemp(prefix="zcserve-metrics-")
+            config = dataclasses.replace(config, metrics=None, metrics_dir=folder)
+            endpoint = MetricsEndpoint(
+                parse_address(self.config.metrics),
+                lambda: Metrics.merged(read_snapshots(folder)).exposition(self.workers),
+            )
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
         }
@@ -124,10 +138,17 @@ class Supervisor:
                     raise ConfigError("a worker did not start listening in time")
             scheme = "https" if self.config.tls else "http"
             print(announce.replace("{url}", url_of(placeholder, scheme)), flush=True)
+            if endpoint is not None:
+                endpoint.start()
+                print(f"zcserve: metrics on {endpoint.url}", flush=True)
             self._supervise(config)
         finally:
             self._stop_all()
             placeholder.close()
+            if endpoint is not None:
+                endpoint.stop()
+            if self._metrics_dir is not None:
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 0
@@ -141,6 +162,7 @@ class Supervisor:
                 process = slot.process
                 if process is not None and not process.is_alive():
                     process.join()
+                    self._forget_connections(process.pid)
                     lived = now - slot.started
                     slot.backoff = (
                         0.0
@@ -157,6 +179,20 @@ class Supervisor:
                     slot.process, slot.restart_at = None, now + slot.backoff
                 if slot.process is None and now >= slot.restart_at and not self._stopping:
                     self._start(slot, config)
+
+    def _forget_connections(self, pid: int | None) -> None:
+        """A dead worker's counters still count; its open connections do not."""
+        if self._metrics_dir is None:
+            return
+        path = os.path.join(self._metrics_dir, f"worker-{pid}.json")
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            data["active_connections"] = 0
+            with open(path, "w") as f:
+                json.dump(data, f)
+        except (OSError, ValueError):
+            pass
 
     def _stop_all(self) -> None:
         running = [s.process for s in self._slots if s.process is not None and s.process.is_alive()]
