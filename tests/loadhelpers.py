@@ -3,8 +3,9 @@ it sent, run on its own loop in a thread, and `zcserve serve` as a child process
 
 The scriptable server answers every request the same way (`Behaviour`), after an
 optional delay, and counts requests and body bytes so tests compare the load
-generator's figures with the truth. Everything binds 127.0.0.1 port 0 and says
-when it is ready; nothing waits with a fixed sleep.
+generator's figures with the truth; given an `ssl.SSLContext` it speaks https.
+Everything binds 127.0.0.1 port 0 and says when it is ready; nothing waits with a
+fixed sleep.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import enum
 import re
 import selectors
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -21,9 +23,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 READY_TIMEOUT = 10.0
-ANNOUNCE = re.compile(r" on (http://\S+) \(")
+ANNOUNCE = re.compile(r" on (https?://\S+) \(")
 
 
 class Behaviour(enum.Enum):
@@ -37,6 +40,8 @@ class Behaviour(enum.Enum):
     """Read requests, never answer: the client must time out."""
     HANG_UP = "hang_up"
     """Close the connection as soon as a request arrives: the client sees a reset."""
+    CLOSE_AFTER = "close_after"
+    """Answer with `Connection: close` and close: every request needs a new connection."""
 
 
 @dataclass
@@ -44,8 +49,11 @@ class Counts:
     requests: int = 0
     body_bytes: int = 0
     connections: int = 0
+    """Connections made; with TLS, handshakes the server completed."""
     peers: set[str] = field(default_factory=set)
     """Source addresses that sent requests."""
+    alpn: set[str | None] = field(default_factory=set)
+    """With TLS: the ALPN protocols the connections agreed on."""
 
 
 class _Responder(asyncio.Protocol):
@@ -58,6 +66,9 @@ class _Responder(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.server.counts.connections += 1
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.server.counts.alpn.add(ssl_object.selected_alpn_protocol())
         self.server.open.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -99,6 +110,12 @@ class _Responder(asyncio.Protocol):
             transport.write(head + chunks + b"0\r\n\r\n")
             return
         head = f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        if behaviour is Behaviour.CLOSE_AFTER:
+            head = head[:-2] + b"Connection: close\r\n\r\n"
+            counts.body_bytes += len(body)
+            transport.write(head + body)
+            transport.close()
+            return
         if behaviour is Behaviour.CLOSE_MID_BODY:
             sent = body[: len(body) // 2]
             counts.body_bytes += len(sent)
@@ -118,11 +135,17 @@ class ScriptedServer:
     """An HTTP/1.1 server on its own loop in a thread; use as a context manager."""
 
     def __init__(
-        self, behaviour: Behaviour = Behaviour.OK, *, body: bytes = b"x" * 4096, delay: float = 0
+        self,
+        behaviour: Behaviour = Behaviour.OK,
+        *,
+        body: bytes = b"x" * 4096,
+        delay: float = 0,
+        ssl: ssl.SSLContext | None = None,
     ) -> None:
         self.behaviour = behaviour
         self.body = body
         self.delay = delay
+        self.ssl = ssl
         self.counts = Counts()
         self.open: set[_Responder] = set()
         self.port = 0
@@ -134,7 +157,8 @@ class ScriptedServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/file"
+        scheme = "http" if self.ssl is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}/file"
 
     @property
     def address(self) -> str:
@@ -152,7 +176,12 @@ class ScriptedServer:
         self._loop = loop
         self._stop = asyncio.Event()
         server = await loop.create_server(
-            lambda: _Responder(self), "127.0.0.1", 0, backlog=4096, reuse_address=True
+            lambda: _Responder(self),
+            "127.0.0.1",
+            0,
+            backlog=4096,
+            reuse_address=True,
+            ssl=self.ssl,
         )
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
@@ -229,3 +258,46 @@ def zcserve_child(*args: str) -> Iterator[str]:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A self-signed certificate for CN=localhost, IP 127.0.0.1 and DNS localhost."""
+
+    cert: Path
+    key: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert, self.key)
+        context.set_alpn_protocols(["http/1.1"])
+        return context
+
+
+def make_certificate(folder: Path, name: str = "localhost") -> Certificate:
+    """A fresh self-signed certificate and key in `folder`, made by the openssl command."""
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return Certificate(cert=cert, key=key)

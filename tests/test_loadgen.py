@@ -97,7 +97,7 @@ def test_garbage_is_a_bad_response() -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("https://127.0.0.1/", "https is not supported"),
+        ("gopher://127.0.0.1/", "or https://host"),
         ("ftp://127.0.0.1/", "bad URL"),
         ("127.0.0.1:8000/x", "bad URL"),  # no scheme
         ("http:///path", "bad URL"),  # no host
@@ -438,7 +438,8 @@ def test_cli_open_model_with_warmup(zcserve_url: str, capsys: pytest.CaptureFixt
         (["http://127.0.0.1:8000/", "-c", "0"], "must be at least 1"),
         (["http://127.0.0.1:8000/", "-d", "soon"], "is not a duration"),
         (["http://127.0.0.1:8000/", "-d", "1s", "-n", "5"], "not allowed with"),
-        (["https://127.0.0.1:8000/"], "https is not supported"),
+        (["https://127.0.0.1:8000/", "--insecure", "--cacert", "x"], "not allowed with"),
+        (["http://127.0.0.1:8000/", "--insecure"], "applies to https:// URLs"),
         (["127.0.0.1:8000"], "bad URL"),
         ([], "no URL given"),
         (["http://127.0.0.1:8000/", "--rate", "-5"], "must be more than 0"),

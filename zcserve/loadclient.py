@@ -9,6 +9,11 @@ the moment it is intended; in the open model a request delayed by a busy
 connection still counts from its slot in the schedule (wrk2's correction for
 coordinated omission), while one that a coarse timer (uvloop's are in whole
 milliseconds) fires slightly early counts from when it really left.
+
+A TLS handshake is timed on its own (`LiveStats.handshake`) and kept out of the
+request latency: a request that had to reconnect first counts from its start
+moved later by the handshake's duration (the TCP connect stays in, as without TLS).
+Initial connections' handshakes count in the measurement unless there is a warm-up.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import math
 import resource
 import socket
+import ssl
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
@@ -24,6 +30,7 @@ from typing import Any, Protocol, cast
 from zcserve.loadhttp import ResponseError, ResponseReader
 from zcserve.loadplan import Route, WorkerPlan
 from zcserve.loadstats import LiveStats, LoadResult
+from zcserve.loadtls import HandshakeError, client_context
 
 CONNECT_BACKOFF = 0.01
 """Seconds to wait after a failed connect before the next attempt, so a dead
@@ -134,11 +141,14 @@ class Connection:
 
     # connecting ---------------------------------------------------------------
 
-    async def connect(self) -> None:
-        """Open a new TCP connection; raises OSError or TimeoutError."""
+    async def connect(self, stats: LiveStats) -> float:
+        """Open a new connection; return the seconds its TLS handshake took (0 without
+        TLS), counted in `stats`. Raises OSError: TimeoutError, HandshakeError, ..."""
         worker = self.worker
         loop = worker.loop
-        sock = socket.socket(self.route.family, socket.SOCK_STREAM)
+        route = self.route
+        sock = socket.socket(route.family, socket.SOCK_STREAM)
+        handshake = 0.0
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -147,27 +157,51 @@ class Connection:
                 sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                 sock.bind((self.source, 0))
             async with worker.connect_slots, asyncio.timeout(worker.plan.timeout):
-                await loop.sock_connect(sock, self.route.address)
-            _, wire = await loop.create_connection(lambda: _Wire(self), sock=sock)
+                await loop.sock_connect(sock, route.address)
+                if route.tls:
+                    # Inside the slot and the timeout: a handshake is part of connecting.
+                    began = _now()
+                    wire = await self._handshake(sock)
+                    handshake = _now() - began
+                else:
+                    _, wire = await loop.create_connection(lambda: _Wire(self), sock=sock)
         except BaseException:
             sock.close()
             raise
         if wire.closed.done():
             raise ConnectionResetError("closed by the server as it was opened")
+        if route.tls:
+            stats.handshake(handshake)
         worker.wires.add(wire)
         self.wire = wire
         self.reader = ResponseReader(hash_bodies=worker.plan.hash_bodies)
+        return handshake
+
+    async def _handshake(self, sock: socket.socket) -> _Wire:
+        try:
+            _, wire = await self.worker.loop.create_connection(
+                lambda: _Wire(self),
+                sock=sock,
+                ssl=self.worker.ssl_context,
+                server_hostname=self.route.server_hostname,
+            )
+        except OSError as exc:  # ssl.SSLError included; a timeout is a cancellation here
+            raise HandshakeError(str(exc)) from exc
+        return wire
 
     async def _connect_then_send(self, intended: float, stats: LiveStats) -> None:
         try:
-            await self.connect()
+            handshake = await self.connect(stats)
         except OSError as exc:
             stats.failed += 1
-            stats.error("timeout" if isinstance(exc, TimeoutError) else "connect")
+            if isinstance(exc, TimeoutError):
+                stats.error("timeout")
+            else:
+                stats.error("tls" if isinstance(exc, HandshakeError) else "connect")
             await asyncio.sleep(CONNECT_BACKOFF)
             self.next(_now())
             return
-        self.send(intended, stats)
+        self.send(intended + handshake, stats)
 
     # the request loop ---------------------------------------------------------
 
@@ -333,6 +367,9 @@ class Worker:
         self.busy = 0
         self.done: asyncio.Future[None] = loop.create_future()
         self.connect_slots = asyncio.Semaphore(plan.connect_concurrency)
+        self.ssl_context: ssl.SSLContext | None = None
+        if any(route.tls for route in plan.routes):
+            self.ssl_context = client_context(insecure=plan.insecure, cacert=plan.cacert)
         self.wires: set[_Wire] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.link: WorkerLink | None = None
@@ -390,7 +427,9 @@ class Worker:
     async def run(self, link: WorkerLink) -> LoadResult:
         self.link = link
         link.attach(self.stop)
-        await asyncio.gather(*(self._open(c) for c in self.connections))
+        # The first handshakes belong to the measurement unless a warm-up comes first.
+        opening = self.warmup_stats if self.plan.warmup > 0 else self.stats
+        await asyncio.gather(*(self._open(c, opening) for c in self.connections))
         link.ready()
         start = await link.wait_go()
         # uvloop rounds timers to the millisecond and may wake early: wait it out, so
@@ -415,9 +454,9 @@ class Worker:
         await self.done
         return await self._finish()
 
-    async def _open(self, connection: Connection) -> None:
+    async def _open(self, connection: Connection, stats: LiveStats) -> None:
         try:
-            await connection.connect()
+            await connection.connect(stats)
         except OSError:
             pass  # retried, and counted, when the connection first sends
 
@@ -480,6 +519,8 @@ class Worker:
             warmup=plan.warmup,
             loop=plan.loop,
             verified=plan.hash_bodies,
+            tls_handshakes=stats.handshakes,
+            handshake_histogram=stats.handshake_histogram.encode().decode("ascii"),
         )
 
 

@@ -23,6 +23,11 @@ the connections over worker processes; with 1 the run stays in-process.
 Before any load, each host is resolved and connected to once, so a refused port
 or unknown host fails fast with one line; with `verify` each URL is fetched once
 for the reference SHA-256 (or `expect` names a local file holding the body).
+
+https:// URLs speak TLS (ALPN http/1.1, SNI from the URL's host), verified
+against the system's CAs, or only `cacert`'s, or not at all with `insecure`. An
+untrusted certificate on that first connect fails fast too. Handshakes are
+counted and timed apart (`tls_handshakes`, `handshake_ms()`), never in latency.
 """
 
 from __future__ import annotations
@@ -162,21 +167,23 @@ def add_command(sub: argparse._SubParsersAction[P]) -> None:
         "load",
         help="load an HTTP server and measure latency and throughput",
         description=(
-            "Load URLs over keep-alive HTTP/1.1 connections and report requests/s, MB/s, "
-            "latency percentiles (HDR histogram) and errors. Give -d or -n; with neither, "
-            f"the run lasts {DEFAULT_DURATION:g}s. Exit code 1 when any request failed, "
-            "2 on bad input or when the first connect fails."
+            "Load http:// or https:// URLs over keep-alive HTTP/1.1 connections and report "
+            "requests/s, MB/s, latency percentiles (HDR histogram), TLS handshakes (timed "
+            "apart, never in the latency) and errors. Give -d or -n; with neither, the run "
+            f"lasts {DEFAULT_DURATION:g}s. Exit code 1 when any request failed, 2 on bad "
+            "input or when the first connect (or TLS handshake) fails."
         ),
         formatter_class=_HelpFormatter,
     )
-    p.add_argument("urls", nargs="*", metavar="URL", help="http://host[:port]/path, round-robin")
+    p.add_argument("urls", nargs="*", metavar="URL", help="http[s]://host[:port]/path, round-robin")
     p.add_argument(
         "-c",
         "--connections",
         metavar="C",
         type=_count,
         default=DEFAULT_CONNECTIONS,
-        help="keep-alive connections, spread over the processes",
+        help="keep-alive connections, spread over the processes (https: one TLS handshake "
+        "each, plus one per reconnect)",
     )
     bound = p.add_mutually_exclusive_group()
     bound.add_argument(
@@ -236,6 +243,18 @@ def add_command(sub: argparse._SubParsersAction[P]) -> None:
         default=None,
         help="compare each body's SHA-256 with FILE's (one URL; implies --verify)",
     )
+    trust = p.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--insecure",
+        action="store_true",
+        help="https: do not verify the certificate or host name (self-signed certificates)",
+    )
+    trust.add_argument(
+        "--cacert",
+        metavar="FILE",
+        default=None,
+        help="https: trust the CA certificates in FILE (PEM) instead of the system's",
+    )
     p.add_argument("--loop", choices=LOOP_NAMES, default="uvloop", help="event loop")
     p.add_argument("--json", metavar="FILE", default=None, help="write every figure as JSON")
     p.add_argument(
@@ -265,6 +284,8 @@ def run_command(args: argparse.Namespace) -> int:
         verify=args.verify,
         expect=args.expect,
         loop=args.loop,
+        insecure=args.insecure,
+        cacert=args.cacert,
     )
     seconds = options.warmup + (options.duration or 0.0)
     try:

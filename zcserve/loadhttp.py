@@ -30,16 +30,22 @@ class Target:
     port: int
     target: str
     """Path and query as sent on the request line."""
+    tls: bool = False
+    """https: the connection speaks TLS first."""
 
     @property
-    def origin(self) -> tuple[str, int]:
-        """Requests to one origin may share a connection."""
-        return (self.host, self.port)
+    def origin(self) -> tuple[bool, str, int]:
+        """Requests to one origin (scheme, host, port) may share a connection."""
+        return (self.tls, self.host, self.port)
+
+    @property
+    def default_port(self) -> int:
+        return 443 if self.tls else 80
 
     @property
     def host_header(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == 80 else f"{host}:{self.port}"
+        return host if self.port == self.default_port else f"{host}:{self.port}"
 
     def request(self) -> bytes:
         """The GET request for this URL, rendered once and sent as is every time."""
@@ -52,17 +58,15 @@ class Target:
 
 
 def parse_target(url: str) -> Target:
-    """`Target` for an `http://host[:port][/path]` URL, or `ConfigError` saying why not."""
-    expected = "expected http://host[:port]/path"
+    """`Target` for an `http[s]://host[:port][/path]` URL, or `ConfigError` saying why not."""
+    expected = "expected http://host[:port]/path or https://host[:port]/path"
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
         raise ConfigError(f"bad URL {url!r} ({exc}); {expected}") from None
     scheme = parts.scheme.lower()
-    if scheme == "https":
-        raise ConfigError(f"https is not supported yet: {url!r}; {expected}")
-    if scheme != "http" or not parts.hostname:
+    if scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"bad URL {url!r}; {expected}")
     if parts.username is not None or parts.password is not None:
         raise ConfigError(f"bad URL {url!r}: credentials are not supported; {expected}")
@@ -73,7 +77,9 @@ def parse_target(url: str) -> Target:
         target = f"{target}?{parts.query}"
     if any(ch in target for ch in " \r\n"):
         raise ConfigError(f"bad URL {url!r}: spaces or line breaks in the path; {expected}")
-    return Target(url=url, host=parts.hostname, port=port or 80, target=target)
+    tls = scheme == "https"
+    default_port = 443 if tls else 80
+    return Target(url=url, host=parts.hostname, port=port or default_port, target=target, tls=tls)
 
 
 def is_loopback(host: str) -> bool:

@@ -1,9 +1,10 @@
 """What a load run will do, worked out before any load: options, routes, worker plans.
 
 `LoadOptions` is validated once. `prepare_routes` resolves every host and connects
-to it once (a refused port fails here, with one line, not as a million errors),
-and fetches the reference body of each URL when verifying. `plan_workers` splits
-connections and the request budget between processes, exactly.
+to it once, TLS handshake included for https (a refused port or an untrusted
+certificate fails here, with one line, not as a million errors), and fetches the
+reference body of each URL when verifying. `plan_workers` splits connections and
+the request budget between processes, exactly.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import math
 import os
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 from zcserve.config import LOOP_NAMES
 from zcserve.errors import ConfigError, ZcserveError
 from zcserve.loadhttp import ResponseError, ResponseReader, Target, is_loopback, parse_target
+from zcserve.loadtls import client_context, describe_handshake_error
 from zcserve.server import raise_nofile_limit
 
 DEFAULT_DURATION = 10.0
@@ -57,13 +60,17 @@ class LoadOptions:
     expect: str | None = None
     loop: str = "uvloop"
     connect_concurrency: int = CONNECT_CONCURRENCY
+    insecure: bool = False
+    """https: do not verify the server's certificate or host name."""
+    cacert: str | None = None
+    """https: trust only the CA certificates in this PEM file."""
 
     def __post_init__(self) -> None:
         if isinstance(self.urls, str):
             raise ConfigError("urls must be a sequence of URLs, not one string")
         object.__setattr__(self, "urls", tuple(self.urls))
         if not self.urls:
-            raise ConfigError("no URL given; expected http://host[:port]/path")
+            raise ConfigError("no URL given; expected http://host[:port]/path or https://...")
         targets = [parse_target(url) for url in self.urls]
         if self.connections < 1:
             raise ConfigError(f"connections must be at least 1, not {self.connections}")
@@ -100,6 +107,14 @@ class LoadOptions:
             )
         if self.connect_concurrency < 1:
             raise ConfigError("connect concurrency must be at least 1")
+        if self.insecure or self.cacert is not None:
+            if self.insecure and self.cacert is not None:
+                raise ConfigError("give --insecure or --cacert FILE, not both")
+            if not any(target.tls for target in targets):
+                flag = "--insecure" if self.insecure else "--cacert"
+                raise ConfigError(f"{flag} applies to https:// URLs; none given")
+        if self.cacert is not None and not os.path.isfile(self.cacert):
+            raise ConfigError(f"--cacert {self.cacert!r} is not a regular file")
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -126,6 +141,9 @@ class Route:
     requests: tuple[bytes, ...]
     digests: tuple[bytes | None, ...]
     """Expected body SHA-256 per request, or None when not verifying."""
+    tls: bool = False
+    server_hostname: str | None = None
+    """https: the host name sent as SNI and checked against the certificate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,36 +164,61 @@ class WorkerPlan:
     hash_bodies: bool
     loop: str
     connect_concurrency: int
+    insecure: bool = False
+    cacert: str | None = None
+    """A worker builds its own `ssl.SSLContext` from these: contexts do not pickle."""
 
 
 async def prepare_routes(options: LoadOptions) -> tuple[Route, ...]:
     """Resolve and probe each origin once; fetch reference digests when verifying."""
-    by_origin: dict[tuple[str, int], list[Target]] = {}
+    by_origin: dict[tuple[bool, str, int], list[Target]] = {}
     for target in options.targets:
         by_origin.setdefault(target.origin, []).append(target)
     digests: dict[str, bytes] = {}
     if options.expect is not None:
         digests[options.urls[0]] = await asyncio.to_thread(_file_digest, options.expect)
+    context = None
+    if any(target.tls for target in options.targets):
+        context = client_context(insecure=options.insecure, cacert=options.cacert)
     routes = []
-    for (host, port), targets in by_origin.items():
+    for (tls, host, port), targets in by_origin.items():
         family, address = await _resolve(host, port)
-        label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        await _probe(family, address, label, options.timeout)
+        origin = _Origin(
+            family=family,
+            address=address,
+            label=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            timeout=options.timeout,
+            context=context if tls else None,
+            server_hostname=host if tls else None,
+        )
+        await _probe(origin)
         if options.verify and options.expect is None:
             for target in targets:
-                digests[target.url] = await _fetch_digest(
-                    family, address, label, target, options.timeout
-                )
+                digests[target.url] = await _fetch_digest(origin, target)
         routes.append(
             Route(
                 family=family,
                 address=address,
-                label=label,
+                label=origin.label,
                 requests=tuple(target.request() for target in targets),
                 digests=tuple(digests.get(target.url) for target in targets),
+                tls=tls,
+                server_hostname=origin.server_hostname,
             )
         )
     return tuple(routes)
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """How `prepare_routes` reaches one origin for its probe and reference fetches."""
+
+    family: int
+    address: tuple[Any, ...]
+    label: str
+    timeout: float
+    context: ssl.SSLContext | None
+    server_hostname: str | None
 
 
 async def _resolve(host: str, port: int) -> tuple[int, tuple[Any, ...]]:
@@ -207,36 +250,70 @@ async def _connect(
     return sock
 
 
-async def _probe(family: int, address: tuple[Any, ...], label: str, timeout: float) -> None:
-    """Fail fast, with one line, when the first connect is refused."""
-    sock = await _connect(family, address, label, timeout)
-    sock.close()
+async def _open_stream(origin: _Origin) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to `origin` as streams, TLS handshake done; one-line `ConfigError`."""
+    sock = await _connect(origin.family, origin.address, origin.label, origin.timeout)
+    try:
+        async with asyncio.timeout(origin.timeout):
+            return await asyncio.open_connection(
+                sock=sock,
+                limit=READ_SIZE,
+                ssl=origin.context,
+                server_hostname=origin.server_hostname,
+            )
+    except OSError as exc:
+        sock.close()
+        if origin.context is not None:
+            why = describe_handshake_error(exc)
+        else:  # pragma: no cover - wrapping a plain socket that just connected
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"cannot connect to {origin.label}: {why}") from None
 
 
-async def _fetch_digest(
-    family: int, address: tuple[Any, ...], label: str, target: Target, timeout: float
-) -> bytes:
-    """SHA-256 of one response body: the reference the load's bodies must match."""
-    loop = asyncio.get_running_loop()
-    sock = await _connect(family, address, label, timeout)
-    reader = ResponseReader(hash_bodies=True)
-    buffer = bytearray(READ_SIZE)
+async def _close_stream(writer: asyncio.StreamWriter, timeout: float) -> None:
+    """Close politely (TLS close_notify), but never wait longer than `timeout`."""
+    writer.close()
     try:
         async with asyncio.timeout(timeout):
-            await loop.sock_sendall(sock, target.request())
+            await writer.wait_closed()
+    except TimeoutError:
+        writer.transport.abort()
+    except OSError:
+        pass  # closed all the same; why no longer matters
+
+
+async def _probe(origin: _Origin) -> None:
+    """Fail fast, with one line, when the first connect (or TLS handshake) fails."""
+    if origin.context is None:
+        sock = await _connect(origin.family, origin.address, origin.label, origin.timeout)
+        sock.close()
+        return
+    # Closed politely so the server completes its side of the handshake (TLS 1.3 ends
+    # with the client's Finished) and does not log a reset.
+    _, writer = await _open_stream(origin)
+    await _close_stream(writer, origin.timeout)
+
+
+async def _fetch_digest(origin: _Origin, target: Target) -> bytes:
+    """SHA-256 of one response body: the reference the load's bodies must match."""
+    reader = ResponseReader(hash_bodies=True)
+    stream, writer = await _open_stream(origin)
+    try:
+        async with asyncio.timeout(origin.timeout):
+            writer.write(target.request())
             while True:
-                received = await loop.sock_recv_into(sock, buffer)
-                if received == 0:
+                data = await stream.read(READ_SIZE)
+                if not data:
                     if reader.eof_error() is not None:
                         raise ZcserveError("connection closed before the response ended")
                     break
-                if reader.feed(memoryview(buffer)[:received]):
+                if reader.feed(data):
                     break
     except (OSError, ResponseError, ZcserveError) as exc:
         why = "timed out" if isinstance(exc, TimeoutError) else str(exc)
         raise ConfigError(f"cannot fetch the reference body of {target.url}: {why}") from None
     finally:
-        sock.close()
+        await _close_stream(writer, origin.timeout)
     digest = reader.digest()
     assert digest is not None
     return digest
@@ -297,6 +374,8 @@ def plan_workers(options: LoadOptions, routes: tuple[Route, ...]) -> list[Worker
                 hash_bodies=options.hash_bodies,
                 loop=options.loop,
                 connect_concurrency=options.connect_concurrency,
+                insecure=options.insecure,
+                cacert=options.cacert,
             )
         )
         first += share

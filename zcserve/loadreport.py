@@ -70,6 +70,13 @@ def summary_lines(result: LoadResult) -> list[str]:
         + "  ".join(f"{name} {format_ms(latency[name])}" for name in ("p50", "p90", "p99", "p99.9"))
         + f"  max {format_ms(latency['max'])}"
     )
+    if result.tls or result.tls_handshakes:
+        handshake = result.handshake_ms()
+        count = result.tls_handshakes
+        lines.append(
+            f"  TLS         {count:,} handshake{'s' if count != 1 else ''}, ms "
+            + "  ".join(f"{name} {format_ms(handshake[name])}" for name in ("p50", "p99", "max"))
+        )
     lines.append(f"  client CPU  {result.cpu_seconds:.2f} s")
     if result.verified:
         lines.append("  verified    SHA-256 of every body")

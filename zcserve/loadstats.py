@@ -3,7 +3,8 @@
 Latencies go into an HDR histogram (microseconds, 1 us to 1 hour, 3 significant
 digits, as wrk2). Each worker process returns its histogram encoded; the parent
 adds them back together, which is exact: merged percentiles equal those of one
-histogram holding every value.
+histogram holding every value. TLS handshakes get a second histogram of the same
+shape, so request latencies never include a handshake.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ ERROR_KINDS = (
     "long_body",
     "bad_response",
     "verify",
+    "tls",
 )
 """Error counts besides `status_NNN` (one per non-2xx status seen)."""
 
@@ -48,8 +50,27 @@ def merge_histograms(encoded: Sequence[str]) -> HdrHistogram:
     """One histogram holding every value of the encoded ones (exact)."""
     merged = new_histogram()
     for text in encoded:
-        merged.decode_and_add(text)
+        if text:  # results saved before handshakes were measured have none
+            merged.decode_and_add(text)
     return merged
+
+
+def figures_ms(histogram: HdrHistogram) -> dict[str, float]:
+    """p50, p90, p99, p99.9, max, min and mean of a microsecond histogram, in ms."""
+    if histogram.get_total_count() == 0:
+        return {name: 0.0 for name in (*dict(PERCENTILES), "max", "min", "mean")}
+    figures = {
+        name: histogram.get_value_at_percentile(percentile) / 1000
+        for name, percentile in PERCENTILES
+    }
+    figures["max"] = histogram.get_max_value() / 1000
+    figures["min"] = histogram.get_min_value() / 1000
+    figures["mean"] = round(histogram.get_mean_value() / 1000, 3)
+    return figures
+
+
+def _clamp(micros: int) -> int:
+    return min(max(micros, LOWEST_MICROS), HIGHEST_MICROS)
 
 
 class LiveStats:
@@ -59,7 +80,16 @@ class LiveStats:
     the histogram now and then: a dict increment costs a tenth of `record_value`.
     """
 
-    __slots__ = ("requests", "failed", "body_bytes", "errors", "pending", "histogram")
+    __slots__ = (
+        "requests",
+        "failed",
+        "body_bytes",
+        "errors",
+        "pending",
+        "histogram",
+        "handshakes",
+        "handshake_histogram",
+    )
 
     def __init__(self) -> None:
         self.requests = 0
@@ -70,6 +100,9 @@ class LiveStats:
         self.errors: dict[str, int] = {}
         self.pending: dict[int, int] = {}
         self.histogram = new_histogram()
+        self.handshakes = 0
+        """Completed TLS handshakes; each one's duration is in `handshake_histogram`."""
+        self.handshake_histogram = new_histogram()
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -82,8 +115,13 @@ class LiveStats:
         """Move the pending latencies into the histogram."""
         record = self.histogram.record_value
         for micros, count in self.pending.items():
-            record(min(max(micros, LOWEST_MICROS), HIGHEST_MICROS), count)
+            record(_clamp(micros), count)
         self.pending.clear()
+
+    def handshake(self, seconds: float) -> None:
+        """Count one completed TLS handshake (one per connection: rare, recorded now)."""
+        self.handshakes += 1
+        self.handshake_histogram.record_value(_clamp(int(seconds * 1_000_000)))
 
 
 @dataclass(frozen=True)
@@ -92,7 +130,8 @@ class LoadResult:
 
     `requests` counts complete responses of any status; `failed` counts requests
     that got none. With `-n N`, requests + failed == N. A non-2xx, a body over its
-    Content-Length or a hash mismatch is both a request and an error.
+    Content-Length or a hash mismatch is both a request and an error. A failed TLS
+    handshake is a failed request (error kind "tls").
     """
 
     urls: tuple[str, ...]
@@ -113,6 +152,10 @@ class LoadResult:
     warmup: float = 0.0
     loop: str = "uvloop"
     verified: bool = False
+    tls_handshakes: int = 0
+    """TLS handshakes completed: one per https connection opened, reconnects included."""
+    handshake_histogram: str = ""
+    """Handshake durations (TCP connect excluded), encoded like `histogram`; "" is none."""
 
     # derived figures -----------------------------------------------------------
 
@@ -140,17 +183,19 @@ class LoadResult:
 
     def latency_ms(self) -> dict[str, float]:
         """p50, p90, p99, p99.9, max, min and mean latency in milliseconds."""
-        histogram = self.decode_histogram()
-        if histogram.get_total_count() == 0:
-            return {name: 0.0 for name in (*dict(PERCENTILES), "max", "min", "mean")}
-        figures = {
-            name: histogram.get_value_at_percentile(percentile) / 1000
-            for name, percentile in PERCENTILES
-        }
-        figures["max"] = histogram.get_max_value() / 1000
-        figures["min"] = histogram.get_min_value() / 1000
-        figures["mean"] = round(histogram.get_mean_value() / 1000, 3)
-        return figures
+        return figures_ms(self.decode_histogram())
+
+    def decode_handshake_histogram(self) -> HdrHistogram:
+        return merge_histograms([self.handshake_histogram])
+
+    def handshake_ms(self) -> dict[str, float]:
+        """The same figures for TLS handshakes (all zero without TLS)."""
+        return figures_ms(self.decode_handshake_histogram())
+
+    @property
+    def tls(self) -> bool:
+        """True when any URL is https."""
+        return any(url.lower().startswith("https:") for url in self.urls)
 
     # merging and JSON -------------------------------------------------------
 
@@ -165,6 +210,7 @@ class LoadResult:
             for kind, count in result.errors.items():
                 errors[kind] = errors.get(kind, 0) + count
         histogram = merge_histograms([result.histogram for result in results])
+        handshakes = merge_histograms([result.handshake_histogram for result in results])
         return replace(
             first,
             connections=sum(result.connections for result in results),
@@ -176,6 +222,8 @@ class LoadResult:
             errors=dict(sorted(errors.items())),
             histogram=histogram.encode().decode("ascii"),
             cpu_seconds=sum(result.cpu_seconds for result in results),
+            tls_handshakes=sum(result.tls_handshakes for result in results),
+            handshake_histogram=handshakes.encode().decode("ascii"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -189,6 +237,7 @@ class LoadResult:
             achieved_rate=self.achieved_rate,
             megabytes_per_second=self.megabytes_per_second,
             latency_ms=self.latency_ms(),
+            handshake_ms=self.handshake_ms(),
         )
         return data
 
@@ -215,4 +264,6 @@ class LoadResult:
             warmup=float(data.get("warmup", 0.0)),
             loop=str(data.get("loop", "uvloop")),
             verified=bool(data.get("verified", False)),
+            tls_handshakes=int(data.get("tls_handshakes", 0)),
+            handshake_histogram=str(data.get("handshake_histogram", "")),
         )

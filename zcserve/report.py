@@ -1,0 +1,237 @@
+"""`zcserve report`: render saved results again, merging the load results of several clients.
+
+A bench results.json (`{"meta": ..., "rows": [...]}`, written by `zcserve bench`)
+is shown as the bench table again and, with `--plots DIR`, its plots are drawn
+again. Results of `zcserve load --json` are merged when several are given, as the
+results of clients that ran side by side against one server: histograms add
+bucket by bucket (exact: the merged percentiles are those of one histogram of
+every value), counts add, and the rates are the union of the requests over the
+longest duration, as `LoadResult.merge` does for the processes of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from rich.console import Console
+from rich.markup import escape
+
+from zcserve.benchreport import BenchRow, load_results, render_table, write_plots
+from zcserve.errors import ConfigError
+from zcserve.loadreport import format_ms, print_summary, write_json
+from zcserve.loadstats import LoadResult
+
+Kind = Literal["bench", "load"]
+
+
+@dataclass(frozen=True)
+class Saved:
+    """One results file, read and told apart."""
+
+    path: str
+    kind: Kind
+    data: dict[str, Any]
+
+
+def read_saved(path: str) -> Saved:
+    """Read `path` and tell a bench results.json from a `zcserve load --json` result."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {path!r}: not JSON ({exc})") from None
+    if isinstance(data, dict):
+        if isinstance(data.get("rows"), list):
+            return Saved(path, "bench", data)
+        if "histogram" in data and "requests" in data:
+            return Saved(path, "load", data)
+        if data.get("mode") == "raw":
+            raise ConfigError(
+                f"{path!r} is a `zcserve load --raw` result, which has nothing to render again; "
+                "expected a bench results.json or a `zcserve load --json` result"
+            )
+    raise ConfigError(
+        f"{path!r} is neither a bench results.json nor a `zcserve load --json` result"
+    )
+
+
+def bench_rows(saved: Saved) -> tuple[list[BenchRow], dict[str, Any]]:
+    """The rows and metadata of a bench results.json, checked field by field."""
+    try:
+        rows, meta = load_results(saved.path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read the bench rows of {saved.path!r}: {exc}") from None
+    for index, row in enumerate(rows):
+        for field in fields(BenchRow):
+            value = getattr(row, field.name)
+            if not _fits(value, str(field.type)):
+                raise ConfigError(
+                    f"bad bench row {index} in {saved.path!r}: {field.name} is {value!r}, "
+                    f"expected {'text' if field.type == 'str' else 'a number'}"
+                )
+    return rows, meta
+
+
+def _fits(value: object, type_name: str) -> bool:
+    """Whether a JSON value fits a `BenchRow` field annotated `type_name`."""
+    if isinstance(value, bool):
+        return False
+    if type_name == "float":
+        return isinstance(value, int | float)
+    if type_name == "int":
+        return isinstance(value, int)
+    return isinstance(value, str)
+
+
+def load_result(saved: Saved) -> LoadResult:
+    """The `LoadResult` of a `zcserve load --json` file, its histograms decoded once."""
+    try:
+        result = LoadResult.from_json(saved.data)
+    except KeyError as exc:
+        raise ConfigError(f"bad load result {saved.path!r}: missing field {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"bad load result {saved.path!r}: bad field value ({exc})") from None
+    try:
+        result.decode_histogram()
+        result.decode_handshake_histogram()
+    except Exception as exc:  # hdrh raises its own exception types on a bad encoding
+        raise ConfigError(f"bad load result {saved.path!r}: bad histogram ({exc})") from None
+    return result
+
+
+def merge_clients(results: Sequence[LoadResult]) -> LoadResult:
+    """One result for clients that ran side by side: `LoadResult.merge`, plus the
+    fields that differ between clients (each has its own URLs, rate, loop)."""
+    models = {result.model for result in results}
+    if len(models) > 1:
+        raise ConfigError("cannot merge closed-model and open-model load results")
+    merged = LoadResult.merge(results)
+    urls = tuple(dict.fromkeys(url for result in results for url in result.urls))
+    loops = "+".join(dict.fromkeys(result.loop for result in results))
+    target_rate = None
+    if merged.model == "open":
+        # Each client's target is its own total: side by side they add up.
+        target_rate = sum(result.target_rate or 0.0 for result in results)
+    return replace(
+        merged,
+        urls=urls,
+        loop=loops,
+        target_rate=target_rate,
+        warmup=max(result.warmup for result in results),
+        verified=all(result.verified for result in results),
+    )
+
+
+def _client_line(path: str, result: LoadResult) -> str:
+    latency = result.latency_ms()
+    return (
+        f"  {escape(path)}: {result.requests:,} requests in {result.duration:.2f} s, "
+        f"{result.requests_per_second:,.1f} req/s, p99 {format_ms(latency['p99'])} ms, "
+        f"{result.error_total:,} errors"
+    )
+
+
+def report_load(saved: Sequence[Saved], console: Console, *, json_out: str | None) -> LoadResult:
+    results = [load_result(one) for one in saved]
+    merged = merge_clients(results) if len(results) > 1 else results[0]
+    if len(results) > 1:
+        names = ", ".join(one.path for one in saved)
+        console.print(f"merged {len(results)} clients: {escape(names)}", soft_wrap=True)
+        for one, result in zip(saved, results, strict=True):
+            console.print(_client_line(one.path, result), highlight=False, soft_wrap=True)
+    print_summary(console, merged)
+    if json_out is not None:
+        write_json(json_out, merged.to_json())
+    return merged
+
+
+def report_bench(saved: Sequence[Saved], console: Console, *, plots: str | None) -> None:
+    for one in saved:
+        rows, meta = bench_rows(one)
+        described = ", ".join(
+            str(meta[key]) for key in ("command", "date", "machine") if meta.get(key)
+        )
+        console.print(f"{escape(one.path)}: {escape(described)}", highlight=False, soft_wrap=True)
+        console.print(render_table(rows, pinning=str(meta.get("placement", ""))))
+        if plots is not None:
+            try:
+                os.makedirs(plots, exist_ok=True)
+                written = write_plots(plots, rows)
+            except OSError as exc:
+                raise ConfigError(f"cannot write plots to {plots!r}: {exc.strerror}") from None
+            console.print(f"plots written: {escape(', '.join(written))}", soft_wrap=True)
+
+
+def check_inputs(saved: Sequence[Saved], *, plots: str | None, json_out: str | None) -> Kind:
+    """The one kind all inputs share, or `ConfigError` saying what does not fit."""
+    first = saved[0]
+    for other in saved[1:]:
+        if other.kind != first.kind:
+            raise ConfigError(
+                f"cannot mix bench and load results: {first.path!r} is a {first.kind} result, "
+                f"{other.path!r} a {other.kind} result"
+            )
+    seen: dict[str, str] = {}
+    for one in saved:
+        real = os.path.realpath(one.path)
+        if real in seen:
+            raise ConfigError(f"{one.path!r} is given twice; each client's result counts once")
+        seen[real] = one.path
+    if first.kind == "load" and plots is not None:
+        raise ConfigError(f"--plots draws bench results; {first.path!r} is a load result")
+    if first.kind == "bench":
+        if json_out is not None:
+            raise ConfigError(
+                f"--json writes merged load results; {first.path!r} is a bench result"
+            )
+        if plots is not None and len(saved) > 1:
+            raise ConfigError(f"--plots draws one bench result; give one file, not {len(saved)}")
+    return first.kind
+
+
+# the command ----------------------------------------------------------------------------
+
+P = TypeVar("P", bound=argparse.ArgumentParser)
+
+
+def add_command(sub: argparse._SubParsersAction[P]) -> None:
+    """Add `zcserve report` to the `zcserve` command's subparsers."""
+    p = sub.add_parser(
+        "report",
+        help="render saved bench or load results again; merge load results of several clients",
+        description=(
+            "Render saved results again. A bench results.json is shown as the bench table "
+            "(--plots DIR draws its plots again). Several `zcserve load --json` results are "
+            "merged as clients that ran at the same time: exact histogram merge, requests/s "
+            "and MB/s added up. Exit code 2 on unreadable or mixed input."
+        ),
+    )
+    p.add_argument("results", nargs="+", metavar="RESULTS.json", help="files to render")
+    p.add_argument(
+        "--plots", metavar="DIR", default=None, help="bench: draw the plots into DIR again"
+    )
+    p.add_argument(
+        "--json", metavar="OUT", default=None, help="load: write the merged result as JSON"
+    )
+    p.set_defaults(run=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`zcserve report`: 0 once rendered; bad input raises `ConfigError` (exit 2)."""
+    saved = [read_saved(path) for path in args.results]
+    kind = check_inputs(saved, plots=args.plots, json_out=args.json)
+    # A pipe or a CI log gets the whole table rather than 80 squeezed columns (as bench).
+    console = Console(width=None if sys.stdout.isatty() else 180, highlight=False)
+    if kind == "bench":
+        report_bench(saved, console, plots=args.plots)
+    else:
+        report_load(saved, console, json_out=args.json)
+    return 0
