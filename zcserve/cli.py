@@ -126,6 +126,12 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--raw", metavar="FILE", default=None, help="no HTTP: send FILE to every connection, close"
     )
     p.add_argument(
+        "--open-file-cache",
+        type=int,
+        default=1024,
+        help="hot files kept open between requests, revalidated by stat; 0 turns it off",
+    )
+    p.add_argument(
         "--metrics",
         metavar="HOST:PORT",
         default=None,
@@ -161,6 +167,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         keepalive_timeout=args.keepalive_timeout,
         send_timeout=args.send_timeout,
         max_connections=args.max_connections,
+        open_file_cache=args.open_file_cache,
         max_request_line=args.max_request_line,
         max_header_bytes=args.max_header_bytes,
         max_headers=args.max_headers,

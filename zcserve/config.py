@@ -38,6 +38,8 @@ class ServerConfig:
     keepalive_timeout: float = 75.0
     send_timeout: float = 60.0
     max_connections: int = 10_000
+    open_file_cache: int = 1024
+    """Open descriptors kept for hot files; 0 turns the cache off."""
     max_request_line: int = MAX_REQUEST_LINE
     max_header_bytes: int = MAX_HEADER_BYTES
     max_headers: int = MAX_HEADER_COUNT
@@ -88,6 +90,8 @@ class ServerConfig:
         for name in ("header_timeout", "keepalive_timeout", "send_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive, in seconds")
+        if self.open_file_cache < 0:
+            raise ConfigError("open-file-cache must be 0 (off) or more")
         if self.grace < 0:
             raise ConfigError("grace must be zero or more seconds")
 

@@ -14,7 +14,9 @@ import html
 import mimetypes
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import quote, unquote_to_bytes
 
 from zcserve.errors import HttpError
@@ -77,6 +79,8 @@ class OpenedFile:
     size: int
     mtime: float
     mtime_ns: int
+    on_close: Callable[[], None] | None = None
+    """Set when the descriptor is shared (the open-file cache): close releases it."""
 
     @property
     def etag(self) -> str:
@@ -89,7 +93,10 @@ class OpenedFile:
     def close(self) -> None:
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
-            os.close(fd)
+            if self.on_close is not None:
+                self.on_close()
+            else:
+                os.close(fd)
 
 
 class Kind(enum.Enum):
@@ -106,6 +113,12 @@ class Resolved:
     file: OpenedFile | None = None
     listing: bytes = b""
     location: str = ""
+
+
+class Resolver(Protocol):
+    """Maps a URL path to what it names: `Root` itself, or the open-file cache."""
+
+    def resolve(self, url_path: bytes) -> Resolved: ...
 
 
 class Root:

@@ -8,6 +8,7 @@ the limits a public server needs and the mapping of every failure to a status.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -279,10 +280,16 @@ _date_cache = _DateCache()
 
 
 def http_date(timestamp: float | None = None) -> str:
-    """An IMF-fixdate (RFC 9110 5.6.7); the current second is cached."""
+    """An IMF-fixdate (RFC 9110 5.6.7); the current second is cached, and so are
+    files' modification times, which repeat on every request for the same file."""
     if timestamp is None:
         return _date_cache.now()
-    return formatdate(timestamp, usegmt=True)
+    return _format_second(int(timestamp))
+
+
+@functools.lru_cache(maxsize=4096)
+def _format_second(second: int) -> str:
+    return formatdate(second, usegmt=True)
 
 
 def parse_http_date(value: str) -> float | None:

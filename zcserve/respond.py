@@ -14,7 +14,7 @@ from zcserve.files import (
     Kind,
     OpenedFile,
     RangeKind,
-    Root,
+    Resolver,
     if_range_matches,
     not_modified,
     parse_range,
@@ -56,7 +56,7 @@ def error_reply(error: HttpError, request: Request | None = None) -> Reply:
     return Reply(error.status, head, keep, body)
 
 
-def plan_reply(request: Request, root: Root) -> Reply:
+def plan_reply(request: Request, root: Resolver) -> Reply:
     """The reply to `request` for files under `root`; errors become error replies."""
     try:
         return _plan(request, root)
@@ -64,7 +64,7 @@ def plan_reply(request: Request, root: Root) -> Reply:
         return error_reply(error, request)
 
 
-def _plan(request: Request, root: Root) -> Reply:
+def _plan(request: Request, root: Resolver) -> Reply:
     if request.method not in ALLOWED_METHODS:
         raise HttpError(405, f"method {request.method} not allowed")
     if not request.path.startswith(b"/"):

@@ -31,6 +31,7 @@ from zcserve.errors import (
     SendStalledError,
     TransferError,
 )
+from zcserve.filecache import OpenFileCache
 from zcserve.files import OpenedFile, Root
 from zcserve.http import Limits, Request, RequestParser, error_body, error_response
 from zcserve.metrics import (
@@ -52,6 +53,8 @@ RECV_BUFFER = 8 * 1024
 connection's whole life (bytearray zero-fills it), so it is sized like nginx's
 large_client_header_buffers (8k), not uvicorn's 64 KiB: 10,000 idle connections
 then cost about 80 MiB here rather than 640 MiB. Longer heads take several reads."""
+FILE_SWEEP_INTERVAL = 0.5
+"""Seconds between closing the open-file cache's idle descriptors."""
 ACCEPT_BACKOFF = 0.1
 """Seconds to wait before accepting again when the process is out of descriptors."""
 EMFILE_LOG_INTERVAL = 60.0
@@ -117,6 +120,9 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.root = Root(config.root, listing=config.listing)
+        # A tenth of the descriptor limit at most, so the cache never starves accept.
+        capacity = min(config.open_file_cache, raise_nofile_limit() // 10)
+        self.files = OpenFileCache(self.root, capacity)
         self.strategy = make_strategy(
             config.strategy, CopyOptions(config.chunk_size, config.sendfile_chunk)
         )
@@ -150,15 +156,24 @@ class Server:
                 pass
         accepter = asyncio.create_task(self._accept_loop(loop, listener))
         snapshots = self._start_snapshots()
+        sweeper = asyncio.create_task(self._sweep_files())
         await self._stop.wait()
         accepter.cancel()
         listener.close()
         await asyncio.gather(accepter, return_exceptions=True)
         await self._drain()
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
+        self.files.clear()
         self.access_log.close()
         if snapshots is not None:
             snapshots.cancel()
             await asyncio.gather(snapshots, return_exceptions=True)
+
+    async def _sweep_files(self) -> None:
+        while True:
+            await asyncio.sleep(FILE_SWEEP_INTERVAL)
+            self.files.sweep()
 
     def _start_snapshots(self) -> asyncio.Task[None] | None:
         """Under a supervisor, write this worker's metrics where it can merge them."""
@@ -266,10 +281,11 @@ class Server:
         try:
             while not self._closing or pending:
                 if not pending:
-                    if head_deadline is not None:
+                    received = stream.recv_ready(buffer)
+                    if received is None and head_deadline is not None:
                         async with asyncio.timeout_at(head_deadline):
                             received = await stream.recv_into(buffer)
-                    else:
+                    elif received is None:
                         async with asyncio.timeout(self.config.keepalive_timeout):
                             received = await stream.recv_into(buffer)
                     if received == 0:
@@ -314,7 +330,7 @@ class Server:
         sent_before = stream.bytes_sent
         started = stream.loop.time()
         try:
-            reply = plan_reply(request, self.root)
+            reply = plan_reply(request, self.files)
         except Exception:
             # Nothing is sent yet, so any failure, an OSError from the file system
             # included, is the server's own: a 500, not the silence of a lost peer.

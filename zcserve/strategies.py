@@ -148,7 +148,10 @@ class ReadWriteStrategy:
         self.chunk_size = options.chunk_size or DEFAULT_CHUNK
 
     async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
-        async with aiofiles.open(file.fd, "rb", buffering=0, closefd=False) as afile:
+        # The descriptor may be shared (open-file cache) and this path moves a file
+        # offset, so read through a description of its own, as the classic server's
+        # own open() would.
+        async with aiofiles.open(_own_description(file.fd), "rb", buffering=0) as afile:
             await afile.seek(offset)
             left = count
             while left:
@@ -157,6 +160,12 @@ class ReadWriteStrategy:
                     raise FileShrankError(f"{file.name}: file ended {left} bytes early")
                 await stream.send_all(data)
                 left -= len(data)
+
+
+def _own_description(fd: int) -> str | int:
+    """A path that opens the same file anew (with its own offset), where /proc has one."""
+    proc = f"/proc/self/fd/{fd}"
+    return proc if os.path.exists(proc) else os.dup(fd)
 
 
 class FallbackStrategy:

@@ -82,6 +82,10 @@ class TlsStream(SocketStream):
         if pending:
             await self._send_raw(memoryview(pending), 0)
 
+    def recv_ready(self, buffer: bytearray | memoryview) -> int | None:
+        # Decrypted bytes may already sit in the TLS buffer; `recv_into` handles both.
+        return None
+
     async def recv_into(self, buffer: bytearray | memoryview) -> int:
         while True:
             try:

@@ -1,0 +1,121 @@
+"""An open-file cache, as nginx's open_file_cache: descriptors and their fstat kept
+between requests, so a hot small file costs one stat(2) instead of open, readlink,
+fstat and close.
+
+Every hit is revalidated by a stat of the path: if the path no longer names the
+same inode, size and mtime (replaced, truncated, deleted, or a symlink swapped
+in), the entry is dropped and the path resolved afresh, with the root check.
+Descriptors are shared by reference count: an evicted entry closes its
+descriptor when its last response finishes. Idle entries close after `inactive`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from zcserve.files import Kind, OpenedFile, Resolved, Root, url_segments
+
+DEFAULT_INACTIVE = 2.0
+"""Seconds an unused entry keeps its descriptor (nginx's `inactive`, shortened:
+reopening a file every two seconds costs nothing, idle descriptors do)."""
+
+
+@dataclass(slots=True)
+class _Entry:
+    fd: int
+    name: str
+    path: str
+    identity: tuple[int, int, int, int]
+    size: int
+    mtime: float
+    mtime_ns: int
+    last_used: float
+    users: int = 0
+    evicted: bool = False
+
+    def lend(self) -> OpenedFile:
+        self.users += 1
+        return OpenedFile(
+            self.fd, self.name, self.size, self.mtime, self.mtime_ns, on_close=self._release
+        )
+
+    def _release(self) -> None:
+        self.users -= 1
+        if self.evicted and self.users == 0:
+            os.close(self.fd)
+
+    def evict(self) -> None:
+        if not self.evicted:
+            self.evicted = True
+            if self.users == 0:
+                os.close(self.fd)
+
+
+def _identity(info: os.stat_result) -> tuple[int, int, int, int]:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+class OpenFileCache:
+    """Resolves like `Root.resolve`, keeping up to `capacity` regular files open."""
+
+    def __init__(self, root: Root, capacity: int, *, inactive: float = DEFAULT_INACTIVE) -> None:
+        self.root = root
+        self.capacity = capacity
+        self.inactive = inactive
+        self._entries: dict[bytes, _Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def resolve(self, url_path: bytes) -> Resolved:
+        entry = self._entries.get(url_path)
+        if entry is not None:
+            try:
+                current = _identity(os.stat(entry.path))
+            except OSError:
+                current = None
+            if current == entry.identity:
+                entry.last_used = time.monotonic()
+                return Resolved(Kind.FILE, file=entry.lend())
+            self._drop(url_path)
+        resolved = self.root.resolve(url_path)
+        if resolved.kind is Kind.FILE and resolved.file is not None and self.capacity > 0:
+            if not url_path.endswith(b"/"):  # an index.html is found through its folder
+                resolved = Resolved(Kind.FILE, file=self._keep(url_path, resolved.file))
+        return resolved
+
+    def _keep(self, url_path: bytes, file: OpenedFile) -> OpenedFile:
+        path = os.path.join(self.root.path, *url_segments(url_path))
+        info = os.fstat(file.fd)
+        if len(self._entries) >= self.capacity:
+            self._drop(next(iter(self._entries)))  # the oldest
+        entry = _Entry(
+            fd=file.fd,
+            name=file.name,
+            path=path,
+            identity=_identity(info),
+            size=file.size,
+            mtime=file.mtime,
+            mtime_ns=file.mtime_ns,
+            last_used=time.monotonic(),
+        )
+        self._entries[url_path] = entry
+        file.fd = -1  # the entry owns the descriptor now
+        return entry.lend()
+
+    def _drop(self, url_path: bytes) -> None:
+        entry = self._entries.pop(url_path, None)
+        if entry is not None:
+            entry.evict()
+
+    def sweep(self) -> None:
+        """Close entries unused for `inactive` seconds."""
+        horizon = time.monotonic() - self.inactive
+        for key in [k for k, e in self._entries.items() if e.last_used < horizon]:
+            self._drop(key)
+
+    def clear(self) -> None:
+        for key in list(self._entries):
+            self._drop(key)
