@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -112,6 +113,8 @@ class ServerProcess:
 
     def __init__(self, args: Sequence[str], placement: Placement) -> None:
         command = [sys.executable, "-m", "zcserve", "serve", *args, "--port", "0"]
+        # The server's own counters say exactly how many file bytes it sent.
+        command += ["--metrics", "127.0.0.1:0"]
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         self.ps = psutil.Process(self.proc.pid)
         if placement.server is not None:
@@ -123,12 +126,36 @@ class ServerProcess:
             self.stop()
             raise ConfigError(f"zcserve serve did not start: {line.strip() or 'no output'}")
         self.url = match.group(1)
+        self.metrics_url = self.proc.stdout.readline().rsplit(" on ", 1)[-1].strip()
         self._peak_rss = 0
         self._sampling = threading.Event()
 
     def cpu_seconds(self) -> float:
         times = self.ps.cpu_times()
         return float(times.user + times.system)
+
+    def _scrape(self) -> dict[str, float]:
+        with urllib.request.urlopen(self.metrics_url, timeout=30) as response:
+            text = response.read().decode()
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                family = name.split("{", 1)[0]
+                samples[family] = samples.get(family, 0.0) + float(value)
+        return samples
+
+    def bytes_written(self) -> int:
+        """File bytes the server has sent, by every strategy (its metrics counter)."""
+        return int(self._scrape().get("zcserve_sent_bytes_total", 0))
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Until the connections the load generator dropped are closed and counted."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._scrape().get("zcserve_active_connections", 0) == 0:
+                return
+            time.sleep(0.05)
 
     @contextmanager
     def watch_rss(self) -> Iterator[list[float]]:
@@ -215,30 +242,33 @@ def measure_cell(
     )
     with pinned(placement.client):
         before = server.cpu_seconds() if server else 0.0
+        written = server.bytes_written() if server else 0
         if server is not None:
             with server.watch_rss() as peak:
                 result = run_load(load)
         else:
             peak = [0.0]
             result = run_load(load)
+        if server is not None:
+            server.wait_idle()
         cpu = (server.cpu_seconds() - before) if server else 0.0
+        written = (server.bytes_written() - written) if server else 0
     latency = result.latency_ms()
-    # Warm-up CPU is included in `cpu`; scale it to the measured part of the run.
-    measured = options.duration / (options.duration + options.warmup)
     return BenchRow(
         strategy=strategy,
         size=size,
         connections=connections,
         requests_per_second=result.requests_per_second,
-        megabytes_per_second=result.megabytes_per_second,
+        megabytes_per_second=result.window_megabytes_per_second,
         p50_ms=latency["p50"],
         p99_ms=latency["p99"],
         errors=result.error_total,
-        server_cpu_seconds=cpu * measured,
+        server_cpu_seconds=cpu,
         server_peak_rss_mb=peak[0],
-        duration=result.duration,
+        duration=result.window_seconds or result.duration,
         requests=result.requests,
         loop=options.loop,
+        server_bytes=written,
     )
 
 

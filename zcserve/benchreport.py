@@ -36,12 +36,14 @@ class BenchRow:
     duration: float
     requests: int
     loop: str = "uvloop"
+    server_bytes: int = 0
+    """File bytes the server sent during the cell (its metrics), warm-up and tail
+    included: the same span its CPU seconds cover."""
 
     @property
     def cpu_per_gib(self) -> float:
-        """Server CPU seconds per GiB of body bytes sent."""
-        body = self.megabytes_per_second * 1e6 * self.duration
-        return self.server_cpu_seconds / (body / 1024**3) if body else 0.0
+        """Server CPU seconds per GiB it sent."""
+        return self.server_cpu_seconds / (self.server_bytes / 1024**3) if self.server_bytes else 0.0
 
 
 def speedup(rows: Sequence[BenchRow], row: BenchRow, baseline: str = "readwrite") -> float | None:

@@ -260,9 +260,11 @@ class Connection:
             self.stats.error("long_body")
             self.drop()
             return
+        before = reader.body_bytes
         try:
             done = reader.feed(data)
         except ResponseError as exc:
+            self._count_window(reader.body_bytes - before)
             if not reader.done:
                 self._fail(exc.kind)
                 return
@@ -271,6 +273,7 @@ class Connection:
             self.drop(abort=True)
             self.next(_now())
             return
+        self._count_window(reader.body_bytes - before)
         if done:
             now = _now()
             self._record(now)
@@ -279,6 +282,11 @@ class Connection:
             else:
                 reader.reset()
             self.next(now)
+
+    def _count_window(self, arrived: int) -> None:
+        worker = self.worker
+        if arrived and worker.measuring and _now() < worker.stop_at:
+            worker.window_bytes += arrived
 
     def _record(self, now: float) -> None:
         """Count the complete response the reader holds."""
@@ -362,6 +370,8 @@ class Worker:
         """The common start time of every process (`time.monotonic`)."""
         self.measuring = False
         self.measure_start = 0.0
+        self.window_bytes = 0
+        """Body bytes that arrived between the measurement start and the deadline."""
         self.measure_end = 0.0
         self.cpu_start = 0.0
         self.busy = 0
@@ -521,7 +531,13 @@ class Worker:
             verified=plan.hash_bodies,
             tls_handshakes=stats.handshakes,
             handshake_histogram=stats.handshake_histogram.encode().decode("ascii"),
+            window_bytes=self.window_bytes,
+            window_seconds=self._window_seconds(),
         )
+
+    def _window_seconds(self) -> float:
+        end = min(self.stop_at, self.measure_end) if self.stop_at > 0 else self.measure_end
+        return max(end - self.measure_start, 0.0)
 
 
 class LocalLink:

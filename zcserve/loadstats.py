@@ -156,6 +156,12 @@ class LoadResult:
     """TLS handshakes completed: one per https connection opened, reconnects included."""
     handshake_histogram: str = ""
     """Handshake durations (TCP connect excluded), encoded like `histogram`; "" is none."""
+    window_bytes: int = 0
+    """Body bytes that arrived inside the measurement window, whichever request they
+    belong to: a 64 MiB response to each of 512 connections may not finish in the
+    window, yet its bytes still moved."""
+    window_seconds: float = 0.0
+    """Length of that window: the duration asked for, or the whole run with -n."""
 
     # derived figures -----------------------------------------------------------
 
@@ -177,6 +183,14 @@ class LoadResult:
     def megabytes_per_second(self) -> float:
         """Body bytes per second in MB (10^6 bytes)."""
         return self.body_bytes / 1e6 / self.duration if self.duration > 0 else 0.0
+
+    @property
+    def window_megabytes_per_second(self) -> float:
+        """Bytes that arrived in the window, per second of it (MB = 10^6 bytes): the
+        throughput when responses are too large to complete within the window."""
+        if self.window_seconds <= 0:
+            return self.megabytes_per_second
+        return self.window_bytes / 1e6 / self.window_seconds
 
     def decode_histogram(self) -> HdrHistogram:
         return merge_histograms([self.histogram])
@@ -224,6 +238,8 @@ class LoadResult:
             cpu_seconds=sum(result.cpu_seconds for result in results),
             tls_handshakes=sum(result.tls_handshakes for result in results),
             handshake_histogram=handshakes.encode().decode("ascii"),
+            window_bytes=sum(result.window_bytes for result in results),
+            window_seconds=max(result.window_seconds for result in results),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -236,6 +252,7 @@ class LoadResult:
             requests_per_second=self.requests_per_second,
             achieved_rate=self.achieved_rate,
             megabytes_per_second=self.megabytes_per_second,
+            window_megabytes_per_second=self.window_megabytes_per_second,
             latency_ms=self.latency_ms(),
             handshake_ms=self.handshake_ms(),
         )
@@ -266,4 +283,6 @@ class LoadResult:
             verified=bool(data.get("verified", False)),
             tls_handshakes=int(data.get("tls_handshakes", 0)),
             handshake_histogram=str(data.get("handshake_histogram", "")),
+            window_bytes=int(data.get("window_bytes", 0)),
+            window_seconds=float(data.get("window_seconds", 0.0)),
         )
