@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import psutil
 
 from zcserve.demo import write_file
+from zcserve.loadgen import LoadOptions, run_load
 from zcserve.units import parse_size
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -234,7 +235,13 @@ def run_wrk(url: str, connections: int, duration: float) -> dict[str, float]:
     count = int(errors.group(1)) if errors else 0
     if socket_errors:
         count += sum(int(g) for g in socket_errors.groups())
+    # wrk's Transfer/sec counts every byte read, heads included, finished or not.
+    transfer = re.search(r"Transfer/sec:\s+([\d.]+)([KMG]?B)", out)
+    units = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
     return {
+        "megabytes_per_second": float(transfer.group(1)) * units[transfer.group(2)] / 1e6
+        if transfer
+        else 0.0,
         "requests_per_second": rps,
         "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else 0.0,
         "errors": count,
@@ -242,13 +249,12 @@ def run_wrk(url: str, connections: int, duration: float) -> dict[str, float]:
 
 
 def run_zcload(url: str, connections: int, duration: float, tmp: str) -> dict[str, float]:
-    out = os.path.join(tmp, "load.json")
-    command = [sys.executable, "-m", "zcserve", "load", url, "-c", str(connections)]
-    command += ["-d", f"{duration:g}s", "--processes", "1", "--json", out]
-    subprocess.run(command, capture_output=True, preexec_fn=pin(CLIENT_CPU), timeout=duration + 120)
-    with open(out) as f:
-        data = json.load(f)
+    # In this process, which main() pinned to the client CPU: no start-up per run.
+    options = LoadOptions(urls=(url,), connections=connections, duration=duration, processes=1)
+    data = run_load(options).to_json()
     return {
+        # Bytes that arrived in the window, so unfinished 64 MiB responses count too.
+        "megabytes_per_second": data["window_megabytes_per_second"],
         "requests_per_second": data["requests_per_second"],
         "p99_ms": data["latency_ms"]["p99"],
         "errors": data["error_total"],
@@ -264,8 +270,7 @@ def measure(
     else:
         figures = run_zcload(url, connections, duration, tmp)
     cpu = server.cpu_seconds() - before
-    body = figures["requests_per_second"] * duration * size
-    figures["megabytes_per_second"] = figures["requests_per_second"] * size / 1e6
+    body = figures["megabytes_per_second"] * 1e6 * duration
     figures["cpu_per_gib"] = cpu / (body / GIB) if body else 0.0
     return figures
 
@@ -324,6 +329,7 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"compare: {tool} not found (make compare installs it)", file=sys.stderr)
             return 2
+    os.sched_setaffinity(0, {CLIENT_CPU})  # zcserve load runs in this process
     sizes = SIZES[:1] + SIZES[-1:] if args.quick else SIZES
     concurrency = (1, 64) if args.quick else CONCURRENCY
     cells: list[Cell] = []

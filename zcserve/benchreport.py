@@ -47,11 +47,14 @@ class BenchRow:
 
 
 def speedup(rows: Sequence[BenchRow], row: BenchRow, baseline: str = "readwrite") -> float | None:
-    """`row`'s requests/s over the `baseline` strategy's in the same size and concurrency."""
+    """`row`'s throughput over the `baseline` strategy's in the same size and concurrency.
+
+    Bytes per second, not requests: with large files and many connections a cell can
+    end before any response completes, yet every byte that moved counts."""
     for other in rows:
         if (other.strategy, other.size, other.connections) == (baseline, row.size, row.connections):
-            if other.requests_per_second:
-                return row.requests_per_second / other.requests_per_second
+            if other.megabytes_per_second:
+                return row.megabytes_per_second / other.megabytes_per_second
     return None
 
 

@@ -1,4 +1,4 @@
-"""The `zcserve` command: `serve`, `load` and `bench`.
+"""The `zcserve` command: `serve`, `load`, `bench` and `report`.
 
 Every bad flag ends in one line on stderr and exit code 2, never a traceback.
 """
