@@ -321,6 +321,10 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per cell")
     parser.add_argument("--repeat", type=int, default=3, help="runs per cell (median)")
     parser.add_argument("--out", default=os.path.join(HERE, "results"), help="output folder")
+    parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated file sizes")
+    parser.add_argument(
+        "--concurrency", default=",".join(map(str, CONCURRENCY)), help="comma-separated"
+    )
     args = parser.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
         print("compare: needs 2 CPUs to separate server and client", file=sys.stderr)
@@ -330,8 +334,10 @@ def main() -> int:
             print(f"compare: {tool} not found (make compare installs it)", file=sys.stderr)
             return 2
     os.sched_setaffinity(0, {CLIENT_CPU})  # zcserve load runs in this process
-    sizes = SIZES[:1] + SIZES[-1:] if args.quick else SIZES
-    concurrency = (1, 64) if args.quick else CONCURRENCY
+    sizes = tuple(args.sizes.split(","))
+    concurrency = tuple(int(c) for c in args.concurrency.split(","))
+    if args.quick:
+        sizes, concurrency = sizes[:1] + sizes[-1:], concurrency[:2]
     cells: list[Cell] = []
     with tempfile.TemporaryDirectory(prefix="zcserve-compare-") as tmp:
         root = os.path.join(tmp, "root")

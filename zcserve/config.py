@@ -39,6 +39,8 @@ class ServerConfig:
     send_timeout: float = 60.0
     max_connections: int = 10_000
     open_file_cache: int = 1024
+    cork: bool = True
+    """Send a head with MSG_MORE so it leaves in one segment with the body's start."""
     """Open descriptors kept for hot files; 0 turns the cache off."""
     max_request_line: int = MAX_REQUEST_LINE
     max_header_bytes: int = MAX_HEADER_BYTES

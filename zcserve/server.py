@@ -338,7 +338,7 @@ class Server:
         try:
             if reply.file is not None:
                 strategy = self._strategy_for(stream)
-                await stream.send_all(reply.head, more=True)
+                await stream.send_all(reply.head, more=self.config.cork)
                 body_start = stream.bytes_sent
                 try:
                     await strategy.send(stream, reply.file, reply.offset, reply.count)
@@ -386,16 +386,19 @@ class Server:
         loop = asyncio.get_running_loop()
         stream = SocketStream(sock, loop, send_timeout=self.config.send_timeout)
         state.busy = True
-        fd = os.open(self.config.raw_file, os.O_RDONLY | os.O_CLOEXEC)
-        info = os.fstat(fd)
-        file = OpenedFile(fd, os.path.basename(self.config.raw_file), info.st_size, 0.0, 0)
+        file: OpenedFile | None = None
         try:
+            fd = os.open(self.config.raw_file, os.O_RDONLY | os.O_CLOEXEC)
+            file = OpenedFile(
+                fd, os.path.basename(self.config.raw_file), os.fstat(fd).st_size, 0, 0
+            )
             if file.size:
                 await self.strategy.send(stream, file, 0, file.size)
-        except _PEER_GONE as exc:
+        except _PEER_GONE as exc:  # out of descriptors (EMFILE) included: close, go on
             log.debug("raw transfer ended early: %s", exc)
         finally:
-            file.close()
+            if file is not None:
+                file.close()
             _close_socket(sock)
 
 
