@@ -159,6 +159,9 @@ def test_directories(live: Live) -> None:
     assert index.status == 200 and index.body == b"<p>index</p>\n"
     redirect = get(live.port, "/with%20index")
     assert redirect.status == 301 and redirect.headers["location"] == "/with%20index/"
+    # Never echoed: a leading "//" would make a protocol-relative (open) redirect.
+    doubled = get(live.port, "//with%20index")
+    assert doubled.status == 301 and doubled.headers["location"] == "/with%20index/"
 
 
 def test_sparse_file_past_4gib(live: Live) -> None:

@@ -177,7 +177,10 @@ class Root:
 
     def _resolve_dir(self, fd: int, joined: str, url_path: bytes, segments: list[str]) -> Resolved:
         if not url_path.endswith(b"/"):
-            return Resolved(Kind.REDIRECT, location=url_path.decode("latin-1") + "/")
+            # Built from the decoded segments, never echoed: "//host/x" must not
+            # become a protocol-relative Location, nor raw bytes a header.
+            location = "/" + "".join(quote(segment) + "/" for segment in segments)
+            return Resolved(Kind.REDIRECT, location=location)
         index_path = os.path.join(joined, INDEX_FILE)
         try:
             index_fd, index_info = self._open(index_path)
