@@ -53,6 +53,17 @@ def test_hits_share_one_descriptor_until_the_file_changes(root: Root, tmp_path: 
     fresh.close()
 
 
+def test_chmod_forces_a_fresh_resolve(root: Root, tmp_path: Path) -> None:
+    """Permissions, owners and renames change ctime: the entry is dropped and the
+    path resolved again, root check and permission check included."""
+    cache = OpenFileCache(root, 8)
+    lend(cache, b"/a.txt").close()
+    entry = cache._entries[b"/a.txt"]
+    os.chmod(tmp_path / "a.txt", 0o600)
+    lend(cache, b"/a.txt").close()
+    assert cache._entries[b"/a.txt"] is not entry
+
+
 def test_eviction_waits_for_the_last_user(root: Root, tmp_path: Path) -> None:
     cache = OpenFileCache(root, 8)
     lent = lend(cache, b"/a.txt")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import Site
@@ -63,6 +66,11 @@ def test_url_segments_rejects(path: bytes) -> None:
         ("bytes=a-b", 10, FULL),
         ("lines=1-2", 10, FULL),
         ("bytes=-", 10, FULL),
+        ("bytes=\u00b2-", 10, FULL),  # "²".isdigit() is True, int("²") fails
+        ("bytes=1\u0661-", 10, FULL),  # an Arabic-Indic digit
+        ("bytes=" + "1" * 5000 + "-", 10, UNSATISFIABLE),  # past int()'s 4,300-digit limit
+        ("bytes=0-" + "9" * 5000, 10, ByteRange(RangeKind.PARTIAL, 0, 9)),
+        ("bytes=-" + "9" * 30, 10, ByteRange(RangeKind.PARTIAL, 0, 9)),
     ],
 )
 def test_parse_range(header: str | None, size: int, expected: ByteRange) -> None:
@@ -100,6 +108,14 @@ def test_root_resolve(site: Site) -> None:
     with pytest.raises(HttpError) as caught:
         root.resolve(b"/fifo")
     assert caught.value.status == 403
+
+
+def test_listing_survives_names_that_are_not_utf8(tmp_path: Path) -> None:
+    os.makedirs(tmp_path / "up")
+    with open(os.path.join(os.fsencode(tmp_path / "up"), b"\xff<b>.txt"), "w") as f:
+        f.write("x")
+    page = Root(str(tmp_path), listing=True).resolve(b"/up/").listing.decode()
+    assert 'href="%FF%3Cb%3E.txt"' in page and "\ufffd&lt;b&gt;.txt" in page
 
 
 def test_listing_escapes_names(site: Site) -> None:

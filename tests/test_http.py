@@ -59,6 +59,20 @@ def test_bad_requests_map_to_a_status(raw: bytes, status: int) -> None:
     assert got[-1].status == status
 
 
+def test_a_body_counts_as_part_of_the_request_head_deadline() -> None:
+    parser = RequestParser()
+    assert parser.feed(b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nab") == []
+    assert parser.in_head, "a trickled body must stay under the header deadline"
+    [request] = parser.feed(b"cde")
+    assert isinstance(request, Request) and not parser.in_head
+
+
+def test_large_bodies_are_refused() -> None:
+    raw = b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n" + b"x" * 70000
+    got = RequestParser().feed(raw)
+    assert isinstance(got[-1], HttpError) and got[-1].status == 413
+
+
 def test_parser_stops_after_an_error() -> None:
     parser = RequestParser()
     assert isinstance(parser.feed(b"BAD\x00 REQUEST\r\n\r\n")[0], HttpError)

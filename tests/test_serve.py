@@ -154,6 +154,16 @@ def test_errors(live: Live) -> None:
     assert get(live.port, "/hello.txt").status == 200, "server must keep serving after errors"
 
 
+def test_error_close_lingers_so_the_response_survives(live: Live) -> None:
+    """Unread input at close would make the kernel reset the connection; zcserve
+    shuts down its side and drains first, so the client reads 431 and then EOF."""
+    with connect(live.port) as sock, sock.makefile("rb") as reader:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX: " + b"v" * 60_000 + b"\r\n\r\n")
+        response = read_response(reader)
+        assert response is not None and response.status == 431
+        assert reader.read() == b""  # EOF, not ECONNRESET
+
+
 def test_directories(live: Live) -> None:
     index = get(live.port, "/with%20index/")
     assert index.status == 200 and index.body == b"<p>index</p>\n"

@@ -27,7 +27,7 @@ class _Entry:
     fd: int
     name: str
     path: str
-    identity: tuple[int, int, int, int]
+    identity: tuple[int, ...]
     size: int
     mtime: float
     mtime_ns: int
@@ -53,8 +53,19 @@ class _Entry:
                 os.close(self.fd)
 
 
-def _identity(info: os.stat_result) -> tuple[int, int, int, int]:
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+def _identity(info: os.stat_result) -> tuple[int, ...]:
+    # ctime moves on chmod, chown, rename and link: a file made unreadable, or moved
+    # away and linked back from outside the root, is resolved afresh.
+    return (
+        info.st_dev,
+        info.st_ino,
+        info.st_size,
+        info.st_mtime_ns,
+        info.st_ctime_ns,
+        info.st_mode,
+        info.st_uid,
+        info.st_gid,
+    )
 
 
 class OpenFileCache:

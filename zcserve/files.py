@@ -13,6 +13,7 @@ import errno
 import html
 import mimetypes
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -211,8 +212,10 @@ def render_listing(url_dir: str, dir_fd: int) -> bytes:
     rows = ['<li><a href="../">../</a></li>'] if url_dir not in ("", "/") else []
     for _, name, is_dir in entries:
         suffix = "/" if is_dir else ""
-        href = quote(name, safe="") + suffix
-        rows.append(f'<li><a href="{html.escape(href)}">{html.escape(name)}{suffix}</a></li>')
+        raw = os.fsencode(name)  # names need not be UTF-8: link the bytes, show a repair
+        href = quote(raw, safe="") + suffix
+        shown = html.escape(raw.decode("utf-8", "replace"))
+        rows.append(f'<li><a href="{html.escape(href)}">{shown}{suffix}</a></li>')
     page = (
         f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Index of {title}</title>"
         f"</head>\n<body><h1>Index of {title}</h1>\n<ul>\n"
@@ -246,6 +249,16 @@ FULL = ByteRange(RangeKind.FULL)
 UNSATISFIABLE = ByteRange(RangeKind.UNSATISFIABLE)
 
 
+_DIGITS = re.compile(r"[0-9]+")
+_HUGE = 1 << 63
+"""Past any file size; longer digit strings are not even converted (int() refuses
+over 4,300 digits, and a header may hold 16 KiB of them)."""
+
+
+def _bounded_int(digits: str) -> int:
+    return _HUGE if len(digits) > 19 else min(int(digits), _HUGE)
+
+
 def parse_range(header: str | None, size: int) -> ByteRange:
     """Interpret a Range header for a representation of `size` bytes.
 
@@ -262,17 +275,17 @@ def parse_range(header: str | None, size: int) -> ByteRange:
     if len(parts) != 1:
         return FULL
     first, dash, last = parts[0].partition("-")
-    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
-        return FULL
+    if not dash or not _DIGITS.fullmatch(first + "0") or not _DIGITS.fullmatch(last + "0"):
+        return FULL  # "0" lets an empty side through; str.isdigit would take "²"
     if first == "":
         if last == "":
             return FULL
-        suffix = int(last)
+        suffix = _bounded_int(last)
         if suffix == 0 or size == 0:
             return UNSATISFIABLE
         return ByteRange(RangeKind.PARTIAL, max(0, size - suffix), size - 1)
-    start = int(first)
-    end = int(last) if last else size - 1
+    start = _bounded_int(first)
+    end = _bounded_int(last) if last else size - 1
     if last and end < start:
         return FULL
     if start >= size:

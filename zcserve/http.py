@@ -26,6 +26,8 @@ MAX_HEADER_BYTES = 16 * 1024
 """Total size of header names and values accepted before answering 431."""
 MAX_HEADER_COUNT = 100
 """Most header fields accepted before answering 431."""
+MAX_BODY = 64 * 1024
+"""Largest request body read (and discarded): zcserve answers GET and HEAD only."""
 MAX_PIPELINED = 128
 """Most parsed-but-unanswered requests held per connection (wrk pipelines 16)."""
 
@@ -42,6 +44,7 @@ REASONS: dict[int, str] = {
     405: "Method Not Allowed",
     408: "Request Timeout",
     414: "URI Too Long",
+    413: "Content Too Large",
     416: "Range Not Satisfiable",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
@@ -100,6 +103,8 @@ class RequestParser:
         self._ready: list[Request | HttpError] = []
         self._failed = False
         self._in_head = False
+        self._in_body = False
+        self._body_bytes = 0
         self._head_tail = 0
         self._max_head = self._limits.max_request_line + self._limits.max_header_bytes + 1024
         self._reset_message()
@@ -117,8 +122,10 @@ class RequestParser:
 
     @property
     def in_head(self) -> bool:
-        """True while a request head has started but not finished arriving."""
-        return self._in_head
+        """True while a request has started but not finished arriving, its body
+        included: the header deadline covers both, so a trickled body cannot hold
+        a connection forever."""
+        return self._in_head or self._in_body
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Request | HttpError]:
         """Parse `data`; return every request (or the terminal error) it completes."""
@@ -135,7 +142,7 @@ class RequestParser:
                 self._head = None
             last = self._ready[-1] if self._ready else None
             if isinstance(last, Request):
-                self._ready[-1] = _closing(last)
+                self._ready[-1] = without_keep_alive(last)
             else:
                 self._ready.append(HttpError(400, "upgrade without a request"))
             self._failed = True
@@ -193,8 +200,15 @@ class RequestParser:
         previous = self._headers.get(key)
         self._headers[key] = text if previous is None else f"{previous}, {text}"
 
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > MAX_BODY:
+            raise _Reject(HttpError(413, "request body too large"))
+
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._in_body = True
+        self._body_bytes = 0
         parser = self._parser
         version = parser.get_http_version()
         if version not in ("1.0", "1.1"):
@@ -224,6 +238,7 @@ class RequestParser:
         )
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         if self._head is None:  # pragma: no cover - llhttp always completes a head first
             return
         if len(self._ready) >= self._limits.max_pipelined:
@@ -232,7 +247,8 @@ class RequestParser:
         self._head = None
 
 
-def _closing(request: Request) -> Request:
+def without_keep_alive(request: Request) -> Request:
+    """The same request, answered with Connection: close."""
     return Request(
         request.method,
         request.target,

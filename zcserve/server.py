@@ -33,7 +33,14 @@ from zcserve.errors import (
 )
 from zcserve.filecache import OpenFileCache
 from zcserve.files import OpenedFile, Root
-from zcserve.http import Limits, Request, RequestParser, error_body, error_response
+from zcserve.http import (
+    Limits,
+    Request,
+    RequestParser,
+    error_body,
+    error_response,
+    without_keep_alive,
+)
 from zcserve.metrics import (
     SNAPSHOT_INTERVAL,
     Metrics,
@@ -233,11 +240,18 @@ class Server:
                         self._emfile_warned = loop.time()
                     await asyncio.sleep(ACCEPT_BACKOFF)
                     continue
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
-                    continue
-                raise
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if exc.errno in (errno.EBADF, errno.ENOTSOCK, errno.EINVAL):
+                    raise  # the listener itself is gone
+                # accept(2) says to retry on network errors (ENETDOWN, EPERM from a
+                # firewall, ...): one lost connection must not stop the server.
+                log.debug("accept: %s", exc)
+                continue
+            try:
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                _close_socket(sock)
+                continue
             state = _Connection()
             self.metrics.connections_total += 1
             self.metrics.active_connections += 1
@@ -302,6 +316,7 @@ class Server:
                     self.metrics.response(item.status, 0.0)
                     await stream.send_all(error_response(item.status, keep_alive=False))
                     self.access_log.write(peer, None, item.status, len(error_body(item.status)))
+                    await _linger(stream, buffer)
                     return
                 state.busy = True
                 keep_alive = await self._respond(stream, item, peer)
@@ -330,6 +345,8 @@ class Server:
         sent_before = stream.bytes_sent
         started = stream.loop.time()
         try:
+            if self._closing:  # say so, rather than drop the connection unannounced
+                request = without_keep_alive(request)
             reply = plan_reply(request, self.files)
         except Exception:
             # Nothing is sent yet, so any failure, an OSError from the file system
@@ -400,6 +417,30 @@ class Server:
             if file is not None:
                 file.close()
             _close_socket(sock)
+
+
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 64 * 1024
+
+
+async def _linger(stream: SocketStream, buffer: bytearray) -> None:
+    """Close the way nginx's lingering_close does: after an error the client may
+    still be sending; closing with unread input makes the kernel send a reset that
+    can destroy the error response in flight (RFC 9112 9.6). Stop sending, then
+    read and discard for a short, capped while."""
+    try:
+        stream.sock.shutdown(socket.SHUT_WR)
+        drained = 0
+        async with asyncio.timeout(LINGER_SECONDS):
+            while drained < LINGER_BYTES:
+                received = stream.recv_ready(buffer)
+                if received is None:
+                    received = await stream.recv_into(buffer)
+                if not received:
+                    return
+                drained += received
+    except (TimeoutError, OSError):
+        return
 
 
 def _error_kind(exc: BaseException) -> str:

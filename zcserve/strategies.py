@@ -25,7 +25,7 @@ from typing import ClassVar, Literal, Protocol, get_args
 
 import aiofiles
 
-from zcserve.errors import FileShrankError
+from zcserve.errors import FileShrankError, TransferError
 from zcserve.files import OpenedFile
 from zcserve.sockio import SocketStream
 
@@ -125,7 +125,7 @@ class SendfileStrategy:
                     # os.sendfile of a call, a reset peer's included, as "not available".
                     # An empty send raises the real error if the peer left.
                     stream.sock.send(b"")
-                    raise
+                    raise TransferError(f"{file.name}: sendfile failed mid-transfer") from None
                 offset += sent
                 stream.bytes_sent += sent
                 if sent < size:
