@@ -323,6 +323,9 @@ def main() -> int:
     parser.add_argument("--out", default=os.path.join(HERE, "results"), help="output folder")
     parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated file sizes")
     parser.add_argument(
+        "--no-single", action="store_true", help="skip the single-connection 1 GiB download"
+    )
+    parser.add_argument(
         "--concurrency", default=",".join(map(str, CONCURRENCY)), help="comma-separated"
     )
     args = parser.parse_args()
@@ -358,6 +361,8 @@ def main() -> int:
                                 )  # fmt: skip
                             cells.append(median_cell(cell))
                             _print_cell(cell)
+                if args.no_single:
+                    continue
                 big = Cell(spec.name, "curl", BIG, 1)
                 for _ in range(args.repeat):
                     big.runs.append(single_download(server, f"{BIG}.bin", parse_size(BIG)))
