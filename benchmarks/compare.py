@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import psutil
 
+from zcserve.bench import stop_child
 from zcserve.demo import write_file
 from zcserve.loadgen import LoadOptions, run_load
 from zcserve.units import parse_size
@@ -194,14 +195,7 @@ def running(spec: ServerSpec, root: str, tmp: str) -> Iterator[Running]:
     try:
         yield server
     finally:
-        server.proc.terminate()
-        try:
-            server.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait()
-        if server.proc.stdout is not None:
-            server.proc.stdout.close()
+        stop_child(server.proc)
 
 
 @dataclass

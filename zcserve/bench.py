@@ -180,15 +180,20 @@ class ServerProcess:
             sampler.join()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        stop_child(self.proc)
+
+
+def stop_child(proc: subprocess.Popen[str], timeout: float = 30.0) -> None:
+    """SIGTERM a child we started, SIGKILL it if it lingers, and close its stdout."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 @contextmanager
