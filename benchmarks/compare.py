@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass, field
 
 import psutil
 
-from zcserve.bench import stop_child
+from zcserve.bench.sweep import stop_child
 from zcserve.demo import write_file
-from zcserve.loadgen import LoadOptions, run_load
+from zcserve.load.run import LoadOptions, run_load
 from zcserve.units import parse_size
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -12,7 +12,7 @@ import pytest
 
 from tests.serverthread import ServerThread, start_server
 from zcserve.demo import write_file
-from zcserve.strategies import STRATEGY_NAMES
+from zcserve.server.strategies import STRATEGY_NAMES
 
 LOOPS = ("uvloop", "asyncio")
 SECRET = b"TOP-SECRET-OUTSIDE-ROOT\n"

@@ -12,8 +12,8 @@ import dataclasses
 import threading
 from typing import Any
 
-from zcserve.config import ServerConfig
-from zcserve.server import Server, bind
+from zcserve.server.config import ServerConfig
+from zcserve.server.server import Server, bind
 
 READY_TIMEOUT = 10.0
 

@@ -9,12 +9,12 @@ import os
 
 from rich.console import Console
 
-from zcserve.bench import BenchOptions, run_bench, run_seed_experiment
-from zcserve.benchreport import load_results
-from zcserve.ceiling import CEILING_STRATEGIES, run_ceiling
+from zcserve.bench.ceiling import CEILING_STRATEGIES, run_ceiling
+from zcserve.bench.results import load_results
+from zcserve.bench.sweep import BenchOptions, run_bench, run_seed_experiment
 from zcserve.cli import main
 from zcserve.demo import write_file
-from zcserve.strategies import STRATEGY_NAMES
+from zcserve.server.strategies import STRATEGY_NAMES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

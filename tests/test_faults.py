@@ -26,11 +26,11 @@ from tests.stress import (
     status_codes,
     wait_for,
 )
-from zcserve.files import OpenedFile
-from zcserve.http import Request, RequestParser
-from zcserve.respond import Reply, plan_reply
-from zcserve.sockio import SocketStream
-from zcserve.strategies import STRATEGY_NAMES
+from zcserve.server.files import OpenedFile
+from zcserve.server.http import Request, RequestParser
+from zcserve.server.respond import Reply, plan_reply
+from zcserve.server.sockio import SocketStream
+from zcserve.server.strategies import STRATEGY_NAMES
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -185,7 +185,7 @@ def test_error_before_anything_is_sent_gives_500(
             raise fault
         return plan_reply(request, root)
 
-    monkeypatch.setattr("zcserve.server.plan_reply", faulty_plan)
+    monkeypatch.setattr("zcserve.server.server.plan_reply", faulty_plan)
     with running(root=site.root, loop=loop) as server:
         with connect(server.port) as sock:
             sock.sendall(b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -235,7 +235,7 @@ def test_error_outside_a_response_gives_500(
                 raise RuntimeError("injected parser bug")
             return super().feed(data)
 
-    monkeypatch.setattr("zcserve.server.RequestParser", ExplodingParser)
+    monkeypatch.setattr("zcserve.server.server.RequestParser", ExplodingParser)
     with running(root=site.root, loop=loop) as server:
         with connect(server.port) as sock:
             sock.sendall(b"GET /EXPLODE HTTP/1.1\r\nHost: t\r\n\r\n")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from zcserve.errors import HttpError
-from zcserve.filecache import OpenFileCache
-from zcserve.files import Kind, OpenedFile, Root
+from zcserve.server.filecache import OpenFileCache
+from zcserve.server.files import Kind, OpenedFile, Root
 
 
 def is_open(fd: int) -> bool:

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import Site
 from zcserve.errors import HttpError
-from zcserve.files import (
+from zcserve.server.files import (
     FULL,
     UNSATISFIABLE,
     ByteRange,

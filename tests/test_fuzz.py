@@ -19,7 +19,7 @@ from tests.httpclient import get
 from tests.serverthread import start_server
 from tests.stress import open_fds, recv_until_closed, settled_fds, status_codes, wait_for
 from zcserve.errors import HttpError
-from zcserve.http import Limits, Request, RequestParser
+from zcserve.server.http import Limits, Request, RequestParser
 
 FAST_EXAMPLES = 200
 SOAK_EXAMPLES = 5000

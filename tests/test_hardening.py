@@ -19,7 +19,7 @@ from tests.stress import (
     status_codes,
     wait_for,
 )
-from zcserve.strategies import STRATEGY_NAMES
+from zcserve.server.strategies import STRATEGY_NAMES
 
 pytestmark = pytest.mark.timeout(60)
 

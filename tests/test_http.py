@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from zcserve.errors import HttpError
-from zcserve.http import Limits, Request, RequestParser, error_response, render_head
+from zcserve.server.http import Limits, Request, RequestParser, error_response, render_head
 
 
 def feed_all(data: bytes, limits: Limits | None = None) -> list[Request | HttpError]:

@@ -17,14 +17,15 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 from tests.loadhelpers import Behaviour, ScriptedServer, refused_port, zcserve_child
-from zcserve import cli, loadplan
+from zcserve import cli
 from zcserve.errors import ConfigError
-from zcserve.loadgen import LoadOptions, run_load, run_load_async
-from zcserve.loadhttp import ResponseError, ResponseReader, parse_target
-from zcserve.loadplan import split_evenly
-from zcserve.loadraw import RawOptions, run_raw
-from zcserve.loadstats import LoadResult, merge_histograms, new_histogram
-from zcserve.strategies import STRATEGY_NAMES
+from zcserve.load import plan as loadplan
+from zcserve.load.http import ResponseError, ResponseReader, parse_target
+from zcserve.load.plan import split_evenly
+from zcserve.load.raw import RawOptions, run_raw
+from zcserve.load.run import LoadOptions, run_load, run_load_async
+from zcserve.load.stats import LoadResult, merge_histograms, new_histogram
+from zcserve.server.strategies import STRATEGY_NAMES
 
 BODY = bytes(range(256)) * 16  # 4 KiB
 

@@ -22,13 +22,13 @@ from tests.loadhelpers import (
     zcserve_child,
 )
 from zcserve import cli
-from zcserve.config import LOOP_NAMES
 from zcserve.errors import ConfigError
-from zcserve.loadgen import LoadOptions, run_load
-from zcserve.loadhttp import parse_target
-from zcserve.loadplan import plan_workers, prepare_routes
-from zcserve.loadprocs import WorkerPool
-from zcserve.loadstats import LoadResult, new_histogram
+from zcserve.load.http import parse_target
+from zcserve.load.plan import plan_workers, prepare_routes
+from zcserve.load.procs import WorkerPool
+from zcserve.load.run import LoadOptions, run_load
+from zcserve.load.stats import LoadResult, new_histogram
+from zcserve.server.config import LOOP_NAMES
 
 pytestmark = pytest.mark.skipif(
     shutil.which("openssl") is None, reason="the openssl command makes the test certificate"

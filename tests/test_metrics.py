@@ -11,8 +11,8 @@ import pytest
 
 from tests.conftest import SIZES, Site
 from tests.procs import serving
-from zcserve.loadgen import LoadOptions, run_load
-from zcserve.metrics import Metrics
+from zcserve.load.run import LoadOptions, run_load
+from zcserve.server.metrics import Metrics
 
 SAMPLE = re.compile(r"^(\w+)(\{[^}]*\})? (\S+)$")
 

@@ -15,10 +15,10 @@ from hdrh.histogram import HdrHistogram
 
 from tests.loadhelpers import ScriptedServer
 from zcserve import cli
-from zcserve.benchreport import BenchRow, write_results
-from zcserve.loadgen import LoadOptions, run_load
-from zcserve.loadreport import write_json
-from zcserve.loadstats import LoadResult, merge_histograms, new_histogram
+from zcserve.bench.results import BenchRow, write_results
+from zcserve.load.report import write_json
+from zcserve.load.run import LoadOptions, run_load
+from zcserve.load.stats import LoadResult, merge_histograms, new_histogram
 
 BODY = bytes(range(256)) * 16  # 4 KiB
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

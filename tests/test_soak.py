@@ -21,7 +21,7 @@ from tests.stress import (
     spawn,
     wait_for,
 )
-from zcserve.strategies import STRATEGY_NAMES
+from zcserve.server.strategies import STRATEGY_NAMES
 
 pytestmark = pytest.mark.soak
 

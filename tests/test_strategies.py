@@ -22,11 +22,11 @@ import pytest
 from tests.conftest import LOOPS, SIZES, Site
 from tests.httpclient import get
 from tests.serverthread import start_server
-from zcserve import strategies
 from zcserve.errors import FileShrankError, SendStalledError
-from zcserve.files import OpenedFile
-from zcserve.sockio import SocketStream
-from zcserve.strategies import STRATEGY_NAMES, CopyOptions, make_strategy
+from zcserve.server import strategies
+from zcserve.server.files import OpenedFile
+from zcserve.server.sockio import SocketStream
+from zcserve.server.strategies import STRATEGY_NAMES, CopyOptions, make_strategy
 
 
 def run_on(loop_name: str, coro: Callable[[], Coroutine[Any, Any, Any]]) -> Any:

@@ -11,11 +11,14 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from zcserve import __version__, bench, loadgen, report
-from zcserve.config import LOOP_NAMES, ServerConfig
+from zcserve import __version__
+from zcserve.bench import report
+from zcserve.bench import sweep as bench
 from zcserve.errors import ConfigError
-from zcserve.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
-from zcserve.strategies import STRATEGY_NAMES
+from zcserve.load import run as loadgen
+from zcserve.server.config import LOOP_NAMES, ServerConfig
+from zcserve.server.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
+from zcserve.server.strategies import STRATEGY_NAMES
 from zcserve.units import parse_size
 
 EXIT_USAGE = 2
@@ -47,7 +50,7 @@ def _positive_float(text: str) -> float:
 
 
 def _workers(text: str) -> int:
-    from zcserve.workers import worker_count
+    from zcserve.server.workers import worker_count
 
     try:
         return worker_count(text)
@@ -158,7 +161,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from zcserve import server
+    from zcserve.server import server
 
     config = ServerConfig(
         root=args.root,
@@ -189,7 +192,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     )
     if args.workers == 1:
         return server.run(config)
-    from zcserve.workers import Supervisor
+    from zcserve.server.workers import Supervisor
 
     # Braces survive into the template: the supervisor fills in the real URL.
     template = server.announcement(config, "{url}", workers=args.workers)

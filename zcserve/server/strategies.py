@@ -26,8 +26,8 @@ from typing import ClassVar, Literal, Protocol, get_args
 import aiofiles
 
 from zcserve.errors import FileShrankError, TransferError
-from zcserve.files import OpenedFile
-from zcserve.sockio import SocketStream
+from zcserve.server.files import OpenedFile
+from zcserve.server.sockio import SocketStream
 
 StrategyName = Literal["auto", "sendfile", "readwrite", "fallback", "mmap", "splice"]
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)

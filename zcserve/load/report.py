@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from zcserve.errors import ConfigError
-from zcserve.loadstats import LoadResult
+from zcserve.load.stats import LoadResult
 
 RATE_WINDOW = 0.5
 """Seconds over which the live request rate is averaged."""

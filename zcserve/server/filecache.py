@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from zcserve.files import Kind, OpenedFile, Resolved, Root, url_segments
+from zcserve.server.files import Kind, OpenedFile, Resolved, Root, url_segments
 
 DEFAULT_INACTIVE = 2.0
 """Seconds an unused entry keeps its descriptor (nginx's `inactive`, shortened:

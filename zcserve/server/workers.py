@@ -22,9 +22,9 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
-from zcserve.config import ServerConfig
 from zcserve.errors import ConfigError
-from zcserve.metrics import Metrics, MetricsEndpoint, parse_address, read_snapshots
+from zcserve.server.config import ServerConfig
+from zcserve.server.metrics import Metrics, MetricsEndpoint, parse_address, read_snapshots
 
 log = logging.getLogger("zcserve.workers")
 
@@ -56,7 +56,7 @@ def worker_count(text: str) -> int:
 
 
 def _worker_main(config: ServerConfig, ready: multiprocessing.synchronize.Event) -> None:
-    from zcserve import server  # imported in the child: its loop is created there
+    from zcserve.server import server  # imported in the child: its loop is created there
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -114,7 +114,7 @@ class Supervisor:
 
     def run(self, announce: str) -> int:
         """Bind, start every worker, print `announce` with the real URL, supervise."""
-        from zcserve.server import url_of
+        from zcserve.server.server import url_of
 
         placeholder = self._bind_placeholder()
         config = dataclasses.replace(self.config, port=placeholder.getsockname()[1])

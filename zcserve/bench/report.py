@@ -23,10 +23,10 @@ from typing import Any, Literal, TypeVar
 from rich.console import Console
 from rich.markup import escape
 
-from zcserve.benchreport import BenchRow, load_results, render_table, write_plots
+from zcserve.bench.results import BenchRow, load_results, render_table, write_plots
 from zcserve.errors import ConfigError
-from zcserve.loadreport import format_ms, print_summary, write_json
-from zcserve.loadstats import LoadResult
+from zcserve.load.report import format_ms, print_summary, write_json
+from zcserve.load.stats import LoadResult
 
 Kind = Literal["bench", "load"]
 

@@ -21,7 +21,7 @@ from typing import Protocol
 from urllib.parse import quote, unquote_to_bytes
 
 from zcserve.errors import HttpError
-from zcserve.http import parse_http_date
+from zcserve.server.http import parse_http_date
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK  # no FIFO hangs
 _PROC_FD = os.path.isdir("/proc/self/fd")

@@ -20,10 +20,10 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from zcserve.errors import ZcserveError
-from zcserve.loadclient import run_worker
-from zcserve.loadplan import WorkerPlan
-from zcserve.loadstats import LoadResult
-from zcserve.server import raise_nofile_limit
+from zcserve.load.client import run_worker
+from zcserve.load.plan import WorkerPlan
+from zcserve.load.stats import LoadResult
+from zcserve.server.server import raise_nofile_limit
 
 START_MARGIN = 0.05
 """Seconds between the "go" message and the common start, so every worker gets it."""

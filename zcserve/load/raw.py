@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from zcserve.errors import ConfigError
-from zcserve.loadclient import cpu_seconds
-from zcserve.loadreport import describe_errors, format_ms, write_json
+from zcserve.load.client import cpu_seconds
+from zcserve.load.report import describe_errors, format_ms, write_json
 
 DEFAULT_DOWNLOADS = 10
 RECV_SIZE = 1024 * 1024

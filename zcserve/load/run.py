@@ -2,7 +2,7 @@
 
 Python API (what `zcserve bench` uses)::
 
-    from zcserve.loadgen import LoadOptions, LoadResult, run_load, run_load_async
+    from zcserve.load.run import LoadOptions, LoadResult, run_load, run_load_async
 
     options = LoadOptions(urls=("http://127.0.0.1:8000/4k.bin",), connections=64,
                           duration=10.0, processes=2)
@@ -44,21 +44,21 @@ from typing import TypeVar
 
 from rich.console import Console
 
-from zcserve import loadraw
-from zcserve.config import LOOP_NAMES
 from zcserve.errors import ConfigError, ZcserveError
-from zcserve.loadclient import LocalLink, run_worker
-from zcserve.loadplan import (
+from zcserve.load import raw as loadraw
+from zcserve.load.client import LocalLink, run_worker
+from zcserve.load.plan import (
     DEFAULT_CONNECTIONS,
     DEFAULT_DURATION,
     LoadOptions,
     plan_workers,
     prepare_routes,
 )
-from zcserve.loadprocs import ProgressCallback, WorkerPool, loop_factory
-from zcserve.loadreport import LiveProgress, print_summary, write_json
-from zcserve.loadstats import LoadResult
-from zcserve.server import raise_nofile_limit
+from zcserve.load.procs import ProgressCallback, WorkerPool, loop_factory
+from zcserve.load.report import LiveProgress, print_summary, write_json
+from zcserve.load.stats import LoadResult
+from zcserve.server.config import LOOP_NAMES
+from zcserve.server.server import raise_nofile_limit
 from zcserve.units import parse_duration
 
 __all__ = ["LoadOptions", "LoadResult", "add_command", "run_command", "run_load", "run_load_async"]

@@ -29,14 +29,14 @@ from typing import Any
 import psutil
 from rich.console import Console
 
-from zcserve.benchreport import BenchRow, markdown_table, print_table, write_results
-from zcserve.ceiling import CEILING_STRATEGIES, run_ceiling, split_cpus
-from zcserve.config import LOOP_NAMES
+from zcserve.bench.ceiling import CEILING_STRATEGIES, run_ceiling, split_cpus
+from zcserve.bench.results import BenchRow, markdown_table, print_table, write_results
 from zcserve.demo import write_file
 from zcserve.errors import ConfigError
-from zcserve.loadgen import LoadOptions, run_load
-from zcserve.loadraw import RawOptions, run_raw
-from zcserve.strategies import STRATEGY_NAMES
+from zcserve.load.raw import RawOptions, run_raw
+from zcserve.load.run import LoadOptions, run_load
+from zcserve.server.config import LOOP_NAMES
+from zcserve.server.strategies import STRATEGY_NAMES
 from zcserve.units import format_size, parse_duration, parse_size
 
 DEFAULT_STRATEGIES = ("readwrite", "sendfile", "fallback")

@@ -22,8 +22,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from zcserve.accesslog import AccessLog
-from zcserve.config import ServerConfig
 from zcserve.errors import (
     ConfigError,
     FileShrankError,
@@ -31,9 +29,11 @@ from zcserve.errors import (
     SendStalledError,
     TransferError,
 )
-from zcserve.filecache import OpenFileCache
-from zcserve.files import OpenedFile, Root
-from zcserve.http import (
+from zcserve.server.accesslog import AccessLog
+from zcserve.server.config import ServerConfig
+from zcserve.server.filecache import OpenFileCache
+from zcserve.server.files import OpenedFile, Root
+from zcserve.server.http import (
     Limits,
     Request,
     RequestParser,
@@ -41,17 +41,17 @@ from zcserve.http import (
     error_response,
     without_keep_alive,
 )
-from zcserve.metrics import (
+from zcserve.server.metrics import (
     SNAPSHOT_INTERVAL,
     Metrics,
     MetricsEndpoint,
     SnapshotWriter,
     parse_address,
 )
-from zcserve.respond import plan_reply
-from zcserve.sockio import SocketStream
-from zcserve.strategies import AutoStrategy, CopyOptions, CopyStrategy, make_strategy
-from zcserve.tlsstream import TlsStream, server_context
+from zcserve.server.respond import plan_reply
+from zcserve.server.sockio import SocketStream
+from zcserve.server.strategies import AutoStrategy, CopyOptions, CopyStrategy, make_strategy
+from zcserve.server.tls import TlsStream, server_context
 
 log = logging.getLogger("zcserve")
 

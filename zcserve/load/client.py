@@ -27,10 +27,10 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
 
-from zcserve.loadhttp import ResponseError, ResponseReader
-from zcserve.loadplan import Route, WorkerPlan
-from zcserve.loadstats import LiveStats, LoadResult
-from zcserve.loadtls import HandshakeError, client_context
+from zcserve.load.http import ResponseError, ResponseReader
+from zcserve.load.plan import Route, WorkerPlan
+from zcserve.load.stats import LiveStats, LoadResult
+from zcserve.load.tls import HandshakeError, client_context
 
 CONNECT_BACKOFF = 0.01
 """Seconds to wait after a failed connect before the next attempt, so a dead

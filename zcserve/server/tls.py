@@ -13,7 +13,7 @@ import asyncio
 import socket
 import ssl
 
-from zcserve.sockio import SocketStream
+from zcserve.server.sockio import SocketStream
 
 RECORD_BYTES = 16 * 1024
 """Largest TLS record payload; writes are encrypted and flushed a few records at a time."""

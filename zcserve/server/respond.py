@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zcserve.errors import HttpError
-from zcserve.files import (
+from zcserve.server.files import (
     Kind,
     OpenedFile,
     RangeKind,
@@ -19,7 +19,7 @@ from zcserve.files import (
     not_modified,
     parse_range,
 )
-from zcserve.http import (
+from zcserve.server.http import (
     ALLOWED_METHODS,
     Request,
     error_body,

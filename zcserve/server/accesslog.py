@@ -7,7 +7,7 @@ import sys
 import time
 from typing import TextIO
 
-from zcserve.http import Request
+from zcserve.server.http import Request
 
 
 class AccessLog:
