@@ -12,6 +12,7 @@ import dataclasses
 import threading
 from typing import Any
 
+from zcserve.runtime import loop_factory
 from zcserve.server.config import ServerConfig
 from zcserve.server.server import Server, bind
 
@@ -32,13 +33,8 @@ class ServerThread:
         self.error: BaseException | None = None
 
     def _run(self) -> None:
-        factory: Any = None
-        if self.config.loop == "uvloop":
-            import uvloop
-
-            factory = uvloop.new_event_loop
         try:
-            with asyncio.Runner(loop_factory=factory) as runner:
+            with asyncio.Runner(loop_factory=loop_factory(self.config.loop)) as runner:
                 runner.run(self._main())
         except BaseException as exc:  # surfaced by stop()
             self.error = exc

@@ -28,7 +28,7 @@ from zcserve.load.plan import plan_workers, prepare_routes
 from zcserve.load.procs import WorkerPool
 from zcserve.load.run import LoadOptions, run_load
 from zcserve.load.stats import LoadResult, new_histogram
-from zcserve.server.config import LOOP_NAMES
+from zcserve.runtime import LOOP_NAMES
 
 pytestmark = pytest.mark.skipif(
     shutil.which("openssl") is None, reason="the openssl command makes the test certificate"

@@ -23,6 +23,7 @@ from tests.conftest import LOOPS, SIZES, Site
 from tests.httpclient import get
 from tests.serverthread import start_server
 from zcserve.errors import FileShrankError, SendStalledError
+from zcserve.runtime import loop_factory
 from zcserve.server import strategies
 from zcserve.server.files import OpenedFile
 from zcserve.server.sockio import SocketStream
@@ -30,12 +31,7 @@ from zcserve.server.strategies import STRATEGY_NAMES, CopyOptions, make_strategy
 
 
 def run_on(loop_name: str, coro: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    factory: Any = None
-    if loop_name == "uvloop":
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
+    with asyncio.Runner(loop_factory=loop_factory(loop_name)) as runner:
         return runner.run(coro())
 
 

@@ -16,7 +16,8 @@ from zcserve.bench import report
 from zcserve.bench import sweep as bench
 from zcserve.errors import ConfigError
 from zcserve.load import run as loadgen
-from zcserve.server.config import LOOP_NAMES, ServerConfig
+from zcserve.runtime import LOOP_NAMES
+from zcserve.server.config import ServerConfig
 from zcserve.server.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
 from zcserve.server.strategies import STRATEGY_NAMES
 from zcserve.units import parse_size

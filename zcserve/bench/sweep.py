@@ -35,7 +35,7 @@ from zcserve.demo import write_file
 from zcserve.errors import ConfigError
 from zcserve.load.raw import RawOptions, run_raw
 from zcserve.load.run import LoadOptions, run_load
-from zcserve.server.config import LOOP_NAMES
+from zcserve.runtime import LOOP_NAMES
 from zcserve.server.strategies import STRATEGY_NAMES
 from zcserve.units import format_size, parse_duration, parse_size
 

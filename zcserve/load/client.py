@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import resource
 import socket
 import ssl
 import time
@@ -31,6 +30,7 @@ from zcserve.load.http import ResponseError, ResponseReader
 from zcserve.load.plan import Route, WorkerPlan
 from zcserve.load.stats import LiveStats, LoadResult
 from zcserve.load.tls import HandshakeError, client_context
+from zcserve.runtime import cpu_seconds
 
 CONNECT_BACKOFF = 0.01
 """Seconds to wait after a failed connect before the next attempt, so a dead
@@ -58,11 +58,6 @@ class WorkerLink(Protocol):
 
     def progress(self, requests: int, errors: int) -> None:
         """Totals of the current phase so far."""
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 class _Wire(asyncio.Protocol):

@@ -22,8 +22,7 @@ from typing import Any
 from zcserve.errors import ConfigError, ZcserveError
 from zcserve.load.http import ResponseError, ResponseReader, Target, is_loopback, parse_target
 from zcserve.load.tls import client_context, describe_handshake_error
-from zcserve.server.config import LOOP_NAMES
-from zcserve.server.server import raise_nofile_limit
+from zcserve.runtime import LOOP_NAMES, raise_nofile_limit
 
 DEFAULT_DURATION = 10.0
 """Seconds a run lasts when neither a duration nor a request count is given (wrk)."""

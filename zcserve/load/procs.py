@@ -23,7 +23,7 @@ from zcserve.errors import ZcserveError
 from zcserve.load.client import run_worker
 from zcserve.load.plan import WorkerPlan
 from zcserve.load.stats import LoadResult
-from zcserve.server.server import raise_nofile_limit
+from zcserve.runtime import loop_factory, raise_nofile_limit
 
 START_MARGIN = 0.05
 """Seconds between the "go" message and the common start, so every worker gets it."""
@@ -32,18 +32,6 @@ JOIN_TIMEOUT = 5.0
 
 Message = tuple[Any, ...]
 ProgressCallback = Callable[[int, int], None]
-
-
-def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop class for `--loop`; None means asyncio's default."""
-    if name == "uvloop":
-        try:
-            import uvloop
-        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-            return None
-        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-        return factory
-    return None
 
 
 class PipeLink:

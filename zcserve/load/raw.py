@@ -18,22 +18,16 @@ from rich.console import Console
 from rich.markup import escape
 
 from zcserve.errors import ConfigError
-from zcserve.load.client import cpu_seconds
 from zcserve.load.report import describe_errors, format_ms, write_json
+from zcserve.runtime import cpu_seconds, parse_host_port
 
 DEFAULT_DOWNLOADS = 10
 RECV_SIZE = 1024 * 1024
 """Bytes per recv_into: large, so the client's syscalls are few next to the server's."""
 
 
-def parse_host_port(text: str) -> tuple[str, int]:
-    """`(host, port)` for `host:port` or `[v6]:port`, or `ConfigError`."""
-    host, sep, port_text = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"bad --raw address {text!r}; expected HOST:PORT, e.g. 127.0.0.1:8000")
-    return host, int(port_text)
+def parse_raw_address(text: str) -> tuple[str, int]:
+    return parse_host_port(text, flag="--raw", example="127.0.0.1:8000")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +37,7 @@ class RawOptions:
     timeout: float = 10.0
 
     def __post_init__(self) -> None:
-        parse_host_port(self.address)
+        parse_raw_address(self.address)
         if self.downloads < 1:
             raise ConfigError(f"downloads must be at least 1, not {self.downloads}")
         if not self.timeout > 0:
@@ -93,7 +87,7 @@ def _download(address: tuple[str, int], timeout: float, buffer: bytearray) -> in
 
 def run_raw(options: RawOptions) -> RawResult:
     """Download `options.downloads` times in sequence; the first connect must succeed."""
-    address = parse_host_port(options.address)
+    address = parse_raw_address(options.address)
     buffer = bytearray(RECV_SIZE)
     sizes: list[int] = []
     seconds: list[float] = []

@@ -54,11 +54,10 @@ from zcserve.load.plan import (
     plan_workers,
     prepare_routes,
 )
-from zcserve.load.procs import ProgressCallback, WorkerPool, loop_factory
+from zcserve.load.procs import ProgressCallback, WorkerPool
 from zcserve.load.report import LiveProgress, print_summary, write_json
 from zcserve.load.stats import LoadResult
-from zcserve.server.config import LOOP_NAMES
-from zcserve.server.server import raise_nofile_limit
+from zcserve.runtime import LOOP_NAMES, loop_factory, raise_nofile_limit
 from zcserve.units import parse_duration
 
 __all__ = ["LoadOptions", "LoadResult", "add_command", "run_command", "run_load", "run_load_async"]

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 from zcserve.errors import ConfigError
+from zcserve.runtime import LOOP_NAMES
 from zcserve.server.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
 from zcserve.server.metrics import parse_address
 from zcserve.server.strategies import SENDFILE_MAX_CHUNK, STRATEGY_NAMES
-
-LoopName = Literal["uvloop", "asyncio"]
-LOOP_NAMES: tuple[str, ...] = get_args(LoopName)
 
 ZERO_COPY_STRATEGIES = ("sendfile", "splice", "mmap")
 """Strategies that hand file pages to the kernel's socket path, which TLS cannot use."""

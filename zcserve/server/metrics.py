@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from zcserve.errors import ConfigError
+from zcserve.runtime import parse_host_port
 
 SNAPSHOT_INTERVAL = 0.5
 """Seconds between a worker's snapshot files."""
@@ -166,14 +167,8 @@ def _number(value: float) -> str:
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """`(host, port)` from `HOST:PORT`, or `ConfigError`."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(
-            f"bad --metrics address {text!r}; expected HOST:PORT, e.g. 127.0.0.1:9100"
-        )
-    return host, int(port)
+    """`(host, port)` of a `--metrics` listener; port 0 picks a free one."""
+    return parse_host_port(text, flag="--metrics", example="127.0.0.1:9100", allow_port_zero=True)
 
 
 class SnapshotWriter:

@@ -12,7 +12,6 @@ import contextlib
 import errno
 import logging
 import os
-import resource
 import signal
 import socket
 import ssl
@@ -29,6 +28,7 @@ from zcserve.errors import (
     SendStalledError,
     TransferError,
 )
+from zcserve.runtime import loop_factory, raise_nofile_limit
 from zcserve.server.accesslog import AccessLog
 from zcserve.server.config import ServerConfig
 from zcserve.server.filecache import OpenFileCache
@@ -70,20 +70,6 @@ limit fails and succeeds alternately, and must not log once per failure."""
 
 _PEER_GONE = (TransferError, OSError)
 """A peer that left, stalled or broke: TimeoutError and ConnectionError are OSErrors."""
-
-
-def raise_nofile_limit() -> int:
-    """Raise RLIMIT_NOFILE's soft limit to the hard limit; return the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 1 << 20)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 def bind(host: str, port: int, backlog: int, *, reuse_port: bool = False) -> socket.socket:
@@ -479,16 +465,6 @@ def _close_socket(sock: socket.socket) -> None:
         pass
 
 
-def _loop_factory(name: str) -> type[asyncio.AbstractEventLoop] | None:
-    if name == "uvloop":
-        try:
-            import uvloop
-        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-            raise ConfigError("uvloop is not installed; use --loop asyncio") from None
-        return uvloop.Loop
-    return None
-
-
 def announcement(config: ServerConfig, url: str, *, workers: int = 1) -> str:
     """The one line printed at start, which scripts read the URL from."""
     if config.raw_file:
@@ -508,7 +484,7 @@ def run(
 ) -> int:
     """Bind, announce the URL on stdout, serve until SIGINT/SIGTERM; return 0."""
     raise_nofile_limit()
-    factory = _loop_factory(config.loop)
+    factory = loop_factory(config.loop)
     listener = bind(config.host, config.port, config.backlog, reuse_port=reuse_port)
     server = Server(config)
     if announce:
