@@ -6,7 +6,10 @@ Every bad flag ends in one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -158,6 +161,12 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
         default=1,
         help="worker processes sharing the port with SO_REUSEPORT; auto = one per CPU",
     )
+    p.add_argument(
+        "--ready-json",
+        action="store_true",
+        help="once listening, also print one JSON line for programs: "
+        '{"event": "ready", "url", "metrics_url", "pid", ...}',
+    )
     p.set_defaults(run=_run_serve)
 
 
@@ -191,13 +200,38 @@ def _run_serve(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         tls_key=args.tls_key,
     )
+    announce = functools.partial(_announce, config, args.workers, args.ready_json)
     if args.workers == 1:
-        return server.run(config)
+        return server.run(config, announce=announce)
     from zcserve.server.workers import Supervisor
 
-    # Braces survive into the template: the supervisor fills in the real URL.
-    template = server.announcement(config, "{url}", workers=args.workers)
-    return Supervisor(config, args.workers).run(template)
+    return Supervisor(config, args.workers).run(announce)
+
+
+def _announce(
+    config: ServerConfig, workers: int, ready_json: bool, url: str, metrics_url: str | None
+) -> None:
+    """The start-up lines: one for people, and with --ready-json one for programs."""
+    if config.raw_file:
+        what = f"raw file {os.path.realpath(config.raw_file)}"
+    else:
+        what = f"serving {os.path.realpath(config.root)}"
+    extra = f", workers={workers}" if workers > 1 else ""
+    print(f"zcserve: {what} on {url} (strategy={config.strategy}, loop={config.loop}{extra})")
+    if metrics_url is not None:
+        print(f"zcserve: metrics on {metrics_url}")
+    if ready_json:
+        ready = {
+            "event": "ready",
+            "url": url,
+            "metrics_url": metrics_url,
+            "pid": os.getpid(),
+            "strategy": config.strategy,
+            "loop": config.loop,
+            "workers": workers,
+        }
+        print(json.dumps(ready))
+    sys.stdout.flush()
 
 
 def build_parser() -> _Parser:

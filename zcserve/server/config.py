@@ -48,8 +48,6 @@ class ServerConfig:
     raw_file: str | None = None
     metrics: str | None = None
     """HOST:PORT of the Prometheus listener, or None."""
-    metrics_dir: str | None = None
-    """Set by the supervisor: where a worker writes its metrics snapshots."""
     tls_cert: str | None = None
     tls_key: str | None = None
 

@@ -72,8 +72,11 @@ _PEER_GONE = (TransferError, OSError)
 """A peer that left, stalled or broke: TimeoutError and ConnectionError are OSErrors."""
 
 
-def bind(host: str, port: int, backlog: int, *, reuse_port: bool = False) -> socket.socket:
-    """A non-blocking listening socket, or `ConfigError` saying why not."""
+def bind(
+    host: str, port: int, backlog: int, *, reuse_port: bool = False, listen: bool = True
+) -> socket.socket:
+    """A non-blocking listening socket, or `ConfigError` saying why not. Without
+    `listen` the socket only holds the port (the supervisor's placeholder)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -85,7 +88,8 @@ def bind(host: str, port: int, backlog: int, *, reuse_port: bool = False) -> soc
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
-        sock.listen(backlog)
+        if listen:
+            sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
@@ -110,8 +114,9 @@ class _Connection:
 class Server:
     """Serves one root with one copy strategy on a listening socket it is given."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, *, snapshot_dir: str | None = None) -> None:
         self.config = config
+        self.snapshot_dir = snapshot_dir
         self.root = Root(config.root, listing=config.listing)
         # A tenth of the descriptor limit at most, so the cache never starves accept.
         capacity = min(config.open_file_cache, raise_nofile_limit() // 10)
@@ -170,9 +175,9 @@ class Server:
 
     def _start_snapshots(self) -> asyncio.Task[None] | None:
         """Under a supervisor, write this worker's metrics where it can merge them."""
-        if self.config.metrics_dir is None:
+        if self.snapshot_dir is None:
             return None
-        writer = SnapshotWriter(self.config.metrics_dir, self.metrics)
+        writer = SnapshotWriter(self.snapshot_dir, self.metrics)
 
         async def keep_writing() -> None:
             try:
@@ -465,32 +470,23 @@ def _close_socket(sock: socket.socket) -> None:
         pass
 
 
-def announcement(config: ServerConfig, url: str, *, workers: int = 1) -> str:
-    """The one line printed at start, which scripts read the URL from."""
-    if config.raw_file:
-        what = f"raw file {os.path.realpath(config.raw_file)}"
-    else:
-        what = f"serving {os.path.realpath(config.root)}"
-    extra = f", workers={workers}" if workers > 1 else ""
-    return f"zcserve: {what} on {url} (strategy={config.strategy}, loop={config.loop}{extra})"
+Announce = Callable[[str, str | None], object]
+"""Called once the server listens, with its URL and its metrics URL (or None)."""
 
 
 def run(
     config: ServerConfig,
     *,
-    announce: bool = True,
+    announce: Announce | None = None,
     reuse_port: bool = False,
-    on_listening: Callable[[], object] | None = None,
+    snapshot_dir: str | None = None,
 ) -> int:
-    """Bind, announce the URL on stdout, serve until SIGINT/SIGTERM; return 0."""
+    """Bind, serve until SIGINT/SIGTERM, return 0. `announce` hears the URLs once
+    listening; `snapshot_dir` is where a supervised worker leaves its metrics."""
     raise_nofile_limit()
     factory = loop_factory(config.loop)
     listener = bind(config.host, config.port, config.backlog, reuse_port=reuse_port)
-    server = Server(config)
-    if announce:
-        print(announcement(config, url_of(listener, "https" if config.tls else "http")), flush=True)
-    if on_listening is not None:
-        on_listening()
+    server = Server(config, snapshot_dir=snapshot_dir)
     started = time.monotonic()
     with asyncio.Runner(loop_factory=factory) as runner:
         endpoint = None
@@ -500,8 +496,9 @@ def run(
                 parse_address(config.metrics),
                 lambda: asyncio.run_coroutine_threadsafe(server.exposition(), loop).result(10),
             ).start()
-            if announce:
-                print(f"zcserve: metrics on {endpoint.url}", flush=True)
+        if announce is not None:
+            scheme = "https" if config.tls else "http"
+            announce(url_of(listener, scheme), endpoint.url if endpoint is not None else None)
         try:
             runner.run(server.serve(listener))
         finally:

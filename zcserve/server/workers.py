@@ -15,16 +15,19 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from zcserve.errors import ConfigError
 from zcserve.server.config import ServerConfig
 from zcserve.server.metrics import Metrics, MetricsEndpoint, parse_address, read_snapshots
+
+if TYPE_CHECKING:
+    from zcserve.server.server import Announce
 
 log = logging.getLogger("zcserve.workers")
 
@@ -55,12 +58,19 @@ def worker_count(text: str) -> int:
     return count
 
 
-def _worker_main(config: ServerConfig, ready: multiprocessing.synchronize.Event) -> None:
+def _worker_main(
+    config: ServerConfig, ready: multiprocessing.synchronize.Event, snapshot_dir: str | None
+) -> None:
     from zcserve.server import server  # imported in the child: its loop is created there
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    server.run(config, announce=False, reuse_port=True, on_listening=ready.set)
+    server.run(
+        config,
+        announce=lambda url, metrics: ready.set(),
+        reuse_port=True,
+        snapshot_dir=snapshot_dir,
+    )
 
 
 @dataclasses.dataclass
@@ -85,25 +95,12 @@ class Supervisor:
         self._slots = [_Slot(i) for i in range(workers)]
         self._metrics_dir: str | None = None
 
-    def _bind_placeholder(self) -> socket.socket:
-        infos = socket.getaddrinfo(self.config.host, self.config.port, type=socket.SOCK_STREAM)
-        family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(address)
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(
-                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}"
-            ) from None
-        return sock
-
     def _start(self, slot: _Slot, config: ServerConfig) -> multiprocessing.synchronize.Event:
         ready = self._context.Event()
         process = self._context.Process(
-            target=_worker_main, args=(config, ready), name=f"zcserve-worker-{slot.index}"
+            target=_worker_main,
+            args=(config, ready, self._metrics_dir),
+            name=f"zcserve-worker-{slot.index}",
         )
         process.start()
         slot.process, slot.started = process, time.monotonic()
@@ -112,17 +109,19 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
 
-    def run(self, announce: str) -> int:
-        """Bind, start every worker, print `announce` with the real URL, supervise."""
-        from zcserve.server.server import url_of
+    def run(self, announce: Announce) -> int:
+        """Bind, start every worker, tell `announce` the real URLs, supervise."""
+        from zcserve.server.server import bind, url_of
 
-        placeholder = self._bind_placeholder()
+        # Bound but never listening: it holds the port (port 0 picks one for all the
+        # workers) while the workers listen on it with SO_REUSEPORT.
+        placeholder = bind(self.config.host, self.config.port, 1, reuse_port=True, listen=False)
         config = dataclasses.replace(self.config, port=placeholder.getsockname()[1])
         endpoint = None
         if self.config.metrics is not None:
             # Workers write snapshots; this process serves their sum.
             folder = self._metrics_dir = tempfile.mkdtemp(prefix="zcserve-metrics-")
-            config = dataclasses.replace(config, metrics=None, metrics_dir=folder)
+            config = dataclasses.replace(config, metrics=None)
             endpoint = MetricsEndpoint(
                 parse_address(self.config.metrics),
                 lambda: Metrics.merged(read_snapshots(folder)).exposition(self.workers),
@@ -137,10 +136,9 @@ class Supervisor:
                 if not event.wait(max(0.0, deadline - time.monotonic())):
                     raise ConfigError("a worker did not start listening in time")
             scheme = "https" if self.config.tls else "http"
-            print(announce.replace("{url}", url_of(placeholder, scheme)), flush=True)
             if endpoint is not None:
                 endpoint.start()
-                print(f"zcserve: metrics on {endpoint.url}", flush=True)
+            announce(url_of(placeholder, scheme), endpoint.url if endpoint is not None else None)
             self._supervise(config)
         finally:
             self._stop_all()
