@@ -17,7 +17,7 @@ from typing import NoReturn
 from zcserve import __version__
 from zcserve.bench import report
 from zcserve.bench import sweep as bench
-from zcserve.errors import ConfigError
+from zcserve.errors import ConfigError, RunError
 from zcserve.load import run as loadgen
 from zcserve.runtime import LOOP_NAMES
 from zcserve.server.config import ServerConfig
@@ -26,6 +26,7 @@ from zcserve.server.strategies import STRATEGY_NAMES
 from zcserve.units import parse_size
 
 EXIT_USAGE = 2
+EXIT_FAILURE = 1
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -264,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"zcserve {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RunError as exc:
+        print(f"zcserve {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 0
     return result

@@ -34,3 +34,8 @@ class FileShrankError(TransferError):
 
 class SendStalledError(TransferError):
     """The peer stopped reading for longer than the send timeout."""
+
+
+class RunError(ZcserveError):
+    """A valid command failed while running (a child server died, a body came up
+    short); the CLI prints it on one line and exits 1, not 2 as for bad usage."""
