@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import psutil
 
-from zcserve.bench.sweep import stop_child
+from zcserve.bench.child import start_serve, stop_child
 from zcserve.demo import write_file
 from zcserve.load.run import LoadOptions, run_load
 from zcserve.units import parse_size
@@ -116,19 +116,12 @@ def _read_port(proc: subprocess.Popen[str], pattern: str) -> int:
 
 def zcserve_spec(strategy: str, workers: str) -> ServerSpec:
     def start(root: str, tmp: str) -> Running:
-        command = [sys.executable, "-m", "zcserve", "serve", root, "--port", "0"]
-        command += ["--strategy", strategy, "--workers", workers]
-        proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, text=True, preexec_fn=_server_affinity(workers)
-        )
-        return Running(proc, _read_port(proc, r"127\.0\.0\.1:(\d+)"))
+        args = [root, "--port", "0", "--strategy", strategy, "--workers", workers]
+        # One worker: pinned to the server CPU. `auto` workers: every CPU, as deployed.
+        child = start_serve(args, cpus={SERVER_CPU} if workers == "1" else None)
+        return Running(child.proc, child.port)
 
     return ServerSpec(f"zcserve {strategy} w={workers}", start)
-
-
-def _server_affinity(workers: str) -> Callable[[], None] | None:
-    # One worker: pinned to the server CPU. `auto` workers: every CPU, as deployed.
-    return pin(SERVER_CPU) if workers == "1" else None
 
 
 def nginx_spec(sendfile: str, nopush: str) -> ServerSpec:

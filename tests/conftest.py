@@ -1,5 +1,7 @@
-"""Shared fixtures: a generated site with a secret outside it, and live servers
-parametrized over every copy strategy and both event loops."""
+"""Shared fixtures: a generated site with a secret outside it, and live servers:
+`live` over every copy strategy and both event loops (for tests that move body
+bytes), `default_live` with the default strategy on each loop (for path and
+HTTP semantics, which do not depend on how bytes are copied)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from zcserve.demo import write_file
 from zcserve.server.strategies import STRATEGY_NAMES
 
 LOOPS = ("uvloop", "asyncio")
+DEFAULT_STRATEGY = "auto"
 SECRET = b"TOP-SECRET-OUTSIDE-ROOT\n"
 SPARSE_SIZE = 5 * 1024**3 + 12345  # past 4 GiB: offsets need 64 bits
 SPARSE_TAIL = b"the end of a sparse file past 4 GiB\n"
@@ -89,4 +92,12 @@ def live(request: pytest.FixtureRequest, site: Site) -> Iterator[Live]:
     strategy, loop = request.param
     thread = start_server(root=site.root, strategy=strategy, loop=loop)
     yield Live(thread.port, strategy, loop, thread)
+    thread.stop()
+
+
+@pytest.fixture(scope="session", params=LOOPS, ids=lambda loop: f"default-{loop}")
+def default_live(request: pytest.FixtureRequest, site: Site) -> Iterator[Live]:
+    loop: str = request.param
+    thread = start_server(root=site.root, strategy=DEFAULT_STRATEGY, loop=loop)
+    yield Live(thread.port, DEFAULT_STRATEGY, loop, thread)
     thread.stop()

@@ -12,21 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import re
-import selectors
 import socket
 import ssl
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zcserve.bench.child import start_serve
+
 READY_TIMEOUT = 10.0
-ANNOUNCE = re.compile(r" on (https?://\S+) \(")
 
 
 class Behaviour(enum.Enum):
@@ -223,41 +220,11 @@ def refused_port() -> Iterator[int]:
         sock.close()
 
 
-def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if selector.select(deadline - time.monotonic()):
-                return proc.stdout.readline()
-    return ""
-
-
 @contextmanager
 def zcserve_child(*args: str) -> Iterator[str]:
     """Run `python -m zcserve serve ARGS --port 0`; yield its URL; stop it by PID."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zcserve", "serve", *args, "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        line = _read_line(proc, READY_TIMEOUT)
-        match = ANNOUNCE.search(line)
-        if match is None:
-            raise AssertionError(f"zcserve did not announce a URL: {line!r}")
-        yield match.group(1)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(READY_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    with start_serve([*args, "--port", "0"], stderr=subprocess.DEVNULL) as child:
+        yield child.url
 
 
 @dataclass(frozen=True)

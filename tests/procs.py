@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
-ANNOUNCE = re.compile(r"on (http://\S+) \(")
-
-
-@dataclass
-class Child:
-    proc: subprocess.Popen[str]
-    url: str
-    announce: str
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
+from zcserve.bench.child import ServeChild, start_serve
 
 
 def zcserve_command(*args: str) -> list[str]:
@@ -29,26 +16,12 @@ def zcserve_command(*args: str) -> list[str]:
 
 
 @contextmanager
-def serving(*args: str, stop_signal: int = signal.SIGTERM) -> Iterator[Child]:
-    """Run `zcserve serve ARGS --port 0` until the block ends, then signal it and wait."""
-    proc = subprocess.Popen(
-        zcserve_command("serve", *args, "--port", "0"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def serving(*args: str, stop_signal: int = signal.SIGTERM) -> Iterator[ServeChild]:
+    """Run `zcserve serve ARGS --port 0` until the block ends, then signal it and wait.
+
+    Its stderr is a pipe, read when it stops (`child.stderr`)."""
+    child = start_serve([*args, "--port", "0"], stderr=subprocess.PIPE)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        match = ANNOUNCE.search(line)
-        if match is None:
-            raise AssertionError(f"no announce line: {line!r} {proc.communicate(timeout=10)}")
-        yield Child(proc, match.group(1), line)
+        yield child
     finally:
-        if proc.poll() is None:
-            proc.send_signal(stop_signal)
-        try:
-            proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        child.stop(stop_signal, timeout=20.0)

@@ -21,8 +21,9 @@ from typing import Any, TypeVar
 
 import psutil
 
-from tests.procs import ANNOUNCE, zcserve_command
 from tests.serverthread import ServerThread, start_server
+from zcserve.bench.child import ServeChild, start_serve
+from zcserve.errors import RunError
 
 T = TypeVar("T")
 
@@ -122,17 +123,26 @@ def running(**overrides: Any) -> Iterator[ServerThread]:
 @dataclass
 class Spawned:
     """A `zcserve serve` child: its port, its log file, and what it printed after the
-    announce line (filled in when it stops)."""
+    ready line (filled in when it stops)."""
 
-    proc: subprocess.Popen[str]
-    port: int
+    child: ServeChild
     log_path: Path
-    stdout: str = ""
-    returncode: int | None = None
     process: psutil.Process = field(init=False)
 
     def __post_init__(self) -> None:
-        self.process = psutil.Process(self.proc.pid)
+        self.process = psutil.Process(self.child.pid)
+
+    @property
+    def proc(self) -> subprocess.Popen[str]:
+        return self.child.proc
+
+    @property
+    def port(self) -> int:
+        return self.child.port
+
+    @property
+    def stdout(self) -> str:
+        return self.child.stdout
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -155,12 +165,7 @@ class Spawned:
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         """Signal the child, wait for it, and return its exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
-        out, _ = self.proc.communicate(timeout=timeout)
-        self.stdout += out or ""
-        self.returncode = self.proc.returncode
-        return self.returncode
+        return self.child.stop(signum, timeout)
 
 
 def _limit_nofile(limit: int) -> Callable[[], None]:
@@ -177,34 +182,16 @@ def spawn(log_dir: Path, root: str, *args: str, nofile: int | None = None) -> It
     stopped by its PID if the test has not stopped it already."""
     log_path = log_dir / f"zcserve-{time.monotonic_ns()}.log"
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(
-            zcserve_command("serve", root, *args, "--port", "0"),
-            stdout=subprocess.PIPE,
-            stderr=log_file,
-            text=True,
-            preexec_fn=_limit_nofile(nofile) if nofile is not None else None,
-        )
-    child: Spawned | None = None
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        match = ANNOUNCE.search(line)
-        if match is None:
-            raise AssertionError(f"no announce line: {line!r}\n{log_path.read_text()}")
-        child = Spawned(proc, int(match.group(1).rsplit(":", 1)[1]), log_path)
-        yield child
-    finally:
-        if child is None or child.returncode is None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                out, _ = proc.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, _ = proc.communicate()
-            if child is not None:
-                child.stdout += out or ""
-                child.returncode = proc.returncode
+        try:
+            started = start_serve(
+                [root, *args, "--port", "0"],
+                stderr=log_file,
+                preexec_fn=_limit_nofile(nofile) if nofile is not None else None,
+            )
+        except RunError as exc:
+            raise AssertionError(f"{exc}\n{log_path.read_text()}") from None
+    with started:
+        yield Spawned(started, log_path)
 
 
 # Many sockets from one asyncio loop ---------------------------------------------------

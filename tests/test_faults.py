@@ -30,7 +30,7 @@ from zcserve.server.files import OpenedFile
 from zcserve.server.http import Request, RequestParser
 from zcserve.server.respond import Reply, plan_reply
 from zcserve.server.sockio import SocketStream
-from zcserve.server.strategies import STRATEGY_NAMES
+from zcserve.server.strategies import STRATEGY_NAMES, CopyStrategy
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -185,7 +185,7 @@ def test_error_before_anything_is_sent_gives_500(
             raise fault
         return plan_reply(request, root)
 
-    monkeypatch.setattr("zcserve.server.server.plan_reply", faulty_plan)
+    monkeypatch.setattr("zcserve.server.connection.plan_reply", faulty_plan)
     with running(root=site.root, loop=loop) as server:
         with connect(server.port) as sock:
             sock.sendall(b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -205,6 +205,9 @@ def test_error_after_the_head_closes_the_connection(
 
         class HalfThenBug:
             name: ClassVar[str] = "half-then-bug"
+
+            def choose(self, stream: SocketStream) -> CopyStrategy:
+                return self
 
             async def send(
                 self, stream: SocketStream, file: OpenedFile, offset: int, count: int
@@ -235,7 +238,7 @@ def test_error_outside_a_response_gives_500(
                 raise RuntimeError("injected parser bug")
             return super().feed(data)
 
-    monkeypatch.setattr("zcserve.server.server.RequestParser", ExplodingParser)
+    monkeypatch.setattr("zcserve.server.connection.RequestParser", ExplodingParser)
     with running(root=site.root, loop=loop) as server:
         with connect(server.port) as sock:
             sock.sendall(b"GET /EXPLODE HTTP/1.1\r\nHost: t\r\n\r\n")

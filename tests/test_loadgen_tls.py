@@ -24,7 +24,8 @@ from tests.loadhelpers import (
 from zcserve import cli
 from zcserve.errors import ConfigError
 from zcserve.load.http import parse_target
-from zcserve.load.plan import plan_workers, prepare_routes
+from zcserve.load.plan import plan_workers
+from zcserve.load.probe import prepare_routes
 from zcserve.load.procs import WorkerPool
 from zcserve.load.run import LoadOptions, run_load
 from zcserve.load.stats import LoadResult, new_histogram

@@ -46,8 +46,9 @@ def settled(url: str, key: str, want: float, seconds: float = 5.0) -> dict[str, 
 def test_counters_match_the_load_generator(site: Site, workers: str) -> None:
     args = (site.root, "--strategy", "sendfile", "--workers", workers, "--metrics", "127.0.0.1:0")
     with serving(*args) as child:
-        assert child.proc.stdout is not None
-        metrics_url = child.proc.stdout.readline().split(" on ", 1)[1].strip()
+        metrics_url = child.metrics_url
+        assert metrics_url is not None and metrics_url.startswith("http://127.0.0.1:")
+        assert child.lines[1] == f"zcserve: metrics on {metrics_url}"
         mid_run: list[dict[str, float]] = []
         load = LoadOptions(
             urls=(f"{child.url}/64k1.bin", f"{child.url}/missing"),

@@ -6,13 +6,14 @@ Every bad flag ends in one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, NoReturn
 
 from zcserve import __version__
 from zcserve.bench import report
@@ -21,12 +22,12 @@ from zcserve.errors import ConfigError, RunError
 from zcserve.load import run as loadgen
 from zcserve.runtime import LOOP_NAMES
 from zcserve.server.config import ServerConfig
-from zcserve.server.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
 from zcserve.server.strategies import STRATEGY_NAMES
 from zcserve.units import parse_size
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+SERVE_DEFAULTS = {f.name: f for f in dataclasses.fields(ServerConfig)}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -63,6 +64,78 @@ def _workers(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+class _Option(NamedTuple):
+    """One `serve` flag whose value and default are `ServerConfig`'s field `field`."""
+
+    flag: str
+    field: str
+    help: str
+    type: Callable[[str], Any] = str
+    metavar: str | None = None
+
+
+_SERVE_OPTIONS = (
+    _Option("--host", "host", "address to listen on"),
+    _Option("--port", "port", "port; 0 picks a free one", int),
+    _Option(
+        "--chunk-size",
+        "chunk_size",
+        "copy size: buffer, mmap slice or pipe; None means 256KiB for readwrite/fallback, "
+        "1MiB for mmap/splice",
+        _size,
+    ),
+    _Option("--sendfile-chunk", "sendfile_chunk", "largest sendfile call, bytes", _size),
+    _Option("--backlog", "backlog", "listen backlog", int),
+    _Option(
+        "--header-timeout",
+        "header_timeout",
+        "seconds to receive a whole request head (slowloris guard)",
+        _positive_float,
+    ),
+    _Option(
+        "--keepalive-timeout", "keepalive_timeout", "idle seconds between requests", _positive_float
+    ),
+    _Option(
+        "--send-timeout",
+        "send_timeout",
+        "seconds a client may read nothing before it is cut off",
+        _positive_float,
+    ),
+    _Option(
+        "--max-connections",
+        "max_connections",
+        "open connections cap; past it new ones wait in the listen backlog",
+        int,
+    ),
+    _Option("--max-request-line", "max_request_line", "414 past this", _size),
+    _Option("--max-header-bytes", "max_header_bytes", "431 past this", _size),
+    _Option("--max-headers", "max_headers", "431 past this", int),
+    _Option(
+        "--max-pipelined",
+        "max_pipelined",
+        "requests buffered per connection; 429 and close past this",
+        int,
+    ),
+    _Option("--grace", "grace", "shutdown drain, seconds", float),
+    _Option("--access-log", "access_log", "Common Log Format", metavar="FILE|-"),
+    _Option("--raw", "raw_file", "no HTTP: send FILE to every connection, close", metavar="FILE"),
+    _Option(
+        "--open-file-cache",
+        "open_file_cache",
+        "hot files kept open between requests, revalidated by stat; 0 turns it off",
+        int,
+    ),
+    _Option(
+        "--metrics",
+        "metrics",
+        "serve Prometheus metrics on this separate listener (merged across workers)",
+        metavar="HOST:PORT",
+    ),
+    _Option("--tls-cert", "tls_cert", "serve HTTPS with this PEM chain", metavar="FILE"),
+    _Option("--tls-key", "tls_key", "the certificate's private key", metavar="FILE"),
+)
+
+
 def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser(
         "serve",
@@ -70,92 +143,35 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
         description="Serve ROOT over HTTP/1.1 with a chosen copy strategy.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("root", nargs="?", default=".", help="folder to serve")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one")
-    p.add_argument("--strategy", choices=STRATEGY_NAMES, default="auto", help="copy strategy")
-    p.add_argument("--loop", choices=LOOP_NAMES, default="uvloop", help="event loop")
+    default = {name: spec.default for name, spec in SERVE_DEFAULTS.items()}
+    p.add_argument("root", nargs="?", default=default["root"], help="folder to serve")
+    p.add_argument(
+        "--strategy", choices=STRATEGY_NAMES, default=default["strategy"], help="copy strategy"
+    )
+    p.add_argument("--loop", choices=LOOP_NAMES, default=default["loop"], help="event loop")
     p.add_argument("--listing", action="store_true", help="list folders without index.html")
     p.add_argument(
-        "--chunk-size",
-        type=_size,
-        default=None,
-        help="copy size: buffer, mmap slice or pipe; None means 256KiB for readwrite/fallback, "
-        "1MiB for mmap/splice",
+        "--cork",
+        action=argparse.BooleanOptionalAction,
+        default=default["cork"],
+        help="send the head with MSG_MORE so head and body share segments (measured in "
+        "BENCHMARKS.md)",
     )
-    p.add_argument("--sendfile-chunk", type=_size, default="2MiB", help="largest sendfile call")
-    p.add_argument("--backlog", type=int, default=4096, help="listen backlog")
-    p.add_argument(
-        "--header-timeout",
-        type=_positive_float,
-        default=10.0,
-        help="seconds to receive a whole request head (slowloris guard)",
-    )
-    p.add_argument(
-        "--keepalive-timeout",
-        type=_positive_float,
-        default=75.0,
-        help="idle seconds between requests",
-    )
-    p.add_argument(
-        "--send-timeout",
-        type=_positive_float,
-        default=60.0,
-        help="seconds a client may read nothing before it is cut off",
-    )
-    p.add_argument(
-        "--max-connections",
-        type=int,
-        default=10_000,
-        help="open connections cap; past it new ones wait in the listen backlog",
-    )
-    p.add_argument(
-        "--max-request-line", type=_size, default=str(MAX_REQUEST_LINE), help="414 past this"
-    )
-    p.add_argument(
-        "--max-header-bytes", type=_size, default=str(MAX_HEADER_BYTES), help="431 past this"
-    )
-    p.add_argument("--max-headers", type=int, default=MAX_HEADER_COUNT, help="431 past this")
-    p.add_argument(
-        "--max-pipelined",
-        type=int,
-        default=MAX_PIPELINED,
-        help="requests buffered per connection; 429 and close past this",
-    )
-    p.add_argument("--grace", type=float, default=10.0, help="shutdown drain, seconds")
-    p.add_argument("--access-log", metavar="FILE|-", default=None, help="Common Log Format")
+    for option in _SERVE_OPTIONS:
+        p.add_argument(
+            option.flag,
+            dest=option.field,
+            type=option.type,
+            default=default[option.field],
+            metavar=option.metavar,
+            help=option.help,
+        )
     p.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default=argparse.SUPPRESS,
         help="error log verbosity on stderr (default: warning)",
     )
-    p.add_argument(
-        "--raw", metavar="FILE", default=None, help="no HTTP: send FILE to every connection, close"
-    )
-    p.add_argument(
-        "--open-file-cache",
-        type=int,
-        default=1024,
-        help="hot files kept open between requests, revalidated by stat; 0 turns it off",
-    )
-    p.add_argument(
-        "--cork",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="send the head with MSG_MORE so head and body share segments (measured in "
-        "BENCHMARKS.md)",
-    )
-    p.add_argument(
-        "--metrics",
-        metavar="HOST:PORT",
-        default=None,
-        help="serve Prometheus metrics on this separate listener (merged across workers)",
-    )
-    p.add_argument(
-        "--tls-cert", metavar="FILE", default=None, help="serve HTTPS with this PEM chain"
-    )
-    p.add_argument("--tls-key", metavar="FILE", default=None, help="the certificate's private key")
     p.add_argument(
         "--workers",
         type=_workers,
@@ -174,33 +190,8 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     from zcserve.server import server
 
-    config = ServerConfig(
-        root=args.root,
-        host=args.host,
-        port=args.port,
-        strategy=args.strategy,
-        loop=args.loop,
-        listing=args.listing,
-        chunk_size=args.chunk_size,
-        sendfile_chunk=args.sendfile_chunk,
-        backlog=args.backlog,
-        header_timeout=args.header_timeout,
-        keepalive_timeout=args.keepalive_timeout,
-        send_timeout=args.send_timeout,
-        max_connections=args.max_connections,
-        open_file_cache=args.open_file_cache,
-        cork=args.cork,
-        max_request_line=args.max_request_line,
-        max_header_bytes=args.max_header_bytes,
-        max_headers=args.max_headers,
-        max_pipelined=args.max_pipelined,
-        grace=args.grace,
-        access_log=args.access_log,
-        raw_file=args.raw,
-        tls_cert=args.tls_cert,
-        metrics=args.metrics,
-        tls_key=args.tls_key,
-    )
+    given = vars(args)
+    config = ServerConfig(**{name: given[name] for name in SERVE_DEFAULTS})
     announce = functools.partial(_announce, config, args.workers, args.ready_json)
     if args.workers == 1:
         return server.run(config, announce=announce)

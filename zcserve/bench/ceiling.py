@@ -13,14 +13,15 @@ import os
 import resource
 import socket
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 
 import psutil
+
+from zcserve.bench.child import start_serve
+from zcserve.errors import RunError
 
 GIB = 1024**3
 CLIENT_BUFFER = 1024 * 1024
@@ -155,18 +156,22 @@ def ceiling_once(strategy: str, path: str, cpus: tuple[int | None, int | None]) 
     receiver, sender = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_blocking_server, args=(strategy, path, listener, cpus[0], sender))
     child.start()
+    sender.close()  # the child's copy is the only one left: recv() sees its death as EOF
     _pin(cpus[1])
     try:
         with socket.create_connection(listener.getsockname()) as client:
             started = time.perf_counter()
             got = download(client, size)
             seconds = time.perf_counter() - started
-        cpu = receiver.recv()
+        try:
+            cpu = receiver.recv()
+        except EOFError:
+            raise RunError(f"{strategy}: the plain copy loop died before reporting") from None
     finally:
         child.join(30)
         listener.close()
     if got != size:
-        raise RuntimeError(f"{strategy}: received {got} of {size} bytes")
+        raise RunError(f"{strategy}: received {got} of {size} bytes")
     return PathFigure(seconds, cpu, size)
 
 
@@ -176,37 +181,28 @@ def server_once(
     """One HTTP download of `path` from `zcserve serve` pinned to the server CPU."""
     folder, name = os.path.split(path)
     size = os.path.getsize(path)
-    command = [sys.executable, "-m", "zcserve", "serve", folder, "--port", "0"]
-    command += ["--strategy", strategy, "--loop", loop]
+    args = [folder, "--port", "0", "--strategy", strategy, "--loop", loop]
     if strategy == "readwrite":
-        command += ["--chunk-size", str(READWRITE_CHUNK)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        server = psutil.Process(proc.pid)
-        if cpus[0] is not None:
-            server.cpu_affinity([cpus[0]])
-        assert proc.stdout is not None
-        port = int(
-            proc.stdout.readline().split(" on http://", 1)[1].split(" ", 1)[0].rsplit(":")[1]
-        )
+        args += ["--chunk-size", str(READWRITE_CHUNK)]
+    pin = None if cpus[0] is None else {cpus[0]}
+    with start_serve(args, cpus=pin) as child:
+        server = psutil.Process(child.pid)
         _pin(cpus[1])
-        with socket.create_connection(("127.0.0.1", port)) as client:
+        with socket.create_connection(("127.0.0.1", child.port)) as client:
             client.sendall(f"GET /{name} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
             head = b""
             while b"\r\n\r\n" not in head:
-                head += client.recv(1)
+                chunk = client.recv(1)
+                if not chunk:
+                    raise RunError(f"{strategy}: zcserve serve closed before a response head")
+                head += chunk
             before = server.cpu_times()
             started = time.perf_counter()
             got = download(client, size)
             seconds = time.perf_counter() - started
             after = server.cpu_times()
-    finally:
-        proc.terminate()
-        proc.wait(20)
-        if proc.stdout is not None:
-            proc.stdout.close()
     if got != size:
-        raise RuntimeError(f"{strategy}: received {got} of {size} bytes")
+        raise RunError(f"{strategy}: received {got} of {size} bytes")
     cpu = (after.user - before.user) + (after.system - before.system)
     return PathFigure(seconds, cpu, size)
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,9 +28,10 @@ import psutil
 from rich.console import Console
 
 from zcserve.bench.ceiling import CEILING_STRATEGIES, run_ceiling, split_cpus
+from zcserve.bench.child import start_serve
 from zcserve.bench.results import BenchRow, markdown_table, print_table, write_results
 from zcserve.demo import write_file
-from zcserve.errors import ConfigError
+from zcserve.errors import ConfigError, RunError
 from zcserve.load.raw import RawOptions, run_raw
 from zcserve.load.run import LoadOptions, run_load
 from zcserve.runtime import LOOP_NAMES
@@ -46,7 +45,6 @@ DEFAULT_DURATION = 2.5
 DEFAULT_WARMUP = 0.5
 SEED_SIZE = 1024**3
 SEED_DOWNLOADS = 10
-ANNOUNCE = re.compile(r" on (http://\S+) \(")
 
 
 @dataclass(frozen=True)
@@ -112,31 +110,32 @@ class ServerProcess:
     """`zcserve serve` in a child process: pinned, watched for CPU and peak RSS."""
 
     def __init__(self, args: Sequence[str], placement: Placement) -> None:
-        command = [sys.executable, "-m", "zcserve", "serve", *args, "--port", "0"]
         # The server's own counters say exactly how many file bytes it sent.
-        command += ["--metrics", "127.0.0.1:0"]
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        self.ps = psutil.Process(self.proc.pid)
-        if placement.server is not None:
-            self.ps.cpu_affinity(sorted(placement.server))
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = ANNOUNCE.search(line)
-        if match is None:
+        self.child = start_serve(
+            [*args, "--port", "0", "--metrics", "127.0.0.1:0"], cpus=placement.server
+        )
+        self.proc = self.child.proc
+        self.ps = psutil.Process(self.child.pid)
+        self.url = self.child.url
+        metrics_url = self.child.metrics_url
+        if metrics_url is None:
             self.stop()
-            raise ConfigError(f"zcserve serve did not start: {line.strip() or 'no output'}")
-        self.url = match.group(1)
-        self.metrics_url = self.proc.stdout.readline().rsplit(" on ", 1)[-1].strip()
-        self._peak_rss = 0
-        self._sampling = threading.Event()
+            raise RunError("zcserve serve started without its --metrics listener")
+        self.metrics_url = metrics_url
 
     def cpu_seconds(self) -> float:
         times = self.ps.cpu_times()
         return float(times.user + times.system)
 
     def _scrape(self) -> dict[str, float]:
-        with urllib.request.urlopen(self.metrics_url, timeout=30) as response:
-            text = response.read().decode()
+        try:
+            with urllib.request.urlopen(self.metrics_url, timeout=30) as response:
+                text = response.read().decode()
+        except OSError as exc:
+            code = self.proc.poll()
+            state = "running" if code is None else f"exited with code {code}"
+            message = f"cannot read {self.metrics_url} (zcserve serve {state}): {exc}"
+            raise RunError(message) from None
         samples: dict[str, float] = {}
         for line in text.splitlines():
             if line and not line.startswith("#"):
@@ -180,20 +179,7 @@ class ServerProcess:
             sampler.join()
 
     def stop(self) -> None:
-        stop_child(self.proc)
-
-
-def stop_child(proc: subprocess.Popen[str], timeout: float = 30.0) -> None:
-    """SIGTERM a child we started, SIGKILL it if it lingers, and close its stdout."""
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
+        self.child.stop()
 
 
 @contextmanager
@@ -386,7 +372,9 @@ def run_seed_experiment(
                 result = run_raw(RawOptions(address, downloads=downloads, timeout=60))
                 cpu = server.cpu_seconds() - before
             if result.total_bytes != size * downloads:
-                raise ConfigError(f"{strategy}: received {result.total_bytes} bytes")
+                raise RunError(
+                    f"{strategy}: received {result.total_bytes} of {size * downloads} bytes"
+                )
             figures.append(
                 SeedFigure(strategy, result.total_seconds, result.megabytes_per_second, cpu)
             )

@@ -2,7 +2,7 @@
 
 Python API (what `zcserve bench` uses)::
 
-    from zcserve.load.run import LoadOptions, LoadResult, run_load, run_load_async
+    from zcserve.load import LoadOptions, LoadResult, run_load, run_load_async
 
     options = LoadOptions(urls=("http://127.0.0.1:8000/4k.bin",), connections=64,
                           duration=10.0, processes=2)
@@ -47,13 +47,9 @@ from rich.console import Console
 from zcserve.errors import ConfigError, ZcserveError
 from zcserve.load import raw as loadraw
 from zcserve.load.client import LocalLink, run_worker
-from zcserve.load.plan import (
-    DEFAULT_CONNECTIONS,
-    DEFAULT_DURATION,
-    LoadOptions,
-    plan_workers,
-    prepare_routes,
-)
+from zcserve.load.options import DEFAULT_CONNECTIONS, DEFAULT_DURATION, LoadOptions
+from zcserve.load.plan import plan_workers
+from zcserve.load.probe import prepare_routes
 from zcserve.load.procs import ProgressCallback, WorkerPool
 from zcserve.load.report import LiveProgress, print_summary, write_json
 from zcserve.load.stats import LoadResult

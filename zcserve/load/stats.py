@@ -27,17 +27,6 @@ PERCENTILES: tuple[tuple[str, float], ...] = (
     ("p99.9", 99.9),
 )
 
-ERROR_KINDS = (
-    "connect",
-    "reset",
-    "timeout",
-    "short_body",
-    "long_body",
-    "bad_response",
-    "verify",
-    "tls",
-)
-"""Error counts besides `status_NNN` (one per non-2xx status seen)."""
 
 Model = Literal["closed", "open"]
 

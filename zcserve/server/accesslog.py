@@ -26,10 +26,6 @@ class AccessLog:
             return cls(sys.stdout, owned=False)
         return cls(open(target, "a", encoding="utf-8", buffering=1), owned=True)
 
-    @property
-    def enabled(self) -> bool:
-        return self._out is not None
-
     def write(self, peer: str, request: Request | None, status: int, size: int) -> None:
         if self._out is None:
             return

@@ -6,10 +6,10 @@ import os
 from dataclasses import dataclass
 
 from zcserve.errors import ConfigError
-from zcserve.runtime import LOOP_NAMES
+from zcserve.runtime import LOOP_NAMES, LoopName
 from zcserve.server.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
 from zcserve.server.metrics import parse_address
-from zcserve.server.strategies import SENDFILE_MAX_CHUNK, STRATEGY_NAMES
+from zcserve.server.strategies import SENDFILE_MAX_CHUNK, STRATEGY_NAMES, StrategyName
 
 ZERO_COPY_STRATEGIES = ("sendfile", "splice", "mmap")
 """Strategies that hand file pages to the kernel's socket path, which TLS cannot use."""
@@ -25,8 +25,8 @@ class ServerConfig:
     root: str = "."
     host: str = "127.0.0.1"
     port: int = 8000
-    strategy: str = "auto"
-    loop: str = "uvloop"
+    strategy: StrategyName = "auto"
+    loop: LoopName = "uvloop"
     listing: bool = False
     chunk_size: int | None = None
     sendfile_chunk: int = SENDFILE_MAX_CHUNK
@@ -36,9 +36,9 @@ class ServerConfig:
     send_timeout: float = 60.0
     max_connections: int = 10_000
     open_file_cache: int = 1024
+    """Open descriptors kept for hot files; 0 turns the cache off."""
     cork: bool = True
     """Send a head with MSG_MORE so it leaves in one segment with the body's start."""
-    """Open descriptors kept for hot files; 0 turns the cache off."""
     max_request_line: int = MAX_REQUEST_LINE
     max_header_bytes: int = MAX_HEADER_BYTES
     max_headers: int = MAX_HEADER_COUNT

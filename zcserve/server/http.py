@@ -1,7 +1,8 @@
 """HTTP/1.1 without I/O: request bytes in, `Request` events out, response heads back as bytes.
 
 Nothing here touches a socket or an event loop, so the protocol logic is tested
-with plain byte strings and reused by the server and the load generator alike.
+with plain byte strings. (The load generator parses responses with its own
+module, `zcserve.load.http`: it must not import the server.)
 Parsing is done by httptools (llhttp, the parser uvicorn uses); this module adds
 the limits a public server needs and the mapping of every failure to a status.
 """
@@ -68,9 +69,6 @@ class Request:
     version: str
     headers: Mapping[str, str] = field(default_factory=dict)
     keep_alive: bool = True
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name)
 
 
 @dataclass(frozen=True, slots=True)

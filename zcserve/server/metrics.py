@@ -98,53 +98,30 @@ class Metrics:
         """The Prometheus text format (version 0.0.4)."""
         out: list[str] = []
 
-        def family(name: str, kind: str, text: str, samples: Iterable[tuple[str, float]]) -> None:
+        def by(label: str, counts: dict[str, int]) -> list[tuple[str, float]]:
+            return [(f'{{{label}="{k}"}}', v) for k, v in sorted(counts.items())]
+
+        families: list[tuple[str, str, str, list[tuple[str, float]]]] = [
+            ("requests_total", "counter", "Responses sent, by status code.",
+             by("status", self.requests)),
+            ("sent_bytes_total", "counter", "File body bytes sent, by copy strategy.",
+             by("strategy", self.bytes_sent)),
+            ("strategy_fallbacks_total", "counter",
+             "Responses where auto fell back to the userspace copy.", [("", self.fallbacks)]),
+            ("errors_total", "counter", "Connections ended by an error, by kind.",
+             by("kind", self.errors)),
+            ("active_connections", "gauge", "Open client connections.",
+             [("", self.active_connections)]),
+            ("connections_total", "counter", "Accepted connections.",
+             [("", self.connections_total)]),
+            ("workers", "gauge", "Worker processes whose figures are merged here.",
+             [("", workers)]),
+        ]  # fmt: skip
+        for short, kind, text, samples in families:
+            name = f"zcserve_{short}"
             out.append(f"# HELP {name} {text}")
             out.append(f"# TYPE {name} {kind}")
             out.extend(f"{name}{labels} {_number(value)}" for labels, value in samples)
-
-        family(
-            "zcserve_requests_total",
-            "counter",
-            "Responses sent, by status code.",
-            ((f'{{status="{k}"}}', v) for k, v in sorted(self.requests.items())),
-        )
-        family(
-            "zcserve_sent_bytes_total",
-            "counter",
-            "File body bytes sent, by copy strategy.",
-            ((f'{{strategy="{k}"}}', v) for k, v in sorted(self.bytes_sent.items())),
-        )
-        family(
-            "zcserve_strategy_fallbacks_total",
-            "counter",
-            "Responses where auto fell back to the userspace copy.",
-            [("", self.fallbacks)],
-        )
-        family(
-            "zcserve_errors_total",
-            "counter",
-            "Connections ended by an error, by kind.",
-            ((f'{{kind="{k}"}}', v) for k, v in sorted(self.errors.items())),
-        )
-        family(
-            "zcserve_active_connections",
-            "gauge",
-            "Open client connections.",
-            [("", self.active_connections)],
-        )
-        family(
-            "zcserve_connections_total",
-            "counter",
-            "Accepted connections.",
-            [("", self.connections_total)],
-        )
-        family(
-            "zcserve_workers",
-            "gauge",
-            "Worker processes whose figures are merged here.",
-            [("", workers)],
-        )
         cumulative = 0
         buckets = []
         for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.latency_counts, strict=True):
@@ -183,12 +160,6 @@ class SnapshotWriter:
         with os.fdopen(fd, "w") as out:
             json.dump(self.metrics.to_json(), out)
         os.replace(temporary, self.path)
-
-    def remove(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
 
 def read_snapshots(folder: str) -> list[Metrics]:

@@ -1,14 +1,12 @@
-"""The server: the listening socket, the accept loop and each connection's life.
+"""The server: the listening socket, accept, shutdown and drain.
 
-This is the only server-side module that owns sockets and the event loop. A
-connection reads into one small reused buffer, feeds the sans-I/O parser, answers
-requests in order (pipelining), and hands file bodies to the copy strategy.
+Each accepted socket's life belongs to `connection`; this module decides when
+connections start and how they end as a group.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
@@ -17,30 +15,16 @@ import socket
 import ssl
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from zcserve.errors import (
-    ConfigError,
-    FileShrankError,
-    HttpError,
-    SendStalledError,
-    TransferError,
-)
+from zcserve.errors import ConfigError
 from zcserve.runtime import loop_factory, raise_nofile_limit
 from zcserve.server.accesslog import AccessLog
 from zcserve.server.config import ServerConfig
+from zcserve.server.connection import ConnectionState, close_socket, serve_http, serve_raw
 from zcserve.server.filecache import OpenFileCache
-from zcserve.server.files import OpenedFile, Root
-from zcserve.server.http import (
-    Limits,
-    Request,
-    RequestParser,
-    error_body,
-    error_response,
-    without_keep_alive,
-)
+from zcserve.server.files import Root
+from zcserve.server.http import Limits
 from zcserve.server.metrics import (
     SNAPSHOT_INTERVAL,
     Metrics,
@@ -48,18 +32,11 @@ from zcserve.server.metrics import (
     SnapshotWriter,
     parse_address,
 )
-from zcserve.server.respond import plan_reply
-from zcserve.server.sockio import SocketStream
-from zcserve.server.strategies import AutoStrategy, CopyOptions, CopyStrategy, make_strategy
-from zcserve.server.tls import TlsStream, server_context
+from zcserve.server.strategies import CopyOptions, make_strategy
+from zcserve.server.tls import server_context
 
 log = logging.getLogger("zcserve")
 
-RECV_BUFFER = 8 * 1024
-"""Per-connection receive buffer, reused for every read. It is resident for the
-connection's whole life (bytearray zero-fills it), so it is sized like nginx's
-large_client_header_buffers (8k), not uvicorn's 64 KiB: 10,000 idle connections
-then cost about 80 MiB here rather than 640 MiB. Longer heads take several reads."""
 FILE_SWEEP_INTERVAL = 0.5
 """Seconds between closing the open-file cache's idle descriptors."""
 ACCEPT_BACKOFF = 0.1
@@ -67,9 +44,6 @@ ACCEPT_BACKOFF = 0.1
 EMFILE_LOG_INTERVAL = 60.0
 """Seconds between two "backing off" warnings: a server hovering at its descriptor
 limit fails and succeeds alternately, and must not log once per failure."""
-
-_PEER_GONE = (TransferError, OSError)
-"""A peer that left, stalled or broke: TimeoutError and ConnectionError are OSErrors."""
 
 
 def bind(
@@ -104,13 +78,6 @@ def url_of(sock: socket.socket, scheme: str = "http") -> str:
     return f"{scheme}://{host}:{port}"
 
 
-@dataclass(slots=True)
-class _Connection:
-    """What shutdown needs to know of a connection: is a response in flight?"""
-
-    busy: bool = False
-
-
 class Server:
     """Serves one root with one copy strategy on a listening socket it is given."""
 
@@ -133,8 +100,8 @@ class Server:
         self.access_log = AccessLog.open(config.access_log)
         self.tls = _tls_context(config)
         self.metrics = Metrics()
-        self._connections: dict[asyncio.Task[None], _Connection] = {}
-        self._closing = False
+        self._connections: dict[asyncio.Task[None], ConnectionState] = {}
+        self.closing = False
         self._stop: asyncio.Event | None = None
         self._capacity: asyncio.Event | None = None
         self._emfile_warned = -EMFILE_LOG_INTERVAL
@@ -195,9 +162,9 @@ class Server:
 
     def shutdown(self) -> None:
         """Stop accepting; idle connections close now, busy ones after their response."""
-        if self._closing:
+        if self.closing:
             return
-        self._closing = True
+        self.closing = True
         log.info("shutting down: %d connections open", len(self._connections))
         for task, state in self._connections.items():
             if not state.busy:
@@ -216,7 +183,7 @@ class Server:
 
     async def _accept_loop(self, loop: asyncio.AbstractEventLoop, listener: socket.socket) -> None:
         assert self._capacity is not None
-        handler = self._serve_raw if self.config.raw_file else self._serve_http
+        handler = serve_raw if self.config.raw_file else serve_http
         while True:
             if len(self._connections) >= self.config.max_connections:
                 # Leave the rest in the kernel's backlog until a connection closes.
@@ -241,12 +208,12 @@ class Server:
                 if sock.family in (socket.AF_INET, socket.AF_INET6):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
-                _close_socket(sock)
+                close_socket(sock)
                 continue
-            state = _Connection()
+            state = ConnectionState()
             self.metrics.connections_total += 1
             self.metrics.active_connections += 1
-            task = loop.create_task(handler(sock, state))
+            task = loop.create_task(handler(self, sock, state))
             self._connections[task] = state
             task.add_done_callback(self._forget)
 
@@ -256,195 +223,6 @@ class Server:
         if self._capacity is not None and len(self._connections) < self.config.max_connections:
             self._capacity.set()
 
-    # one connection ---------------------------------------------------------------
-
-    async def _open_stream(
-        self, sock: socket.socket, loop: asyncio.AbstractEventLoop
-    ) -> SocketStream:
-        if self.tls is None:
-            return SocketStream(sock, loop, send_timeout=self.config.send_timeout)
-        stream = TlsStream(sock, loop, self.tls, send_timeout=self.config.send_timeout)
-        async with asyncio.timeout(self.config.header_timeout):
-            await stream.handshake()
-        return stream
-
-    async def _serve_http(self, sock: socket.socket, state: _Connection) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            stream = await self._open_stream(sock, loop)
-        except _PEER_GONE as exc:  # ssl.SSLError is an OSError
-            log.debug("TLS handshake with %s failed: %s", _peer_host(sock), exc)
-            _close_socket(sock)
-            return
-        parser = RequestParser(self.limits)
-        buffer = bytearray(RECV_BUFFER)
-        view = memoryview(buffer)
-        pending: deque[Request | HttpError] = deque()
-        peer = _peer_host(sock)
-        # The first head must arrive within the header timeout of the accept.
-        head_deadline: float | None = loop.time() + self.config.header_timeout
-        try:
-            while not self._closing or pending:
-                if not pending:
-                    received = stream.recv_ready(buffer)
-                    if received is None and head_deadline is not None:
-                        async with asyncio.timeout_at(head_deadline):
-                            received = await stream.recv_into(buffer)
-                    elif received is None:
-                        async with asyncio.timeout(self.config.keepalive_timeout):
-                            received = await stream.recv_into(buffer)
-                    if received == 0:
-                        return
-                    pending.extend(parser.feed(view[:received]))
-                    if parser.in_head:
-                        if head_deadline is None:
-                            head_deadline = loop.time() + self.config.header_timeout
-                    else:
-                        head_deadline = None
-                    continue
-                item = pending.popleft()
-                if isinstance(item, HttpError):
-                    self.metrics.response(item.status, 0.0)
-                    await stream.send_all(error_response(item.status, keep_alive=False))
-                    self.access_log.write(peer, None, item.status, len(error_body(item.status)))
-                    await _linger(stream, buffer)
-                    return
-                state.busy = True
-                keep_alive = await self._respond(stream, item, peer)
-                state.busy = False
-                if not keep_alive:
-                    return
-        except TimeoutError:
-            self.metrics.error("timeout")
-            log.debug("connection from %s timed out", peer)
-        except _PEER_GONE as exc:
-            self.metrics.error(_error_kind(exc))
-            log.debug("connection from %s ended: %s", peer, exc)
-        except Exception:
-            self.metrics.error("internal")
-            # A bug between responses costs this connection only, never the server;
-            # `_respond` handles its own, so no response is half sent here.
-            log.exception("unexpected error on the connection from %s", peer)
-            with contextlib.suppress(*_PEER_GONE):
-                await stream.send_all(error_response(500, keep_alive=False))
-        finally:
-            view.release()
-            _close_socket(sock)
-
-    async def _respond(self, stream: SocketStream, request: Request, peer: str) -> bool:
-        """Answer one request; return whether the connection may carry another."""
-        sent_before = stream.bytes_sent
-        started = stream.loop.time()
-        try:
-            if self._closing:  # say so, rather than drop the connection unannounced
-                request = without_keep_alive(request)
-            reply = plan_reply(request, self.files)
-        except Exception:
-            # Nothing is sent yet, so any failure, an OSError from the file system
-            # included, is the server's own: a 500, not the silence of a lost peer.
-            return await self._fail(stream, request, peer, sent_before)
-        try:
-            if reply.file is not None:
-                strategy = self._strategy_for(stream)
-                await stream.send_all(reply.head, more=self.config.cork)
-                body_start = stream.bytes_sent
-                try:
-                    await strategy.send(stream, reply.file, reply.offset, reply.count)
-                finally:
-                    self.metrics.sent(strategy.name, stream.bytes_sent - body_start)
-            else:
-                await stream.send_all(reply.head + reply.body if reply.body else reply.head)
-        except _PEER_GONE:
-            raise
-        except Exception:
-            return await self._fail(stream, request, peer, sent_before, len(reply.head))
-        finally:
-            reply.close()
-        body_sent = stream.bytes_sent - sent_before - len(reply.head)
-        self.metrics.response(reply.status, stream.loop.time() - started)
-        self.access_log.write(peer, request, reply.status, body_sent)
-        return reply.keep_alive and not self._closing
-
-    def _strategy_for(self, stream: SocketStream) -> CopyStrategy:
-        if isinstance(self.strategy, AutoStrategy):
-            chosen = self.strategy.choose(stream)
-            if chosen is self.strategy.fallback:
-                self.metrics.fallbacks += 1
-            return chosen
-        return self.strategy
-
-    async def _fail(
-        self, stream: SocketStream, request: Request, peer: str, sent_before: int, head: int = 0
-    ) -> bool:
-        """Log the exception being handled with its traceback; answer 500 if nothing of
-        the response is sent yet. The connection must close either way."""
-        log.exception("unexpected error answering %s %r", request.method, request.target)
-        self.metrics.error("internal")
-        self.metrics.response(500, 0.0)
-        if stream.bytes_sent == sent_before:
-            await stream.send_all(error_response(500, keep_alive=False))
-            self.access_log.write(peer, request, 500, len(error_body(500)))
-        else:
-            self.access_log.write(peer, request, 500, stream.bytes_sent - sent_before - head)
-        return False
-
-    async def _serve_raw(self, sock: socket.socket, state: _Connection) -> None:
-        """The classic experiment: no HTTP; send the whole file, then close."""
-        assert self.config.raw_file is not None
-        loop = asyncio.get_running_loop()
-        stream = SocketStream(sock, loop, send_timeout=self.config.send_timeout)
-        state.busy = True
-        file: OpenedFile | None = None
-        try:
-            fd = os.open(self.config.raw_file, os.O_RDONLY | os.O_CLOEXEC)
-            file = OpenedFile(
-                fd, os.path.basename(self.config.raw_file), os.fstat(fd).st_size, 0, 0
-            )
-            if file.size:
-                await self.strategy.send(stream, file, 0, file.size)
-        except _PEER_GONE as exc:  # out of descriptors (EMFILE) included: close, go on
-            log.debug("raw transfer ended early: %s", exc)
-        finally:
-            if file is not None:
-                file.close()
-            _close_socket(sock)
-
-
-LINGER_SECONDS = 1.0
-LINGER_BYTES = 64 * 1024
-
-
-async def _linger(stream: SocketStream, buffer: bytearray) -> None:
-    """Close the way nginx's lingering_close does: after an error the client may
-    still be sending; closing with unread input makes the kernel send a reset that
-    can destroy the error response in flight (RFC 9112 9.6). Stop sending, then
-    read and discard for a short, capped while."""
-    try:
-        stream.sock.shutdown(socket.SHUT_WR)
-        drained = 0
-        async with asyncio.timeout(LINGER_SECONDS):
-            while drained < LINGER_BYTES:
-                received = stream.recv_ready(buffer)
-                if received is None:
-                    received = await stream.recv_into(buffer)
-                if not received:
-                    return
-                drained += received
-    except (TimeoutError, OSError):
-        return
-
-
-def _error_kind(exc: BaseException) -> str:
-    if isinstance(exc, FileShrankError):
-        return "file_shrank"
-    if isinstance(exc, SendStalledError):
-        return "send_stalled"
-    if isinstance(exc, ssl.SSLError):
-        return "tls"
-    if isinstance(exc, ConnectionError):
-        return "reset"
-    return "io"
-
 
 def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:
     if config.tls_cert is None or config.tls_key is None:
@@ -453,21 +231,6 @@ def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:
         return server_context(config.tls_cert, config.tls_key)
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"cannot load the TLS certificate or key: {exc}") from None
-
-
-def _peer_host(sock: socket.socket) -> str:
-    try:
-        peer = sock.getpeername()
-    except OSError:
-        return "-"
-    return str(peer[0]) if isinstance(peer, tuple) else "-"
-
-
-def _close_socket(sock: socket.socket) -> None:
-    try:
-        sock.close()
-    except OSError:  # pragma: no cover - close on a dead socket
-        pass
 
 
 Announce = Callable[[str, str | None], object]

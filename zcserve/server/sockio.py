@@ -68,6 +68,13 @@ class SocketStream:
         finally:
             self.loop.remove_writer(self.fd)
 
+    def send_some(self, data: memoryview) -> int:
+        """Send what the kernel takes now; BlockingIOError when it takes nothing."""
+        return self.sock.send(data)
+
+    async def drain(self) -> None:
+        """Wait until bytes that `send_some` accepted are in the kernel (TLS may hold some)."""
+
     async def send_all(self, data: bytes | bytearray | memoryview, *, more: bool = False) -> None:
         """Hand every byte of `data` to the kernel. `more` sets MSG_MORE (cork until the
         next send), so a head and the body that follows leave in the same segments."""

@@ -11,6 +11,10 @@ errors) is shared, so comparing two strategies measures the copy path alone.
 | sendfile  | sendfile(2)                       | page cache->socket (in-kernel) |
 | mmap      | send(2) from a mapping of the file | page cache->socket (by send)  |
 | splice    | splice(2) file->pipe, pipe->socket | page cache->socket (in-kernel) |
+
+The copy loop (wait when the socket is full, count the bytes, yield to the loop
+every `TURN_BYTES`) is written once, in `pump`; a strategy supplies only its
+`Step`: one non-blocking move of what the socket takes now.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import errno
 import fcntl
 import mmap
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Protocol, get_args
 
@@ -30,7 +36,7 @@ from zcserve.server.files import OpenedFile
 from zcserve.server.sockio import SocketStream
 
 StrategyName = Literal["auto", "sendfile", "readwrite", "fallback", "mmap", "splice"]
-STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
+STRATEGY_NAMES: tuple[StrategyName, ...] = get_args(StrategyName)
 
 DEFAULT_CHUNK = 256 * 1024
 """Userspace copy size: asyncio's and aiohttp's fallback chunk (256 KiB)."""
@@ -59,11 +65,63 @@ class CopyStrategy(Protocol):
 
     name: ClassVar[str]
 
+    def choose(self, stream: SocketStream) -> CopyStrategy:
+        """The strategy that really moves the bytes on `stream` (itself, but for auto)."""
+
     async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
         """Copy the bytes; return only when the kernel holds all of them."""
 
 
-class SendfileStrategy:
+Step = Callable[[int, int], int]
+"""`step(offset, size)`: move up to `size` bytes from file `offset` to the socket
+now; return how many reached the socket, 0 if the file ended there. Raises
+BlockingIOError when the socket is full."""
+
+
+async def pump(stream: SocketStream, file: OpenedFile, offset: int, count: int, step: Step) -> None:
+    """The copy loop every stepped strategy shares."""
+    end = offset + count
+    turn = 0
+    while offset < end:
+        try:
+            sent = step(offset, end - offset)
+        except BlockingIOError:
+            turn = 0
+            await stream.wait_writable()
+            continue
+        if sent == 0:
+            raise FileShrankError(f"{file.name}: file ended at {offset}, expected {end}")
+        offset += sent
+        stream.bytes_sent += sent
+        turn += sent
+        if turn >= TURN_BYTES:
+            turn = 0
+            await asyncio.sleep(0)
+    await stream.drain()
+
+
+class SteppedStrategy:
+    """A strategy made of one `Step`, opened per transfer and driven by `pump`."""
+
+    name: ClassVar[str]
+
+    def choose(self, stream: SocketStream) -> CopyStrategy:
+        return self
+
+    async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
+        with self.open_step(stream, file, offset, count) as step:
+            await pump(stream, file, offset, count, step)
+
+    @contextmanager
+    def open_step(
+        self, stream: SocketStream, file: OpenedFile, offset: int, count: int
+    ) -> Iterator[Step]:
+        """The step for one transfer, and whatever it holds (buffer, mapping, pipe)."""
+        raise NotImplementedError
+        yield
+
+
+class SendfileStrategy(SteppedStrategy):
     """Zero-copy: sendfile(2) moves page-cache pages to the socket inside the kernel.
 
     Under asyncio this is `loop.sock_sendfile` (native os.sendfile path, no
@@ -80,29 +138,14 @@ class SendfileStrategy:
         if _has_native_sock_sendfile(stream.loop):
             await self._send_native(stream, file, offset, count)
         else:
-            await self._send_driven(stream, file, offset, count)
+            await super().send(stream, file, offset, count)
 
-    async def _send_driven(
+    @contextmanager
+    def open_step(
         self, stream: SocketStream, file: OpenedFile, offset: int, count: int
-    ) -> None:
-        sock_fd, file_fd, chunk = stream.fd, file.fd, self.max_chunk
-        end = offset + count
-        turn = 0
-        while offset < end:
-            try:
-                sent = os.sendfile(sock_fd, file_fd, offset, min(chunk, end - offset))
-            except BlockingIOError:
-                turn = 0
-                await stream.wait_writable()
-                continue
-            if sent == 0:
-                raise FileShrankError(f"{file.name}: file ended at {offset}, expected {end}")
-            offset += sent
-            stream.bytes_sent += sent
-            turn += sent
-            if turn >= TURN_BYTES:
-                turn = 0
-                await asyncio.sleep(0)
+    ) -> Iterator[Step]:
+        sendfile, sock_fd, file_fd, chunk = os.sendfile, stream.fd, file.fd, self.max_chunk
+        yield lambda offset, size: sendfile(sock_fd, file_fd, offset, min(chunk, size))
 
     async def _send_native(
         self, stream: SocketStream, file: OpenedFile, offset: int, count: int
@@ -147,6 +190,9 @@ class ReadWriteStrategy:
     def __init__(self, options: CopyOptions) -> None:
         self.chunk_size = options.chunk_size or DEFAULT_CHUNK
 
+    def choose(self, stream: SocketStream) -> CopyStrategy:
+        return self
+
     async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
         # The descriptor may be shared (open-file cache) and this path moves a file
         # offset, so read through a description of its own, as the classic server's
@@ -168,7 +214,7 @@ def _own_description(fd: int) -> str | int:
     return proc if os.path.exists(proc) else os.dup(fd)
 
 
-class FallbackStrategy:
+class FallbackStrategy(SteppedStrategy):
     """The userspace fallback: preadv into a reused buffer, send from a memoryview.
 
     No allocation per chunk; buffers come from a small pool so memory stays
@@ -183,30 +229,38 @@ class FallbackStrategy:
         self.chunk_size = options.chunk_size or DEFAULT_CHUNK
         self._pool: list[bytearray] = []
 
-    async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
+    @contextmanager
+    def open_step(
+        self, stream: SocketStream, file: OpenedFile, offset: int, count: int
+    ) -> Iterator[Step]:
         buffer = self._pool.pop() if self._pool else bytearray(self.chunk_size)
-        try:
-            view = memoryview(buffer)
-            end = offset + count
-            turn = 0
-            while offset < end:
-                want = min(self.chunk_size, end - offset)
-                got = os.preadv(file.fd, [view[:want]], offset)
+        view = memoryview(buffer)
+        unsent = view[:0]  # read from the file, not yet taken by the socket
+        # send_some, not the socket's send: under TLS this is the one path, and it
+        # encrypts.
+        send, preadv, file_fd, chunk = stream.send_some, os.preadv, file.fd, self.chunk_size
+
+        def step(offset: int, size: int) -> int:
+            nonlocal unsent
+            if not unsent:
+                got = preadv(file_fd, [view[: min(chunk, size)]], offset)
                 if got == 0:
-                    raise FileShrankError(f"{file.name}: file ended at {offset}, expected {end}")
-                await stream.send_all(view[:got])
-                offset += got
-                turn += got
-                if turn >= TURN_BYTES:
-                    turn = 0
-                    await asyncio.sleep(0)
-            view.release()
+                    return 0
+                unsent = view[:got]
+            sent = send(unsent)
+            unsent = unsent[sent:]
+            return sent
+
+        try:
+            yield step
         finally:
+            unsent.release()
+            view.release()
             if len(self._pool) < self.POOL_SIZE:
                 self._pool.append(buffer)
 
 
-class MmapStrategy:
+class MmapStrategy(SteppedStrategy):
     """Map the file and send(2) from the mapping in slices: the kernel copies each
     byte once, straight from the page cache into the socket buffer.
 
@@ -221,7 +275,10 @@ class MmapStrategy:
     def __init__(self, options: CopyOptions) -> None:
         self.chunk_size = options.chunk_size or self.DEFAULT_CHUNK
 
-    async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
+    @contextmanager
+    def open_step(
+        self, stream: SocketStream, file: OpenedFile, offset: int, count: int
+    ) -> Iterator[Step]:
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
         try:
             mapping = mmap.mmap(
@@ -230,37 +287,26 @@ class MmapStrategy:
         except ValueError:  # the file is already shorter than offset + count
             raise FileShrankError(f"{file.name}: file shorter than {offset + count}") from None
         view = memoryview(mapping)
-        send = stream.sock.send
-        try:
-            position, end = offset - start, offset - start + count
-            turn = 0
-            while position < end:
-                piece = view[position : min(position + self.chunk_size, end)]
+        send, chunk = stream.sock.send, self.chunk_size
+
+        def step(offset: int, size: int) -> int:
+            with view[offset - start : offset - start + min(chunk, size)] as piece:
                 try:
-                    sent = send(piece)
-                except BlockingIOError:
-                    turn = 0
-                    await stream.wait_writable()
-                    continue
+                    return send(piece)
                 except OSError as exc:
                     if exc.errno == errno.EFAULT:
                         raise FileShrankError(f"{file.name}: file shrank while mapped") from None
                     raise
-                finally:
-                    # No view may outlive the loop, or the mapping cannot be closed.
-                    piece.release()
-                position += sent
-                stream.bytes_sent += sent
-                turn += sent
-                if turn >= TURN_BYTES:
-                    turn = 0
-                    await asyncio.sleep(0)
+
+        try:
+            yield step
         finally:
+            # No view may outlive the transfer, or the mapping cannot be closed.
             view.release()
             mapping.close()
 
 
-class SpliceStrategy:
+class SpliceStrategy(SteppedStrategy):
     """splice(2) the file into a pipe, then the pipe into the socket: page references
     move, bytes do not. Two syscalls per chunk where sendfile needs one; pipes are
     sized with F_SETPIPE_SZ and reused."""
@@ -284,55 +330,34 @@ class SpliceStrategy:
             size = fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
         return read_end, write_end, size
 
-    async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
+    @contextmanager
+    def open_step(
+        self, stream: SocketStream, file: OpenedFile, offset: int, count: int
+    ) -> Iterator[Step]:
         read_end, write_end, pipe_size = self._pipe()
+        splice, flags, sock_fd, file_fd = os.splice, self.FLAGS, stream.fd, file.fd
+        in_pipe = 0  # spliced from the file, not yet into the socket
+
+        def step(offset: int, size: int) -> int:
+            nonlocal in_pipe
+            if in_pipe == 0:
+                in_pipe = splice(file_fd, write_end, min(pipe_size, size), offset, None, flags)
+                if in_pipe == 0:
+                    return 0
+            moved = splice(read_end, sock_fd, in_pipe, None, None, flags)
+            in_pipe -= moved
+            return moved
+
         clean = False
         try:
-            await self._copy(stream, file, offset, count, read_end, write_end, pipe_size)
-            clean = True
+            yield step
+            clean = in_pipe == 0
         finally:
             if clean and len(self._pipes) < self.POOL_SIZE:
                 self._pipes.append((read_end, write_end, pipe_size))
             else:  # bytes may be left in the pipe: never reuse it
                 os.close(read_end)
                 os.close(write_end)
-
-    async def _copy(
-        self,
-        stream: SocketStream,
-        file: OpenedFile,
-        offset: int,
-        count: int,
-        read_end: int,
-        write_end: int,
-        pipe_size: int,
-    ) -> None:
-        splice, flags, sock_fd = os.splice, self.FLAGS, stream.fd
-        end = offset + count
-        in_pipe = 0
-        left = count
-        turn = 0
-        while left:
-            if in_pipe == 0:
-                in_pipe = splice(
-                    file.fd, write_end, min(pipe_size, end - offset), offset, None, flags
-                )
-                if in_pipe == 0:
-                    raise FileShrankError(f"{file.name}: file ended at {offset}, expected {end}")
-                offset += in_pipe
-            try:
-                moved = splice(read_end, sock_fd, in_pipe, None, None, flags)
-            except BlockingIOError:
-                turn = 0
-                await stream.wait_writable()
-                continue
-            in_pipe -= moved
-            left -= moved
-            stream.bytes_sent += moved
-            turn += moved
-            if turn >= TURN_BYTES:
-                turn = 0
-                await asyncio.sleep(0)
 
 
 class AutoStrategy:

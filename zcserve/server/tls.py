@@ -15,8 +15,6 @@ import ssl
 
 from zcserve.server.sockio import SocketStream
 
-RECORD_BYTES = 16 * 1024
-"""Largest TLS record payload; writes are encrypted and flushed a few records at a time."""
 FLUSH_BYTES = 256 * 1024
 """Plaintext encrypted before the ciphertext is flushed to the socket."""
 
@@ -33,7 +31,7 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
 class TlsStream(SocketStream):
     """A `SocketStream` whose bytes are TLS records. Call `handshake()` first."""
 
-    __slots__ = ("_incoming", "_outgoing", "_tls", "_raw")
+    __slots__ = ("_incoming", "_outgoing", "_tls", "_raw", "_unsent")
 
     def __init__(
         self,
@@ -48,6 +46,8 @@ class TlsStream(SocketStream):
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._raw = bytearray(64 * 1024)
+        self._unsent = memoryview(b"")
+        """Ciphertext `send_some` encrypted that the kernel has not taken yet."""
 
     @property
     def supports_sendfile(self) -> bool:
@@ -78,6 +78,7 @@ class TlsStream(SocketStream):
         return True
 
     async def _flush(self) -> None:
+        await self.drain()
         pending = self._outgoing.read()
         if pending:
             await self._send_raw(memoryview(pending), 0)
@@ -99,6 +100,30 @@ class TlsStream(SocketStream):
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 return 0
 
+    def send_some(self, data: memoryview) -> int:
+        """Encrypt up to FLUSH_BYTES of `data` and push what the socket takes now;
+        ciphertext it leaves behind goes out first on the next call or in `drain`."""
+        self._push()
+        accepted = self._tls.write(data[:FLUSH_BYTES])
+        self._unsent = memoryview(self._outgoing.read())
+        try:
+            self._push()
+        except BlockingIOError:
+            pass
+        return accepted
+
+    def _push(self) -> None:
+        while self._unsent:
+            sent = self.sock.send(self._unsent)
+            self._unsent = self._unsent[sent:]
+
+    async def drain(self) -> None:
+        while self._unsent:
+            try:
+                self._push()
+            except BlockingIOError:
+                await self.wait_writable()
+
     async def send_all(self, data: bytes | bytearray | memoryview, *, more: bool = False) -> None:
         view = memoryview(data)
         for start in range(0, view.nbytes, FLUSH_BYTES):
@@ -106,13 +131,16 @@ class TlsStream(SocketStream):
             await self._flush()
         self.bytes_sent += view.nbytes
 
-    async def close_notify(self) -> None:
-        """Send TLS close_notify, best effort, before the socket is closed."""
+    def close_notify(self) -> None:
+        """Send TLS close_notify before the socket closes: best effort, never waiting,
+        so a peer that stopped reading cannot hold the close."""
         try:
             self._tls.unwrap()
-        except ssl.SSLError:
+        except ssl.SSLError:  # want-read: the peer's close_notify is not awaited
             pass
-        try:
-            await self._flush()
-        except OSError:
-            pass
+        pending = self._outgoing.read()
+        if pending:
+            try:
+                self.sock.send(pending)
+            except OSError:
+                pass
