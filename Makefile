@@ -7,7 +7,7 @@ PORT ?= 8000
 DEMO := .demo
 PY_DIRS := zcserve tests $(wildcard benchmarks)
 
-.PHONY: all setup test lint typecheck pytest soak fmt serve bench compare clean
+.PHONY: all setup test lint typecheck pytest soak fmt serve bench compare clean mutants
 
 all: test
 
@@ -57,3 +57,7 @@ compare: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(DEMO) .mypy_cache .pytest_cache .ruff_cache bench-results
+
+# Plant each known defect in a copy of the tree and check the tests catch it (minutes).
+mutants: $(STAMP)
+	$(BIN)/python -m tests.mutants $(MUTANTS)
