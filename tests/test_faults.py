@@ -30,7 +30,7 @@ from zcserve.server.files import OpenedFile
 from zcserve.server.http import Request, RequestParser
 from zcserve.server.respond import Reply, plan_reply
 from zcserve.server.sockio import SocketStream
-from zcserve.server.strategies import STRATEGY_NAMES, CopyStrategy
+from zcserve.server.strategies import STRATEGY_NAMES, CopyStrategy, Transfer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -208,6 +208,11 @@ def test_error_after_the_head_closes_the_connection(
 
             def choose(self, stream: SocketStream) -> CopyStrategy:
                 return self
+
+            def start(
+                self, stream: SocketStream, file: OpenedFile, offset: int, count: int
+            ) -> Transfer | None:
+                return None  # always the awaited path
 
             async def send(
                 self, stream: SocketStream, file: OpenedFile, offset: int, count: int

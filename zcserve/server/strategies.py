@@ -12,20 +12,22 @@ errors) is shared, so comparing two strategies measures the copy path alone.
 | mmap      | send(2) from a mapping of the file | page cache->socket (by send)  |
 | splice    | splice(2) file->pipe, pipe->socket | page cache->socket (in-kernel) |
 
-The copy loop (wait when the socket is full, count the bytes, yield to the loop
-every `TURN_BYTES`) is written once, in `pump`; a strategy supplies only its
-`Step`: one non-blocking move of what the socket takes now.
+The copy loop (count the bytes, check for a shrunken file, yield to the loop every
+`TURN_BYTES`) is written once, in `Transfer.advance`; a strategy supplies only its
+`Step`: one non-blocking move of what the socket takes now. The connection steps a
+transfer from loop callbacks; `pump` awaits one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import errno
 import fcntl
+import functools
 import mmap
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Protocol, get_args
 
@@ -56,6 +58,102 @@ class CopyOptions:
     sendfile_chunk: int = SENDFILE_MAX_CHUNK
 
 
+class Progress(enum.Enum):
+    """Where one `Transfer.advance` left a transfer."""
+
+    DONE = "done"
+    WAIT = "wait"
+    """The socket is full: call again once it is writable."""
+    YIELD = "yield"
+    """`TURN_BYTES` moved: let the loop run other connections, then call again."""
+    HANDOFF = "handoff"
+    """The rest goes through `Transfer.rest`, a coroutine (asyncio's sock_sendfile)."""
+
+
+Step = Callable[[int, int], int]
+"""`step(offset, size)`: move up to `size` bytes from file `offset` to the socket
+now; return how many reached the socket, 0 if the file ended there. Raises
+BlockingIOError when the socket is full."""
+
+
+class Transfer:
+    """One body on its way, moved in non-blocking steps. The copy loop (byte
+    accounting, the fairness turn, the end-of-file check) is written here once;
+    a strategy supplies only its `Step`. Driven from loop callbacks by the
+    connection, or awaited by `pump`."""
+
+    __slots__ = ("stream", "file", "offset", "end", "rest", "_step", "_release", "_steps_left")
+
+    def __init__(
+        self,
+        stream: SocketStream,
+        file: OpenedFile,
+        offset: int,
+        count: int,
+        step: Step,
+        release: Callable[[bool], None] | None = None,
+        rest: Callable[[int, int], Awaitable[None]] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.file = file
+        self.offset = offset
+        self.end = offset + count
+        self.rest = rest
+        self._step = step
+        self._release = release
+        self._steps_left = 1 if rest is not None else -1
+
+    def advance(self) -> Progress:
+        step, stream, end = self._step, self.stream, self.end
+        moved = 0
+        while self.offset < end:
+            if self._steps_left == 0:
+                return Progress.HANDOFF
+            self._steps_left -= 1
+            try:
+                sent = step(self.offset, end - self.offset)
+            except BlockingIOError:
+                return Progress.WAIT if self.rest is None else Progress.HANDOFF
+            if sent == 0:
+                raise FileShrankError(
+                    f"{self.file.name}: file ended at {self.offset}, expected {end}"
+                )
+            self.offset += sent
+            stream.bytes_sent += sent
+            moved += sent
+            if moved >= TURN_BYTES and self.offset < end:
+                return Progress.YIELD
+        return Progress.DONE
+
+    def close(self) -> None:
+        """Release what the step holds; a pooled resource is reused only after a
+        complete transfer."""
+        if self._release is not None:
+            release, self._release = self._release, None
+            release(self.offset >= self.end)
+
+
+async def pump(transfer: Transfer) -> None:
+    """Drive `transfer` to its end from a coroutine."""
+    stream = transfer.stream
+    try:
+        while True:
+            progress = transfer.advance()
+            if progress is Progress.DONE:
+                break
+            if progress is Progress.WAIT:
+                await stream.wait_writable()
+            elif progress is Progress.YIELD:
+                await asyncio.sleep(0)
+            else:
+                assert transfer.rest is not None
+                await transfer.rest(transfer.offset, transfer.end - transfer.offset)
+                break
+        await stream.drain()
+    finally:
+        transfer.close()
+
+
 class CopyStrategy(Protocol):
     """Moves `count` bytes of `file` starting at `offset` to `stream`, or raises.
 
@@ -68,40 +166,17 @@ class CopyStrategy(Protocol):
     def choose(self, stream: SocketStream) -> CopyStrategy:
         """The strategy that really moves the bytes on `stream` (itself, but for auto)."""
 
+    def start(
+        self, stream: SocketStream, file: OpenedFile, offset: int, count: int
+    ) -> Transfer | None:
+        """A transfer to step from callbacks, or None: then `send` must be awaited."""
+
     async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
         """Copy the bytes; return only when the kernel holds all of them."""
 
 
-Step = Callable[[int, int], int]
-"""`step(offset, size)`: move up to `size` bytes from file `offset` to the socket
-now; return how many reached the socket, 0 if the file ended there. Raises
-BlockingIOError when the socket is full."""
-
-
-async def pump(stream: SocketStream, file: OpenedFile, offset: int, count: int, step: Step) -> None:
-    """The copy loop every stepped strategy shares."""
-    end = offset + count
-    turn = 0
-    while offset < end:
-        try:
-            sent = step(offset, end - offset)
-        except BlockingIOError:
-            turn = 0
-            await stream.wait_writable()
-            continue
-        if sent == 0:
-            raise FileShrankError(f"{file.name}: file ended at {offset}, expected {end}")
-        offset += sent
-        stream.bytes_sent += sent
-        turn += sent
-        if turn >= TURN_BYTES:
-            turn = 0
-            await asyncio.sleep(0)
-    await stream.drain()
-
-
 class SteppedStrategy:
-    """A strategy made of one `Step`, opened per transfer and driven by `pump`."""
+    """A strategy made of one `Step` per transfer."""
 
     name: ClassVar[str]
 
@@ -109,23 +184,18 @@ class SteppedStrategy:
         return self
 
     async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
-        with self.open_step(stream, file, offset, count) as step:
-            await pump(stream, file, offset, count, step)
+        await pump(self.start(stream, file, offset, count))
 
-    @contextmanager
-    def open_step(
-        self, stream: SocketStream, file: OpenedFile, offset: int, count: int
-    ) -> Iterator[Step]:
-        """The step for one transfer, and whatever it holds (buffer, mapping, pipe)."""
+    def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
         raise NotImplementedError
-        yield
 
 
 class SendfileStrategy(SteppedStrategy):
     """Zero-copy: sendfile(2) moves page-cache pages to the socket inside the kernel.
 
-    Under asyncio this is `loop.sock_sendfile` (native os.sendfile path, no
-    fallback); uvloop does not implement it, so there zcserve drives os.sendfile
+    The first sendfile(2) is called directly. Under asyncio a body it does not
+    finish goes on through `loop.sock_sendfile` (native os.sendfile path, no
+    fallback); uvloop does not implement that, so there zcserve drives os.sendfile
     on the non-blocking socket itself and waits for writability on EAGAIN.
     """
 
@@ -134,20 +204,20 @@ class SendfileStrategy(SteppedStrategy):
     def __init__(self, options: CopyOptions) -> None:
         self.max_chunk = options.sendfile_chunk
 
-    async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
-        if _has_native_sock_sendfile(stream.loop):
-            await self._send_native(stream, file, offset, count)
-        else:
-            await super().send(stream, file, offset, count)
-
-    @contextmanager
-    def open_step(
-        self, stream: SocketStream, file: OpenedFile, offset: int, count: int
-    ) -> Iterator[Step]:
+    def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
         sendfile, sock_fd, file_fd, chunk = os.sendfile, stream.fd, file.fd, self.max_chunk
-        yield lambda offset, size: sendfile(sock_fd, file_fd, offset, min(chunk, size))
 
-    async def _send_native(
+        def step(offset: int, size: int) -> int:
+            return sendfile(sock_fd, file_fd, offset, min(chunk, size))
+
+        # Under asyncio a body that one sendfile(2) does not finish goes on through
+        # the loop's own sock_sendfile, the path the standard library offers.
+        rest = None
+        if _has_native_sock_sendfile(stream.loop):
+            rest = functools.partial(self._sock_sendfile, stream, file)
+        return Transfer(stream, file, offset, count, step, rest=rest)
+
+    async def _sock_sendfile(
         self, stream: SocketStream, file: OpenedFile, offset: int, count: int
     ) -> None:
         loop = stream.loop
@@ -183,7 +253,8 @@ def _has_native_sock_sendfile(loop: asyncio.AbstractEventLoop) -> bool:
 
 class ReadWriteStrategy:
     """The classic path: read a chunk into a new userspace buffer (aiofiles, one
-    thread-pool hop per read), write it out, repeat. One chunk in memory at a time."""
+    thread-pool hop per read), write it out, repeat. The next read is in flight
+    while a chunk is sent (read-ahead), so at most two chunks are in memory."""
 
     name: ClassVar[str] = "readwrite"
 
@@ -193,19 +264,32 @@ class ReadWriteStrategy:
     def choose(self, stream: SocketStream) -> CopyStrategy:
         return self
 
+    def start(
+        self, stream: SocketStream, file: OpenedFile, offset: int, count: int
+    ) -> Transfer | None:
+        return None  # file reads are awaitable by nature: always `send`
+
     async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
         # The descriptor may be shared (open-file cache) and this path moves a file
         # offset, so read through a description of its own, as the classic server's
         # own open() would.
         async with aiofiles.open(_own_description(file.fd), "rb", buffering=0) as afile:
             await afile.seek(offset)
-            left = count
-            while left:
-                data = await afile.read(min(self.chunk_size, left))
-                if not data:
-                    raise FileShrankError(f"{file.name}: file ended {left} bytes early")
-                await stream.send_all(data)
-                left -= len(data)
+            chunk, left = self.chunk_size, count
+            reading = asyncio.ensure_future(afile.read(min(chunk, left)))
+            try:
+                while left:
+                    data = await reading
+                    if not data:
+                        raise FileShrankError(f"{file.name}: file ended {left} bytes early")
+                    left -= len(data)
+                    if left:
+                        reading = asyncio.ensure_future(afile.read(min(chunk, left)))
+                    await stream.send_all(data)
+            finally:
+                if not reading.done():  # the file must not close under a read
+                    reading.cancel()
+                    await asyncio.gather(reading, return_exceptions=True)
 
 
 def _own_description(fd: int) -> str | int:
@@ -229,10 +313,7 @@ class FallbackStrategy(SteppedStrategy):
         self.chunk_size = options.chunk_size or DEFAULT_CHUNK
         self._pool: list[bytearray] = []
 
-    @contextmanager
-    def open_step(
-        self, stream: SocketStream, file: OpenedFile, offset: int, count: int
-    ) -> Iterator[Step]:
+    def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
         buffer = self._pool.pop() if self._pool else bytearray(self.chunk_size)
         view = memoryview(buffer)
         unsent = view[:0]  # read from the file, not yet taken by the socket
@@ -251,13 +332,13 @@ class FallbackStrategy(SteppedStrategy):
             unsent = unsent[sent:]
             return sent
 
-        try:
-            yield step
-        finally:
+        def release(complete: bool) -> None:
             unsent.release()
             view.release()
             if len(self._pool) < self.POOL_SIZE:
                 self._pool.append(buffer)
+
+        return Transfer(stream, file, offset, count, step, release)
 
 
 class MmapStrategy(SteppedStrategy):
@@ -275,10 +356,7 @@ class MmapStrategy(SteppedStrategy):
     def __init__(self, options: CopyOptions) -> None:
         self.chunk_size = options.chunk_size or self.DEFAULT_CHUNK
 
-    @contextmanager
-    def open_step(
-        self, stream: SocketStream, file: OpenedFile, offset: int, count: int
-    ) -> Iterator[Step]:
+    def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
         try:
             mapping = mmap.mmap(
@@ -298,12 +376,12 @@ class MmapStrategy(SteppedStrategy):
                         raise FileShrankError(f"{file.name}: file shrank while mapped") from None
                     raise
 
-        try:
-            yield step
-        finally:
+        def release(complete: bool) -> None:
             # No view may outlive the transfer, or the mapping cannot be closed.
             view.release()
             mapping.close()
+
+        return Transfer(stream, file, offset, count, step, release)
 
 
 class SpliceStrategy(SteppedStrategy):
@@ -330,10 +408,7 @@ class SpliceStrategy(SteppedStrategy):
             size = fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
         return read_end, write_end, size
 
-    @contextmanager
-    def open_step(
-        self, stream: SocketStream, file: OpenedFile, offset: int, count: int
-    ) -> Iterator[Step]:
+    def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
         read_end, write_end, pipe_size = self._pipe()
         splice, flags, sock_fd, file_fd = os.splice, self.FLAGS, stream.fd, file.fd
         in_pipe = 0  # spliced from the file, not yet into the socket
@@ -348,16 +423,14 @@ class SpliceStrategy(SteppedStrategy):
             in_pipe -= moved
             return moved
 
-        clean = False
-        try:
-            yield step
-            clean = in_pipe == 0
-        finally:
-            if clean and len(self._pipes) < self.POOL_SIZE:
+        def release(complete: bool) -> None:
+            if complete and in_pipe == 0 and len(self._pipes) < self.POOL_SIZE:
                 self._pipes.append((read_end, write_end, pipe_size))
             else:  # bytes may be left in the pipe: never reuse it
                 os.close(read_end)
                 os.close(write_end)
+
+        return Transfer(stream, file, offset, count, step, release)
 
 
 class AutoStrategy:
@@ -373,6 +446,11 @@ class AutoStrategy:
         if hasattr(os, "sendfile") and stream.supports_sendfile:
             return self.zero_copy
         return self.fallback
+
+    def start(
+        self, stream: SocketStream, file: OpenedFile, offset: int, count: int
+    ) -> Transfer | None:
+        return self.choose(stream).start(stream, file, offset, count)
 
     async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
         await self.choose(stream).send(stream, file, offset, count)
