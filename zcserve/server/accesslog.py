@@ -16,6 +16,8 @@ class AccessLog:
     def __init__(self, out: TextIO | None, *, owned: bool) -> None:
         self._out = out
         self._owned = owned
+        self.on = out is not None
+        """Callers skip building a line's arguments when the log is off."""
 
     @classmethod
     def open(cls, target: str | None) -> AccessLog:
@@ -41,3 +43,4 @@ class AccessLog:
         if self._out is not None and self._owned:
             self._out.close()
         self._out = None
+        self.on = False

@@ -2,21 +2,26 @@
 
 A connection reads into one small reused buffer, feeds the sans-I/O parser,
 answers requests in order (pipelining) and hands file bodies to the copy
-strategy. It reads what it needs of its server through `ServerState`, so the
-server module keeps only accept, shutdown and drain.
+strategy. Plain TCP connections are `HttpConnection`s, driven by loop callbacks;
+TLS connections and raw mode run as coroutines (`serve_http`, `serve_raw`). Both
+read what they need of their server through `ServerState`, so the server module
+keeps only accept, shutdown and drain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
+import math
 import os
 import socket
 import ssl
 from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from zcserve.errors import FileShrankError, HttpError, SendStalledError, TransferError
 from zcserve.server.accesslog import AccessLog
@@ -32,9 +37,9 @@ from zcserve.server.http import (
     without_keep_alive,
 )
 from zcserve.server.metrics import Metrics
-from zcserve.server.respond import plan_reply
-from zcserve.server.sockio import SocketStream
-from zcserve.server.strategies import CopyStrategy, FallbackStrategy
+from zcserve.server.respond import Reply, plan_reply
+from zcserve.server.sockio import MSG_MORE, SocketStream
+from zcserve.server.strategies import CopyStrategy, FallbackStrategy, Progress, Transfer
 from zcserve.server.tls import TlsStream
 
 log = logging.getLogger("zcserve")
@@ -74,8 +79,421 @@ class ConnectionState:
     busy: bool = False
 
 
+class After(enum.Enum):
+    """What a connection does once the bytes in flight are in the kernel."""
+
+    FINISH = "finish"
+    """Account for the response, then answer the next request or close."""
+    LINGER = "linger"
+    """An error answer went out: stop sending, drain what the client still sends."""
+    CLOSE = "close"
+
+
+class HttpConnection:
+    """One plain-TCP HTTP/1.1 connection, driven by loop callbacks.
+
+    The common case, a request whose answer fits in the socket buffer, runs inside
+    one readable callback: no task, no future, no timer object. The connection
+    waits for writability only when the socket is full, and stops reading while a
+    response is pending (backpressure; pipelined answers stay in order). Its one
+    deadline is a number that the server's sweep checks (`check_deadline`).
+    """
+
+    __slots__ = (
+        "server",
+        "loop",
+        "sock",
+        "fd",
+        "stream",
+        "parser",
+        "pending",
+        "deadline",
+        "busy",
+        "closed",
+        "_on_close",
+        "_buffer",
+        "_view",
+        "peer",
+        "_reading",
+        "_writing",
+        "_head_deadline",
+        "_unsent",
+        "_flags",
+        "_after",
+        "_reply",
+        "_request",
+        "_started",
+        "_strategy",
+        "_transfer",
+        "_body_start",
+        "_task",
+        "_drained",
+    )
+
+    def __init__(
+        self,
+        server: ServerState,
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+        on_close: Callable[[HttpConnection], object],
+        peer: str,
+    ) -> None:
+        self.server = server
+        self.loop = loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.stream = SocketStream(sock, loop, send_timeout=server.config.send_timeout)
+        self.parser = RequestParser(server.limits)
+        self.pending: deque[Request | HttpError] = deque()
+        # The first head must arrive within the header timeout of the accept.
+        self.deadline = loop.time() + server.config.header_timeout
+        self.busy = False
+        self.closed = False
+        self._on_close: Callable[[HttpConnection], object] | None = on_close
+        self._buffer = bytearray(RECV_BUFFER)
+        self._view = memoryview(self._buffer)
+        self.peer = peer
+        self._reading = False
+        self._writing = False
+        self._head_deadline: float | None = self.deadline
+        self._unsent = memoryview(b"")
+        self._flags = 0
+        self._after = After.FINISH
+        self._reply: Reply | None = None
+        self._request: Request | None = None
+        self._started = 0.0
+        self._strategy: CopyStrategy | None = None
+        self._transfer: Transfer | None = None
+        self._body_start = 0
+        self._task: asyncio.Task[None] | None = None
+        self._drained = -1  # bytes discarded while lingering; -1: not lingering
+
+    def start(self) -> None:
+        self._resume_reading()
+
+    # reading ---------------------------------------------------------------------
+
+    def _resume_reading(self) -> None:
+        if not self._reading:
+            self.loop.add_reader(self.fd, self._on_readable)
+            self._reading = True
+
+    def _pause_reading(self) -> None:
+        if self._reading:
+            self.loop.remove_reader(self.fd)
+            self._reading = False
+
+    def _on_readable(self) -> None:
+        try:
+            received = self.sock.recv_into(self._buffer)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._end(exc)
+            return
+        if self._drained >= 0:
+            self._drained += received
+            if received == 0 or self._drained >= LINGER_BYTES:
+                self.close()
+            return
+        if received == 0:
+            self.close()
+            return
+        try:
+            parser = self.parser
+            self.pending.extend(parser.feed(self._view[:received]))
+            if parser.in_head:
+                if self._head_deadline is None:
+                    self._head_deadline = self.loop.time() + self.server.config.header_timeout
+                self.deadline = self._head_deadline
+            else:
+                self._head_deadline = None
+            self._advance()
+        except Exception:
+            self._internal_error()
+
+    def _advance(self) -> None:
+        """Answer pending requests in order until one has to wait for the socket."""
+        while self.pending and not self.busy and not self.closed:
+            item = self.pending.popleft()
+            if isinstance(item, HttpError):
+                self._answer_error(item)
+            else:
+                self._respond(item)
+        if self.busy or self.closed:
+            return
+        if self.server.closing:
+            self.close()
+            return
+        if self._head_deadline is not None:
+            self.deadline = self._head_deadline
+        else:
+            self.deadline = self.loop.time() + self.server.config.keepalive_timeout
+        self._resume_reading()
+
+    # responding ------------------------------------------------------------------
+
+    def _respond(self, request: Request) -> None:
+        server = self.server
+        self._started = self.loop.time()
+        if server.closing:  # say so, rather than drop the connection unannounced
+            request = without_keep_alive(request)
+        self._request = request
+        self.busy = True
+        try:
+            reply = plan_reply(request, server.files)
+        except Exception:
+            # Nothing is sent yet, so any failure, an OSError from the file system
+            # included, is the server's own: a 500, not the silence of a lost peer.
+            log.exception("unexpected error answering %s %r", request.method, request.target)
+            self._answer_500()
+            return
+        self._reply = reply
+        self._after = After.FINISH
+        if reply.file is None:
+            self._send(reply.head + reply.body if reply.body else reply.head, 0)
+            return
+        strategy = server.strategy.choose(self.stream)
+        if strategy is not server.strategy and strategy.name == FallbackStrategy.name:
+            server.metrics.fallbacks += 1  # auto could not use its zero-copy path
+        self._strategy = strategy
+        self._send(reply.head, MSG_MORE if server.config.cork else 0)
+
+    def _answer_error(self, error: HttpError) -> None:
+        """A request the parser refused: answer it, then linger and close."""
+        status = error.status
+        self.server.metrics.response(status, 0.0)
+        if self.server.access_log.on:
+            self.server.access_log.write(self.peer, None, status, len(error_body(status)))
+        self.busy = True
+        self._after = After.LINGER
+        self._send(error_response(status, keep_alive=False), 0)
+
+    def _answer_500(self) -> None:
+        metrics = self.server.metrics
+        metrics.error("internal")
+        metrics.response(500, 0.0)
+        if self.server.access_log.on:
+            self.server.access_log.write(self.peer, self._request, 500, len(error_body(500)))
+        self.busy = True
+        self._reply = None
+        self._after = After.CLOSE
+        self._send(error_response(500, keep_alive=False), 0)
+
+    def _send(self, data: bytes, flags: int) -> None:
+        self._unsent = memoryview(data)
+        self._flags = flags
+        self._pump()
+
+    def _pump(self) -> None:
+        """Move the response in flight on as far as the socket takes it now."""
+        try:
+            if self._unsent:
+                send, flags = self.sock.send, self._flags
+                while self._unsent:
+                    self._unsent = self._unsent[send(self._unsent, flags) :]
+            reply = self._reply
+            if self._after is not After.FINISH or reply is None:
+                self._after_sent()
+                return
+            if reply.file is not None:
+                transfer = self._transfer
+                if transfer is None:
+                    assert self._strategy is not None
+                    self._body_start = self.stream.bytes_sent
+                    found = self._strategy.start(self.stream, reply.file, reply.offset, reply.count)
+                    if found is None:  # an awaited strategy: readwrite
+                        self._await(
+                            self._strategy.send(self.stream, reply.file, reply.offset, reply.count)
+                        )
+                        return
+                    transfer = self._transfer = found
+                progress = transfer.advance()
+                if progress is Progress.WAIT:
+                    self._wait_writable()
+                    return
+                if progress is Progress.YIELD:  # let other connections run
+                    self._stop_writing()
+                    self._pause_reading()
+                    self.deadline = math.inf
+                    self.loop.call_soon(self._pump)
+                    return
+                if progress is Progress.HANDOFF:
+                    assert transfer.rest is not None
+                    self._await(transfer.rest(transfer.offset, transfer.end - transfer.offset))
+                    return
+            self._finish()
+        except BlockingIOError:
+            self._wait_writable()
+        except PEER_GONE as exc:
+            self._end(exc)
+        except Exception:
+            self._internal_error()
+
+    def _wait_writable(self) -> None:
+        if not self._writing:
+            self.loop.add_writer(self.fd, self._on_writable)
+            self._writing = True
+        self._pause_reading()
+        self.deadline = self.loop.time() + self.server.config.send_timeout
+
+    def _stop_writing(self) -> None:
+        if self._writing:
+            self.loop.remove_writer(self.fd)
+            self._writing = False
+
+    def _on_writable(self) -> None:
+        self._pump()
+
+    def _await(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Hand the rest of the body to a coroutine; it keeps its own send timeout."""
+        self._stop_writing()
+        self._pause_reading()
+        self.deadline = math.inf
+        self._task = self.loop.create_task(coroutine)
+        self._task.add_done_callback(self._on_awaited)
+
+    def _on_awaited(self, task: asyncio.Task[None]) -> None:
+        self._task = None
+        if task.cancelled():
+            self.close()
+            return
+        exc = task.exception()
+        if self.closed:
+            self.close()  # finish the close it deferred
+        elif exc is None:
+            self._finish()
+        elif isinstance(exc, PEER_GONE):
+            self._end(exc)
+        else:
+            self._internal_error(exc)
+
+    def _after_sent(self) -> None:
+        self._stop_writing()
+        if self._after is After.LINGER:
+            self._linger()
+        elif self._after is After.CLOSE:
+            self.close()
+        else:
+            self._finish()
+
+    def _finish(self) -> None:
+        """The response is in the kernel: count it, then go on to the next request."""
+        self._stop_writing()
+        reply, request = self._reply, self._request
+        assert reply is not None and request is not None
+        server = self.server
+        body = len(reply.body)
+        if reply.file is not None:
+            body = self._release_body()
+        server.metrics.response(reply.status, self.loop.time() - self._started)
+        if server.access_log.on:
+            server.access_log.write(self.peer, request, reply.status, body)
+        reply.close()
+        self._reply = None
+        self.busy = False
+        if not reply.keep_alive or server.closing:
+            self.close()
+        else:
+            self._advance()
+
+    def _release_body(self) -> int:
+        """Close the transfer and count its bytes; return them."""
+        sent = self.stream.bytes_sent - self._body_start
+        if self._transfer is not None:
+            self._transfer.close()
+            self._transfer = None
+        if self._strategy is not None:
+            self.server.metrics.sent(self._strategy.name, sent)
+            self._strategy = None
+        return sent
+
+    # endings -----------------------------------------------------------------------
+
+    def _linger(self) -> None:
+        """Close the way nginx's lingering_close does: after an error the client may
+        still be sending; closing with unread input makes the kernel send a reset that
+        can destroy the error response in flight (RFC 9112 9.6). Stop sending, then
+        read and discard for a short, capped while."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close()
+            return
+        self._drained = 0
+        self.deadline = self.loop.time() + LINGER_SECONDS
+        self._resume_reading()
+
+    def _end(self, exc: BaseException) -> None:
+        """The peer left, stalled or broke the connection."""
+        self.server.metrics.error(_error_kind(exc))
+        log.debug("connection from %s ended: %s", self.peer, exc)
+        self.close()
+
+    def _internal_error(self, exc: BaseException | None = None) -> None:
+        """A bug: log it with its traceback; answer 500 if nothing of a response is
+        out yet, else close. It costs this connection only."""
+        if exc is None:
+            log.exception("unexpected error on the connection from %s", self.peer)
+        else:
+            log.error("unexpected error on the connection from %s", self.peer, exc_info=exc)
+        request = self._request if self.busy else None
+        reply = self._reply
+        if reply is not None and (self._transfer is not None or self._strategy is not None):
+            # Part of this response may be out: it cannot become a 500.
+            server = self.server
+            server.metrics.error("internal")
+            server.metrics.response(500, 0.0)
+            body = self._release_body()
+            if server.access_log.on:
+                server.access_log.write(self.peer, request, 500, body)
+            self.close()
+            return
+        if reply is not None:
+            reply.close()
+            self._reply = None
+        self._unsent = memoryview(b"")
+        self._answer_500()
+
+    def check_deadline(self, now: float) -> None:
+        """Called by the server's sweep: close the connection if it is past due."""
+        if now < self.deadline or self.closed:
+            return
+        if self._drained >= 0:
+            self.close()
+        elif self._writing:
+            self._end(SendStalledError(f"peer read nothing for {self.stream.send_timeout:g}s"))
+        else:
+            self.server.metrics.error("timeout")
+            log.debug("connection from %s timed out", self.peer)
+            self.close()
+
+    def close(self) -> None:
+        """Close now; a body coroutine in flight is cancelled first, and the socket
+        closes when it has let go."""
+        if self._task is not None:
+            self.closed = True
+            self._task.cancel()
+            return
+        if self._on_close is None:
+            return
+        self.closed = True
+        self._stop_writing()
+        self._pause_reading()
+        if self._reply is not None:
+            self._release_body()
+            self._reply.close()
+            self._reply = None
+        self._unsent = memoryview(b"")
+        self._view.release()
+        close_socket(self.sock)
+        on_close, self._on_close = self._on_close, None
+        on_close(self)
+
+
 async def serve_http(server: ServerState, sock: socket.socket, state: ConnectionState) -> None:
-    """Serve HTTP/1.1 requests on `sock` until the peer, an error or shutdown ends it."""
+    """Serve HTTP/1.1 on `sock` from a coroutine: the path TLS connections take, since
+    their records are read and written through awaitable calls."""
     loop = asyncio.get_running_loop()
     config = server.config
     try:

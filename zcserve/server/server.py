@@ -7,6 +7,7 @@ connections start and how they end as a group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -21,7 +22,13 @@ from zcserve.errors import ConfigError
 from zcserve.runtime import loop_factory, raise_nofile_limit
 from zcserve.server.accesslog import AccessLog
 from zcserve.server.config import ServerConfig
-from zcserve.server.connection import ConnectionState, close_socket, serve_http, serve_raw
+from zcserve.server.connection import (
+    ConnectionState,
+    HttpConnection,
+    close_socket,
+    serve_http,
+    serve_raw,
+)
 from zcserve.server.filecache import OpenFileCache
 from zcserve.server.files import Root
 from zcserve.server.http import Limits
@@ -37,6 +44,9 @@ from zcserve.server.tls import server_context
 
 log = logging.getLogger("zcserve")
 
+DEADLINE_TICK = 0.25
+"""Seconds between two checks of connection deadlines: a timeout fires up to this
+late (nginx's timer_resolution plays the same part)."""
 FILE_SWEEP_INTERVAL = 0.5
 """Seconds between closing the open-file cache's idle descriptors."""
 ACCEPT_BACKOFF = 0.1
@@ -100,10 +110,13 @@ class Server:
         self.access_log = AccessLog.open(config.access_log)
         self.tls = _tls_context(config)
         self.metrics = Metrics()
-        self._connections: dict[asyncio.Task[None], ConnectionState] = {}
+        self._connections: set[HttpConnection] = set()
+        self._tasks: dict[asyncio.Task[None], ConnectionState] = {}
+        """Connections served by a coroutine: TLS and raw mode."""
         self.closing = False
         self._stop: asyncio.Event | None = None
         self._capacity: asyncio.Event | None = None
+        self._all_closed: asyncio.Event | None = None
         self._emfile_warned = -EMFILE_LOG_INTERVAL
 
     # lifecycle ------------------------------------------------------------------
@@ -114,6 +127,7 @@ class Server:
         self._stop = asyncio.Event()
         self._capacity = asyncio.Event()
         self._capacity.set()
+        self._all_closed = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(signum, self.shutdown)
@@ -121,7 +135,7 @@ class Server:
                 pass
         accepter = asyncio.create_task(self._accept_loop(loop, listener))
         snapshots = self._start_snapshots()
-        sweeper = asyncio.create_task(self._sweep_files())
+        sweeper = asyncio.create_task(self._sweep())
         await self._stop.wait()
         accepter.cancel()
         listener.close()
@@ -135,10 +149,20 @@ class Server:
             snapshots.cancel()
             await asyncio.gather(snapshots, return_exceptions=True)
 
-    async def _sweep_files(self) -> None:
+    async def _sweep(self) -> None:
+        """The one timer of a server, as nginx's timer resolution: every tick, close
+        the connections past their deadline; now and then, idle cached files."""
+        loop = asyncio.get_running_loop()
+        ticks_per_file_sweep = max(1, round(FILE_SWEEP_INTERVAL / DEADLINE_TICK))
+        tick = 0
         while True:
-            await asyncio.sleep(FILE_SWEEP_INTERVAL)
-            self.files.sweep()
+            await asyncio.sleep(DEADLINE_TICK)
+            now = loop.time()
+            for connection in [c for c in self._connections if c.deadline <= now]:
+                connection.check_deadline(now)
+            tick += 1
+            if tick % ticks_per_file_sweep == 0:
+                self.files.sweep()
 
     def _start_snapshots(self) -> asyncio.Task[None] | None:
         """Under a supervisor, write this worker's metrics where it can merge them."""
@@ -165,32 +189,48 @@ class Server:
         if self.closing:
             return
         self.closing = True
-        log.info("shutting down: %d connections open", len(self._connections))
-        for task, state in self._connections.items():
+        log.info("shutting down: %d connections open", self._open_connections())
+        for connection in [c for c in self._connections if not c.busy]:
+            connection.close()
+        for task, state in self._tasks.items():
             if not state.busy:
                 task.cancel()
         if self._stop is not None:
             self._stop.set()
 
+    def _open_connections(self) -> int:
+        return len(self._connections) + len(self._tasks)
+
     async def _drain(self) -> None:
-        tasks = list(self._connections)
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=self.config.grace)
-        for task in pending:
+        """Let responses in flight finish for `grace` seconds, then cut them."""
+        assert self._all_closed is not None
+        if self._open_connections():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.grace):
+                    await self._all_closed.wait()
+        for connection in list(self._connections):
+            connection.close()
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # A connection whose body coroutine was cancelled closes when it lets go.
+        for _ in range(100):
+            if not self._connections:
+                break
+            await asyncio.sleep(0.01)
 
     async def _accept_loop(self, loop: asyncio.AbstractEventLoop, listener: socket.socket) -> None:
         assert self._capacity is not None
         handler = serve_raw if self.config.raw_file else serve_http
+        callbacks = self.tls is None and self.config.raw_file is None
         while True:
-            if len(self._connections) >= self.config.max_connections:
+            if self._open_connections() >= self.config.max_connections:
                 # Leave the rest in the kernel's backlog until a connection closes.
                 self._capacity.clear()
                 await self._capacity.wait()
             try:
-                sock, _ = await loop.sock_accept(listener)
+                sock, address = await loop.sock_accept(listener)
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     if loop.time() - self._emfile_warned >= EMFILE_LOG_INTERVAL:
@@ -210,18 +250,30 @@ class Server:
             except OSError:
                 close_socket(sock)
                 continue
-            state = ConnectionState()
             self.metrics.connections_total += 1
             self.metrics.active_connections += 1
+            if callbacks:
+                peer = str(address[0]) if isinstance(address, tuple) else "-"
+                connection = HttpConnection(self, sock, loop, self._forget, peer)
+                self._connections.add(connection)
+                connection.start()
+                continue
+            state = ConnectionState()
             task = loop.create_task(handler(self, sock, state))
-            self._connections[task] = state
+            self._tasks[task] = state
             task.add_done_callback(self._forget)
 
-    def _forget(self, task: asyncio.Task[None]) -> None:
-        self._connections.pop(task, None)
+    def _forget(self, connection: HttpConnection | asyncio.Task[None]) -> None:
+        if isinstance(connection, HttpConnection):
+            self._connections.discard(connection)
+        else:
+            self._tasks.pop(connection, None)
         self.metrics.active_connections -= 1
-        if self._capacity is not None and len(self._connections) < self.config.max_connections:
+        open_now = self._open_connections()
+        if self._capacity is not None and open_now < self.config.max_connections:
             self._capacity.set()
+        if self._all_closed is not None and self.closing and open_now == 0:
+            self._all_closed.set()
 
 
 def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:

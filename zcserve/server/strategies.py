@@ -27,9 +27,9 @@ import fcntl
 import functools
 import mmap
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Protocol, get_args
+from typing import Any, ClassVar, Literal, Protocol, get_args
 
 import aiofiles
 
@@ -92,7 +92,7 @@ class Transfer:
         count: int,
         step: Step,
         release: Callable[[bool], None] | None = None,
-        rest: Callable[[int, int], Awaitable[None]] | None = None,
+        rest: Callable[[int, int], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.stream = stream
         self.file = file
