@@ -1,11 +1,21 @@
 """zcserve beside nginx, aiohttp and http.server, driven by wrk and `zcserve load`.
 
 Run by `make compare`, which installs nginx and wrk (apt-get) and aiohttp (pip).
-Every server is pinned to CPU 0 and every load tool to CPU 1; each cell is run
-`--repeat` times and the median is reported, with the server's CPU seconds per
-GiB of body sent beside every throughput.
+Every selected server is started once, on its own port, pinned to CPU 0 (zcserve
+with `w=auto` runs a worker per CPU, as deployed); the load tools run on CPU 1.
+Measurements are interleaved: each of `--repeat` rounds measures every cell
+(size x connections x tool) once on every server, the server order rotating from
+round to round, so a noisy spell on this shared machine lands on all servers
+alike. Medians across rounds are reported, with the server's CPU time per
+request (µs) and per GiB of body beside every throughput, then each server's
+req/s as a ratio to the best nginx config and to aiohttp (uvloop) in that cell.
 
-Usage: python benchmarks/compare.py [--quick] [--duration S] [--repeat N] [--out DIR]
+`--before DIR` adds an older zcserve checkout (a folder holding a `zcserve/`
+package, e.g. from `git worktree add /tmp/before COMMIT`) to the same rounds.
+
+Usage: python benchmarks/compare.py [--quick] [--servers A,B] [--before DIR]
+       [--tools wrk,zcserve-load] [--sizes ...] [--concurrency ...] [--duration S]
+       [--repeat ROUNDS] [--no-single] [--out DIR]
 """
 
 from __future__ import annotations
@@ -20,15 +30,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import psutil
 
 from zcserve.bench.child import start_serve, stop_child
 from zcserve.demo import write_file
+from zcserve.errors import ZcserveError
 from zcserve.load.run import LoadOptions, run_load
 from zcserve.units import parse_size
 
@@ -36,13 +49,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 GIB = 1024**3
 SIZES = ("4KiB", "64KiB", "1MiB", "64MiB")
 CONCURRENCY = (1, 64, 256)
+TOOLS = ("wrk", "zcserve-load")
 BIG = "1GiB"
 SERVER_CPU, CLIENT_CPU = 0, 1
+START_TIMEOUT = 20.0
+NGINX_PREFIX = "nginx"
+AIOHTTP_REFERENCE = "aiohttp static uvloop"
 
 NGINX_CONF = """
 worker_processes 1;
 daemon off;
-pid {tmp}/nginx.pid;
+pid {tmp}/nginx-{sendfile}-{nopush}.pid;
 error_log {tmp}/error.log error;
 events {{ worker_connections 20000; }}
 http {{
@@ -101,16 +118,19 @@ class ServerSpec:
 
 
 def _read_port(proc: subprocess.Popen[str], pattern: str) -> int:
+    """The port from the first stdout line matching `pattern`; the child is stopped
+    if it exits or says nothing matching within START_TIMEOUT seconds."""
     assert proc.stdout is not None
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        match = re.search(pattern, line)
-        if match:
-            return int(match.group(1))
-    proc.kill()
+    watchdog = threading.Timer(START_TIMEOUT, proc.kill)  # ends a readline that would hang
+    watchdog.start()
+    try:
+        for line in proc.stdout:
+            match = re.search(pattern, line)
+            if match:
+                return int(match.group(1))
+    finally:
+        watchdog.cancel()
+    stop_child(proc, timeout=5.0)
     raise RuntimeError(f"{proc.args!r} did not announce a port")
 
 
@@ -122,6 +142,50 @@ def zcserve_spec(strategy: str, workers: str) -> ServerSpec:
         return Running(child.proc, child.port)
 
     return ServerSpec(f"zcserve {strategy} w={workers}", start)
+
+
+def before_spec(checkout: str, strategy: str) -> ServerSpec:
+    """zcserve from an older checkout, one worker. Old code may lack `--ready-json`
+    (and `--workers`), so the port comes from its human start-up line."""
+
+    def start(root: str, tmp: str) -> Running:
+        command = [sys.executable, "-m", "zcserve", "serve", root, "--port", "0"]
+        command += ["--strategy", strategy]
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, text=True, env=before_env(checkout), cwd=checkout,
+            preexec_fn=pin(SERVER_CPU),
+        )  # fmt: skip
+        return Running(proc, _read_port(proc, r"^zcserve: .* on https?://[^ ]*:(\d+)"))
+
+    return ServerSpec(f"zcserve-before {strategy} w=1", start)
+
+
+def before_env(checkout: str) -> dict[str, str]:
+    paths = [checkout, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def check_before(checkout: str) -> str | None:
+    """Why `checkout` cannot be measured, or None: it must hold a `zcserve/` package
+    that `python -m zcserve` run there imports (not this tree's)."""
+    if not os.path.isfile(os.path.join(checkout, "zcserve", "__init__.py")):
+        return f"--before {checkout}: no zcserve/ package there"
+    probe = "import os, zcserve; print(os.path.dirname(os.path.realpath(zcserve.__file__)))"
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=before_env(checkout),
+        cwd=checkout, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    if found != os.path.join(checkout, "zcserve"):
+        return f"--before {checkout}: python imports zcserve from {found or '?'} instead"
+    return None
+
+
+def describe_checkout(checkout: str) -> str:
+    """`DIR @ short-commit`, or just DIR outside git."""
+    done = subprocess.run(
+        ["git", "-C", checkout, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return f"{checkout} @ {done.stdout.strip()}" if done.returncode == 0 else checkout
 
 
 def nginx_spec(sendfile: str, nopush: str) -> ServerSpec:
@@ -138,7 +202,7 @@ def nginx_spec(sendfile: str, nopush: str) -> ServerSpec:
             text=True,
             preexec_fn=pin(SERVER_CPU),
         )
-        _wait_port(port)
+        _wait_port(port, proc)
         return Running(proc, port)
 
     label = f"nginx sendfile={sendfile}" + (f" nopush={nopush}" if sendfile == "on" else "")
@@ -165,21 +229,22 @@ def http_server_spec() -> ServerSpec:
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
             preexec_fn=pin(SERVER_CPU),
         )  # fmt: skip
-        _wait_port(port)
+        _wait_port(port, proc)
         return Running(proc, port)
 
     return ServerSpec("python -m http.server", start)
 
 
-def _wait_port(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+def _wait_port(port: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
+    stop_child(proc, timeout=5.0)
+    raise RuntimeError(f"{proc.args!r} is not listening on {port}")
 
 
 @contextmanager
@@ -193,7 +258,8 @@ def running(spec: ServerSpec, root: str, tmp: str) -> Iterator[Running]:
 
 @dataclass
 class Cell:
-    """One measurement: a server, a tool, a file size and a concurrency."""
+    """One server's figures for a tool, a file size and a concurrency: the medians
+    of its runs (one per round), with the ratios filled in by `add_ratios`."""
 
     server: str
     tool: str
@@ -202,17 +268,45 @@ class Cell:
     requests_per_second: float = 0.0
     megabytes_per_second: float = 0.0
     p99_ms: float = 0.0
+    us_cpu_per_request: float = 0.0
+    """Server CPU time (user + system, all its processes) per request completed, µs."""
     cpu_per_gib: float = 0.0
     errors: int = 0
+    failed_rounds: int = 0
+    """Rounds whose measurement failed outright (tool or server error): no run kept."""
+    nginx_best: str | None = None
+    """The nginx config with the most req/s in this cell."""
+    vs_nginx_best: float | None = None
+    """req/s over that nginx config's req/s."""
+    vs_aiohttp: float | None = None
+    """req/s over aiohttp static (uvloop)'s req/s, when it was measured."""
     runs: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.tool, self.size, self.connections)
+
+
+MEDIANS = (
+    "requests_per_second",
+    "megabytes_per_second",
+    "p99_ms",
+    "us_cpu_per_request",
+    "cpu_per_gib",
+)
 
 
 def run_wrk(url: str, connections: int, duration: float) -> dict[str, float]:
     command = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", url]
-    out = subprocess.run(
+    done = subprocess.run(
         command, capture_output=True, text=True, preexec_fn=pin(CLIENT_CPU), timeout=duration + 60
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    )
+    out = done.stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if rps is None:
+        said = " | ".join(line.strip() for line in (out + done.stderr).splitlines() if line)
+        raise RuntimeError(f"wrk printed no Requests/sec: {said or 'nothing'}")
+    requests = re.search(r"(\d+) requests in", out)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -229,13 +323,14 @@ def run_wrk(url: str, connections: int, duration: float) -> dict[str, float]:
         "megabytes_per_second": float(transfer.group(1)) * units[transfer.group(2)] / 1e6
         if transfer
         else 0.0,
-        "requests_per_second": rps,
+        "requests_per_second": float(rps.group(1)),
+        "requests": float(requests.group(1)) if requests else float(rps.group(1)) * duration,
         "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else 0.0,
         "errors": count,
     }
 
 
-def run_zcload(url: str, connections: int, duration: float, tmp: str) -> dict[str, float]:
+def run_zcload(url: str, connections: int, duration: float) -> dict[str, float]:
     # In this process, which main() pinned to the client CPU: no start-up per run.
     options = LoadOptions(urls=(url,), connections=connections, duration=duration, processes=1)
     data = run_load(options).to_json()
@@ -243,22 +338,26 @@ def run_zcload(url: str, connections: int, duration: float, tmp: str) -> dict[st
         # Bytes that arrived in the window, so unfinished 64 MiB responses count too.
         "megabytes_per_second": data["window_megabytes_per_second"],
         "requests_per_second": data["requests_per_second"],
+        "requests": float(data["requests"]),
         "p99_ms": data["latency_ms"]["p99"],
         "errors": data["error_total"],
     }
 
 
 def measure(
-    server: Running, tool: str, url: str, size: int, connections: int, duration: float, tmp: str
+    server: Running, tool: str, url: str, connections: int, duration: float
 ) -> dict[str, float]:
     before = server.cpu_seconds()
     if tool == "wrk":
         figures = run_wrk(url, connections, duration)
     else:
-        figures = run_zcload(url, connections, duration, tmp)
+        figures = run_zcload(url, connections, duration)
     cpu = server.cpu_seconds() - before
     body = figures["megabytes_per_second"] * 1e6 * duration
+    figures["cpu_seconds"] = cpu
     figures["cpu_per_gib"] = cpu / (body / GIB) if body else 0.0
+    requests = figures["requests"]
+    figures["us_cpu_per_request"] = cpu * 1e6 / requests if requests else 0.0
     return figures
 
 
@@ -271,28 +370,52 @@ def single_download(server: Running, name: str, size: int) -> dict[str, float]:
         capture_output=True, text=True, preexec_fn=pin(CLIENT_CPU), timeout=600,
     ).stdout.split()  # fmt: skip
     cpu = server.cpu_seconds() - before
+    if len(out) != 2:
+        raise RuntimeError(f"curl printed {' '.join(out)!r}")
     seconds, got = float(out[0]), int(out[1])
     return {
         "requests_per_second": 1 / seconds,
+        "requests": 1.0,
         "megabytes_per_second": got / seconds / 1e6,
         "p99_ms": seconds * 1000,
+        "cpu_seconds": cpu,
         "cpu_per_gib": cpu / (size / GIB),
+        "us_cpu_per_request": cpu * 1e6,
         "errors": 0 if got == size else 1,
     }
 
 
 def median_cell(cell: Cell) -> Cell:
-    for key in ("requests_per_second", "megabytes_per_second", "p99_ms", "cpu_per_gib"):
-        setattr(cell, key, statistics.median(run[key] for run in cell.runs))
+    for key in MEDIANS:
+        setattr(cell, key, statistics.median(run[key] for run in cell.runs) if cell.runs else 0.0)
     cell.errors = int(sum(run["errors"] for run in cell.runs))
     return cell
+
+
+def add_ratios(cells: Sequence[Cell]) -> None:
+    """Each cell's req/s over the best nginx config's and aiohttp (uvloop)'s in the
+    same (tool, size, connections)."""
+    groups: dict[tuple[str, str, int], list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.key, []).append(cell)
+    for group in groups.values():
+        nginx = [c for c in group if c.server.startswith(NGINX_PREFIX) and c.runs]
+        best = max(nginx, key=lambda c: c.requests_per_second, default=None)
+        aiohttp = next((c for c in group if c.server == AIOHTTP_REFERENCE and c.runs), None)
+        for cell in group:
+            if best is not None and best.requests_per_second > 0:
+                cell.nginx_best = best.server
+                cell.vs_nginx_best = cell.requests_per_second / best.requests_per_second
+            if aiohttp is not None and aiohttp.requests_per_second > 0:
+                cell.vs_aiohttp = cell.requests_per_second / aiohttp.requests_per_second
 
 
 def all_servers(quick: bool) -> list[ServerSpec]:
     strategies = (
         ("sendfile", "mmap") if quick else ("sendfile", "readwrite", "fallback", "mmap", "splice")
     )
-    specs = [zcserve_spec(s, "1") for s in strategies]
+    # `auto` (the default: a strategy chosen per response) once, with one worker.
+    specs = [zcserve_spec(s, "1") for s in (strategies if quick else ("auto", *strategies))]
     specs += [zcserve_spec(s, "auto") for s in (("sendfile",) if quick else strategies)]
     specs += [nginx_spec("on", "on"), nginx_spec("on", "off"), nginx_spec("off", "off")]
     specs += (
@@ -302,11 +425,33 @@ def all_servers(quick: bool) -> list[ServerSpec]:
     return specs
 
 
+def select_servers(specs: Sequence[ServerSpec], wanted: str) -> list[ServerSpec]:
+    """The specs whose names start (case-insensitively) with one of the comma-separated
+    `wanted` names, in `specs` order; ValueError names any that match nothing."""
+    names = [name.strip().lower() for name in wanted.split(",") if name.strip()]
+    unknown = [n for n in names if not any(s.name.lower().startswith(n) for s in specs)]
+    if unknown or not names:
+        known = ", ".join(s.name for s in specs)
+        raise ValueError(f"unknown server {', '.join(map(repr, unknown))} (known: {known})")
+    return [s for s in specs if any(s.name.lower().startswith(n) for n in names)]
+
+
+def parse_tools(value: str) -> tuple[str, ...]:
+    names = {name.strip() for name in value.split(",") if name.strip()}
+    if names == {"both"}:
+        names = set(TOOLS)
+    if not names or names - set(TOOLS):
+        raise ValueError(f"--tools {value!r}: choose wrk, zcserve-load or both")
+    return tuple(t for t in TOOLS if t in names)
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer servers and cells")
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per cell")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per cell (median)")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="interleaved rounds (medians across them)"
+    )
     parser.add_argument("--out", default=os.path.join(HERE, "results"), help="output folder")
     parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated file sizes")
     parser.add_argument(
@@ -315,76 +460,217 @@ def main() -> int:
     parser.add_argument(
         "--concurrency", default=",".join(map(str, CONCURRENCY)), help="comma-separated"
     )
+    parser.add_argument(
+        "--servers",
+        help="comma-separated server names or prefixes, case-insensitive "
+        '(e.g. "zcserve sendfile w=1,nginx,aiohttp static uvloop"); default: all',
+    )
+    parser.add_argument(
+        "--tools", default="both", help="wrk, zcserve-load, or both (comma-separated)"
+    )
+    parser.add_argument(
+        "--before", metavar="DIR", help="an older checkout (holding zcserve/) to measure too"
+    )
+    parser.add_argument(
+        "--before-strategies",
+        default="sendfile",
+        help="comma-separated strategies for the --before servers (one worker each)",
+    )
     args = parser.parse_args()
-    if len(os.sched_getaffinity(0)) < 2:
-        print("compare: needs 2 CPUs to separate server and client", file=sys.stderr)
+
+    def fail(message: str) -> int:
+        print(f"compare: {message}", file=sys.stderr)
         return 2
-    for tool in ("nginx", "wrk", "curl"):
+
+    if args.repeat < 1:
+        return fail("--repeat must be at least 1")
+    try:
+        tools = parse_tools(args.tools)
+        specs = (
+            select_servers(all_servers(False), args.servers)
+            if args.servers
+            else all_servers(args.quick)
+        )
+    except ValueError as exc:
+        return fail(str(exc))
+    before = ""
+    if args.before:
+        checkout = os.path.realpath(args.before)
+        problem = check_before(checkout)
+        if problem:
+            return fail(problem)
+        before = describe_checkout(checkout)
+        strategies = [s.strip() for s in args.before_strategies.split(",") if s.strip()]
+        specs += [before_spec(checkout, s) for s in strategies]
+    if len(os.sched_getaffinity(0)) < 2:
+        return fail("needs 2 CPUs to separate server and client")
+    needed = ["wrk"] if "wrk" in tools else []
+    needed += [] if args.no_single else ["curl"]
+    needed += ["nginx"] if any(s.name.startswith(NGINX_PREFIX) for s in specs) else []
+    for tool in needed:
         if shutil.which(tool) is None:
-            print(f"compare: {tool} not found (make compare installs it)", file=sys.stderr)
-            return 2
+            return fail(f"{tool} not found (make compare installs it)")
     os.sched_setaffinity(0, {CLIENT_CPU})  # zcserve load runs in this process
     sizes = tuple(args.sizes.split(","))
     concurrency = tuple(int(c) for c in args.concurrency.split(","))
     if args.quick:
         sizes, concurrency = sizes[:1] + sizes[-1:], concurrency[:2]
-    cells: list[Cell] = []
-    with tempfile.TemporaryDirectory(prefix="zcserve-compare-") as tmp:
-        root = os.path.join(tmp, "root")
-        os.makedirs(root)
-        for size in (*sizes, BIG):
-            write_file(os.path.join(root, f"{size}.bin"), parse_size(size))
-        for spec in all_servers(args.quick):
-            with running(spec, root, tmp) as server:
-                for size in sizes:
-                    url = f"http://127.0.0.1:{server.port}/{size}.bin"
-                    for connections in concurrency:
-                        for tool in ("wrk", "zcserve-load"):
-                            cell = Cell(spec.name, tool, size, connections)
-                            for _ in range(args.repeat):
-                                cell.runs.append(
-                                    measure(server, tool, url, parse_size(size), connections,
-                                            args.duration, tmp)
-                                )  # fmt: skip
-                            cells.append(median_cell(cell))
-                            _print_cell(cell)
-                if args.no_single:
-                    continue
-                big = Cell(spec.name, "curl", BIG, 1)
-                for _ in range(args.repeat):
-                    big.runs.append(single_download(server, f"{BIG}.bin", parse_size(BIG)))
-                cells.append(median_cell(big))
-                _print_cell(big)
+    try:
+        cells = run_rounds(specs, sizes, concurrency, tools, args)
+    except (RuntimeError, ZcserveError) as exc:
+        print(f"compare: {exc}", file=sys.stderr)
+        return 1
+    add_ratios(cells)
     os.makedirs(args.out, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d-%H%M")
     with open(os.path.join(args.out, f"compare-{stamp}.json"), "w") as out:
         json.dump([asdict(c) for c in cells], out, indent=1)
-    table = markdown(cells)
+    report = markdown(cells, args.repeat, args.duration, before)
     with open(os.path.join(args.out, f"compare-{stamp}.md"), "w") as out:
-        out.write(table)
-    print(table)
+        out.write(report)
+    print(report)
     return 0
 
 
-def _print_cell(cell: Cell) -> None:
+def run_rounds(
+    specs: Sequence[ServerSpec],
+    sizes: Sequence[str],
+    concurrency: Sequence[int],
+    tools: Sequence[str],
+    args: argparse.Namespace,
+) -> list[Cell]:
+    """Start every server, run `args.repeat` interleaved rounds, stop them all; the
+    cells (medians) in server, tool, size, connections order."""
+    plan = [(size, c, tool) for size in sizes for c in concurrency for tool in tools]
+    cells: dict[tuple[str, str, str, int], Cell] = {}
+    for spec in specs:
+        for size, connections, tool in plan:
+            cells[(spec.name, tool, size, connections)] = Cell(spec.name, tool, size, connections)
+        if not args.no_single:
+            cells[(spec.name, "curl", BIG, 1)] = Cell(spec.name, "curl", BIG, 1)
+    with tempfile.TemporaryDirectory(prefix="zcserve-compare-") as tmp, ExitStack() as stack:
+        root = os.path.join(tmp, "root")
+        os.makedirs(root)
+        for size in (*sizes, *(() if args.no_single else (BIG,))):
+            write_file(os.path.join(root, f"{size}.bin"), parse_size(size))
+        servers: list[tuple[str, Running]] = []
+        for spec in specs:
+            server = stack.enter_context(running(spec, root, tmp))
+            print(f"started {spec.name} on port {server.port} (pid {server.proc.pid})", flush=True)
+            servers.append((spec.name, server))
+        for round_ in range(args.repeat):
+            shift = round_ % len(servers)
+            order = servers[shift:] + servers[:shift]
+            print(f"round {round_ + 1}/{args.repeat}", flush=True)
+            for size, connections, tool in plan:
+                for name, server in order:
+                    url = f"http://127.0.0.1:{server.port}/{size}.bin"
+                    run = partial(measure, server, tool, url, connections, args.duration)
+                    _run_one(cells[(name, tool, size, connections)], server, run)
+            if args.no_single:
+                continue
+            for name, server in order:
+                run = partial(single_download, server, f"{BIG}.bin", parse_size(BIG))
+                _run_one(cells[(name, "curl", BIG, 1)], server, run)
+    return [median_cell(cell) for cell in cells.values()]
+
+
+def _run_one(cell: Cell, server: Running, run: Callable[[], dict[str, float]]) -> None:
+    """Measure once into `cell`; a failure is counted and reported, not fatal, so one
+    broken server does not cost the other servers' results."""
+    if server.proc.poll() is not None:
+        cell.failed_rounds += 1
+        _print_failure(cell, f"server exited with code {server.proc.returncode}")
+        return
+    try:
+        figures = run()
+    except Exception as exc:  # any tool or server failure: reported, not raised
+        cell.failed_rounds += 1
+        _print_failure(cell, f"{type(exc).__name__}: {exc}")
+        return
+    cell.runs.append(figures)
+    _print_run(cell, figures)
+
+
+def _print_failure(cell: Cell, why: str) -> None:
     print(
-        f"{cell.server:28} {cell.tool:12} {cell.size:>6} c={cell.connections:<4} "
-        f"{cell.requests_per_second:10.0f} req/s {cell.megabytes_per_second:9.1f} MB/s "
-        f"p99 {cell.p99_ms:8.2f} ms cpu {cell.cpu_per_gib:6.2f} s/GiB err {cell.errors}",
+        f"{cell.server:28} {cell.tool:12} {cell.size:>6} c={cell.connections:<4} FAILED: {why}",
         flush=True,
     )
 
 
-def markdown(cells: list[Cell]) -> str:
+def _print_run(cell: Cell, run: dict[str, float]) -> None:
+    print(
+        f"{cell.server:28} {cell.tool:12} {cell.size:>6} c={cell.connections:<4} "
+        f"{run['requests_per_second']:10.0f} req/s {run['megabytes_per_second']:9.1f} MB/s "
+        f"p99 {run['p99_ms']:8.2f} ms cpu {run['us_cpu_per_request']:8.1f} µs/req "
+        f"{run['cpu_per_gib']:6.2f} s/GiB err {int(run['errors'])}",
+        flush=True,
+    )
+
+
+def _rate(value: float) -> str:
+    """req/s: whole numbers, but 1 GiB downloads (under 1/s) keep their digits."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def markdown(cells: Sequence[Cell], rounds: int, duration: float, before: str) -> str:
+    spread = any(c.server.endswith("w=auto") for c in cells)
     lines = [
-        "| server | tool | size | conns | req/s | MB/s | p99 ms | server CPU-s/GiB | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"{rounds} interleaved round(s) of {duration:g} s per measurement, medians; servers "
+        f"pinned to CPU {SERVER_CPU}"
+        + (" (zcserve w=auto on every CPU)" if spread else "")
+        + f", load on CPU {CLIENT_CPU}.",
+    ]
+    if before:
+        lines.append(f"zcserve-before: {before}.")
+    lines += [
+        "",
+        "| server | tool | size | conns | req/s | MB/s | p99 ms | server µs CPU/req "
+        "| server CPU-s/GiB | errors | rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         lines.append(
-            f"| {c.server} | {c.tool} | {c.size} | {c.connections} | {c.requests_per_second:,.0f} "
-            f"| {c.megabytes_per_second:,.1f} | {c.p99_ms:.2f} | {c.cpu_per_gib:.2f} | {c.errors} |"
+            f"| {c.server} | {c.tool} | {c.size} | {c.connections} "
+            f"| {_rate(c.requests_per_second)} | {c.megabytes_per_second:,.1f} | {c.p99_ms:.2f} "
+            f"| {c.us_cpu_per_request:,.1f} | {c.cpu_per_gib:.2f} | {c.errors} "
+            f"| {len(c.runs)}/{len(c.runs) + c.failed_rounds} |"
         )
+    lines += ["", ratio_table(cells)]
+    return "\n".join(lines)
+
+
+def ratio_table(cells: Sequence[Cell]) -> str:
+    """req/s over the best nginx config's (1.00× marks that config) and over aiohttp
+    static (uvloop)'s, one block of rows per (tool, size, connections)."""
+    with_aiohttp = any(c.vs_aiohttp is not None for c in cells)
+    head = "| tool | size | conns | server | req/s | × best nginx |"
+    rule = "|---|---|---|---|---|---|"
+    if with_aiohttp:
+        head, rule = head + " × aiohttp uvloop |", rule + "---|"
+    lines = [
+        "Ratios of req/s to the best nginx config (1 worker; best of its sendfile/nopush "
+        "configs in each row group, marked 1.00×)"
+        + (" and to aiohttp static (uvloop)" if with_aiohttp else "")
+        + ":",
+        "",
+        head + " µs CPU/req | p99 ms |",
+        rule + "---|---|",
+    ]
+    keys = list(dict.fromkeys(c.key for c in cells))
+    for key in keys:
+        group = sorted((c for c in cells if c.key == key), key=lambda c: -c.requests_per_second)
+        for c in group:
+            row = f"| {c.tool} | {c.size} | {c.connections} | {c.server} "
+            row += f"| {_rate(c.requests_per_second)} | {_ratio(c.vs_nginx_best)} |"
+            if with_aiohttp:
+                row += f" {_ratio(c.vs_aiohttp)} |"
+            lines.append(row + f" {c.us_cpu_per_request:,.1f} | {c.p99_ms:.2f} |")
     return "\n".join(lines) + "\n"
 
 

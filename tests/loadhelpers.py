@@ -2,8 +2,10 @@
 it sent, run on its own loop in a thread, and `zcserve serve` as a child process.
 
 The scriptable server answers every request the same way (`Behaviour`), after an
-optional delay, and counts requests and body bytes so tests compare the load
-generator's figures with the truth; given an `ssl.SSLContext` it speaks https.
+optional delay (or a delay of its own per request, in order of arrival, so a
+latency distribution is known by construction), and counts requests and body
+bytes so tests compare the load generator's figures with the truth; given an
+`ssl.SSLContext` it speaks https.
 Everything binds 127.0.0.1 port 0 and says when it is ready; nothing waits with a
 fixed sleep.
 """
@@ -16,7 +18,7 @@ import socket
 import ssl
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,9 @@ class Behaviour(enum.Enum):
     CLOSE_MID_BODY = "close_mid_body"
     LONG_BODY = "long_body"
     CHANGING_BODY = "changing_body"
+    """Each response's first 8 bytes are its number: every body differs from the first."""
+    LAST_BYTE_CHANGES = "last_byte_changes"
+    """The first response carries `body`; every later one differs in its last byte only."""
     CHUNKED = "chunked"
     SILENT = "silent"
     """Read requests, never answer: the client must time out."""
@@ -44,6 +49,9 @@ class Behaviour(enum.Enum):
 @dataclass
 class Counts:
     requests: int = 0
+    """Responses begun (a response cut short counts too)."""
+    received: int = 0
+    """Requests read, answered or not; numbers them in order of arrival."""
     body_bytes: int = 0
     connections: int = 0
     """Connections made; with TLS, handshakes the server completed."""
@@ -72,8 +80,9 @@ class _Responder(asyncio.Protocol):
         self.buffer += data
         while b"\r\n\r\n" in self.buffer:
             _, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-            if self.server.delay > 0:
-                asyncio.get_running_loop().call_later(self.server.delay, self.respond)
+            delay = self.server.next_delay()
+            if delay > 0:
+                asyncio.get_running_loop().call_later(delay, self.respond)
             else:
                 self.respond()
 
@@ -94,6 +103,8 @@ class _Responder(asyncio.Protocol):
         body = server.body
         if behaviour is Behaviour.CHANGING_BODY:
             body = counts.requests.to_bytes(8, "big") + body[8:]
+        elif behaviour is Behaviour.LAST_BYTE_CHANGES and counts.requests > 1:
+            body = body[:-1] + bytes([body[-1] ^ 0xFF])
         status = "500 Internal Server Error" if behaviour is Behaviour.STATUS_500 else "200 OK"
         if behaviour is Behaviour.CHUNKED:
             half = len(body) // 2
@@ -137,11 +148,15 @@ class ScriptedServer:
         *,
         body: bytes = b"x" * 4096,
         delay: float = 0,
+        delays: Sequence[float] = (),
         ssl: ssl.SSLContext | None = None,
     ) -> None:
         self.behaviour = behaviour
         self.body = body
         self.delay = delay
+        self.delays = tuple(delays)
+        """Seconds before answering the request that arrives i-th (from 0, over every
+        connection); requests past the end wait `delay`."""
         self.ssl = ssl
         self.counts = Counts()
         self.open: set[_Responder] = set()
@@ -151,6 +166,12 @@ class ScriptedServer:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="scripted-server", daemon=True)
         self._error: BaseException | None = None
+
+    def next_delay(self) -> float:
+        """The delay of the request that just arrived (on the server's loop)."""
+        index = self.counts.received
+        self.counts.received += 1
+        return self.delays[index] if index < len(self.delays) else self.delay
 
     @property
     def url(self) -> str:

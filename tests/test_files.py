@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,10 +34,78 @@ from zcserve.server.files import (
         (b"//a/./b/", ["a", "b"]),
         (b"/a%20b", ["a b"]),
         (b"/%E2%82%AC", ["\u20ac"]),
+        (b"/.../a..", ["...", "a.."]),  # dots that are names, not the parent
+        (b"/..a/%2e%2e%2e", ["..a", "..."]),
+        (b"/%252e%252e/x", ["%2e%2e", "x"]),  # decoded once: a literal name
     ],
 )
 def test_url_segments(path: bytes, segments: list[str]) -> None:
     assert url_segments(path) == segments
+
+
+DOT_DOT_SPELLINGS = [
+    b"/..",
+    b"/../",
+    b"/a/..",
+    b"/a/../b",
+    b"/./..",
+    b"//..//",
+    b"/a/b/../../..",
+    b"/%2e%2e",
+    b"/%2E%2E",
+    b"/%2e%2E",
+    b"/%2E%2e",
+    b"/.%2e",
+    b"/.%2E",
+    b"/%2e.",
+    b"/%2E./",
+    b"/a/%2e%2e/b",
+    b"/a/.%2e/b",
+    b"/a%2f..",
+    b"/a%2F..%2Fb",
+    b"/a%2f%2e%2e%2fb",
+    b"/%2e%2e%2f",
+    b"/%2f..",
+    b"/.%2f..%2f",
+    b"/a%2f.%2e/b",
+    b"/%2e%2e/%2e%2e/etc/passwd",
+    b"/sub/%2e%2e/%2e%2e/etc/passwd",
+]
+"""`..` as a segment, raw or percent-encoded (any case, half or whole), next to real
+or encoded slashes."""
+
+
+@pytest.mark.parametrize("path", DOT_DOT_SPELLINGS)
+def test_url_segments_refuses_every_spelling_of_dot_dot(path: bytes) -> None:
+    with pytest.raises(HttpError) as caught:
+        url_segments(path)
+    assert caught.value.status == 404
+
+
+def test_dot_dot_is_refused_before_anything_is_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`root/a/../b.txt` exists inside the root, so the descriptor check would pass
+    it: the `..` rule alone refuses it, with 404, and nothing is opened first."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b.txt").write_text("inside\n")
+    root = Root(str(tmp_path))
+    resolved = root.resolve(b"/b.txt")
+    assert resolved.file is not None  # the control: b.txt itself is served
+    resolved.file.close()
+    opened: list[str] = []
+    real_open = os.open
+
+    def recording_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        opened.append(os.fsdecode(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    for path in (b"/a/../b.txt", b"/a/%2e%2e/b.txt", b"/a%2f.%2e%2fb.txt", b"/a/%2E./"):
+        with pytest.raises(HttpError) as caught:
+            root.resolve(path)
+        assert caught.value.status == 404, path
+    assert opened == []
 
 
 @pytest.mark.parametrize(

@@ -12,19 +12,26 @@ import psutil
 from tests.conftest import Site
 from tests.httpclient import connect, get, read_response
 from tests.procs import serving
+from tests.stress import wait_for
+
+DEADLINE = 20.0
+"""How long to wait for something that should happen at once (an accept, a restart)."""
 
 
 def worker_of(children: list[psutil.Process], client: socket.socket) -> int:
     """The PID of the worker holding the server side of `client`'s connection."""
     local_port = client.getsockname()[1]
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:  # accept() may not have run yet
+
+    def holder() -> int | None:
         for child in children:
             for conn in child.net_connections(kind="tcp"):
                 if conn.raddr and conn.raddr.port == local_port:
                     return child.pid
-        time.sleep(0.01)
-    raise AssertionError(f"no worker holds the connection from port {local_port}")
+        return None  # accept() may not have run yet
+
+    pid = wait_for(holder, DEADLINE, f"a worker holds the connection from port {local_port}")
+    assert pid is not None  # wait_for returns only something truthy
+    return pid
 
 
 def test_two_workers_share_the_load(site: Site) -> None:
@@ -49,24 +56,34 @@ def test_two_workers_share_the_load(site: Site) -> None:
 
 
 def test_killed_worker_is_replaced(site: Site) -> None:
+    """Requests go on while a worker is killed and replaced. The one failure allowed
+    is a request caught in the dying worker's accept queue (the kernel resets those
+    when its listener closes); requests are sequential, so there is at most one, and
+    none may fail once the worker is gone."""
     with serving(site.root, "--workers", "2") as child:
         supervisor = psutil.Process(child.proc.pid)
         victim, survivor = supervisor.children()
         victim.kill()
-        failures = 0
-        for _ in range(40):
+        failed_while_dying: list[Exception] = []
+        deadline = time.monotonic() + DEADLINE
+        while victim.is_running():  # True until the supervisor reaps it: all closed then
+            assert time.monotonic() < deadline, "the killed worker was never reaped"
             try:
                 assert get(child.port, "/hello.txt").body == b"hello\n"
-            except (OSError, AssertionError):
-                failures += 1
-        assert failures <= 2, f"{failures} of 40 requests failed after a worker died"
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+            except (OSError, AssertionError) as exc:
+                failed_while_dying.append(exc)
+        assert len(failed_while_dying) <= 1, failed_while_dying
+        for _ in range(20):  # the survivor serves alone, or with the replacement
+            assert get(child.port, "/hello.txt").body == b"hello\n"
+
+        def replaced() -> set[int] | None:
             pids = {p.pid for p in supervisor.children()}
-            if len(pids) == 2 and victim.pid not in pids:
-                break
-            time.sleep(0.05)
-        assert survivor.pid in pids and victim.pid not in pids and len(pids) == 2
+            return pids if len(pids) == 2 and victim.pid not in pids else None
+
+        pids = wait_for(replaced, DEADLINE, "a new worker in place of the killed one")
+        assert pids is not None and survivor.pid in pids
+        for _ in range(20):
+            assert get(child.port, "/hello.txt").body == b"hello\n"
     assert child.proc.returncode == 0
 
 

@@ -49,6 +49,8 @@ DEADLINE_TICK = 0.25
 late (nginx's timer_resolution plays the same part)."""
 FILE_SWEEP_INTERVAL = 0.5
 """Seconds between closing the open-file cache's idle descriptors."""
+ACCEPT_BATCH = 64
+"""Connections accepted per wake-up at most, so a flood cannot starve the others."""
 ACCEPT_BACKOFF = 0.1
 """Seconds to wait before accepting again when the process is out of descriptors."""
 EMFILE_LOG_INTERVAL = 60.0
@@ -115,7 +117,8 @@ class Server:
         """Connections served by a coroutine: TLS and raw mode."""
         self.closing = False
         self._stop: asyncio.Event | None = None
-        self._capacity: asyncio.Event | None = None
+        self._listener: socket.socket | None = None
+        self._accepting = False
         self._all_closed: asyncio.Event | None = None
         self._emfile_warned = -EMFILE_LOG_INTERVAL
 
@@ -125,21 +128,21 @@ class Server:
         """Accept until `shutdown`, then drain in-flight responses for `grace` seconds."""
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self._capacity = asyncio.Event()
-        self._capacity.set()
+        self._loop = loop
+        self._listener = listener
         self._all_closed = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(signum, self.shutdown)
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
                 pass
-        accepter = asyncio.create_task(self._accept_loop(loop, listener))
+        self._accept_when_ready()
         snapshots = self._start_snapshots()
         sweeper = asyncio.create_task(self._sweep())
         await self._stop.wait()
-        accepter.cancel()
+        self._pause_accepting()
+        self._listener = None
         listener.close()
-        await asyncio.gather(accepter, return_exceptions=True)
         await self._drain()
         sweeper.cancel()
         await asyncio.gather(sweeper, return_exceptions=True)
@@ -220,48 +223,70 @@ class Server:
                 break
             await asyncio.sleep(0.01)
 
-    async def _accept_loop(self, loop: asyncio.AbstractEventLoop, listener: socket.socket) -> None:
-        assert self._capacity is not None
-        handler = serve_raw if self.config.raw_file else serve_http
-        callbacks = self.tls is None and self.config.raw_file is None
-        while True:
+    # accepting ------------------------------------------------------------------
+
+    def _accept_when_ready(self) -> None:
+        if not self._accepting and self._listener is not None and not self.closing:
+            self._loop.add_reader(self._listener.fileno(), self._accept)
+            self._accepting = True
+
+    def _pause_accepting(self) -> None:
+        if self._accepting and self._listener is not None:
+            self._loop.remove_reader(self._listener.fileno())
+            self._accepting = False
+
+    def _accept(self) -> None:
+        """Accept what the backlog holds, up to a batch; a callback, as connections are."""
+        listener = self._listener
+        assert listener is not None
+        for _ in range(ACCEPT_BATCH):
             if self._open_connections() >= self.config.max_connections:
                 # Leave the rest in the kernel's backlog until a connection closes.
-                self._capacity.clear()
-                await self._capacity.wait()
+                self._pause_accepting()
+                return
             try:
-                sock, address = await loop.sock_accept(listener)
+                sock, address = listener.accept()
+            except BlockingIOError:
+                return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    if loop.time() - self._emfile_warned >= EMFILE_LOG_INTERVAL:
+                    now = self._loop.time()
+                    if now - self._emfile_warned >= EMFILE_LOG_INTERVAL:
                         log.warning("accept: %s; backing off", os.strerror(exc.errno))
-                        self._emfile_warned = loop.time()
-                    await asyncio.sleep(ACCEPT_BACKOFF)
-                    continue
+                        self._emfile_warned = now
+                    self._pause_accepting()
+                    self._loop.call_later(ACCEPT_BACKOFF, self._accept_when_ready)
+                    return
                 if exc.errno in (errno.EBADF, errno.ENOTSOCK, errno.EINVAL):
-                    raise  # the listener itself is gone
+                    log.error("accept: the listening socket is gone (%s)", exc)
+                    self._pause_accepting()
+                    return
                 # accept(2) says to retry on network errors (ENETDOWN, EPERM from a
                 # firewall, ...): one lost connection must not stop the server.
                 log.debug("accept: %s", exc)
                 continue
-            try:
-                if sock.family in (socket.AF_INET, socket.AF_INET6):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                close_socket(sock)
-                continue
-            self.metrics.connections_total += 1
-            self.metrics.active_connections += 1
-            if callbacks:
-                peer = str(address[0]) if isinstance(address, tuple) else "-"
-                connection = HttpConnection(self, sock, loop, self._forget, peer)
-                self._connections.add(connection)
-                connection.start()
-                continue
-            state = ConnectionState()
-            task = loop.create_task(handler(self, sock, state))
-            self._tasks[task] = state
-            task.add_done_callback(self._forget)
+            self._admit(sock, address)
+
+    def _admit(self, sock: socket.socket, address: object) -> None:
+        try:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            close_socket(sock)
+            return
+        self.metrics.connections_total += 1
+        self.metrics.active_connections += 1
+        if self.tls is None and self.config.raw_file is None:
+            peer = str(address[0]) if isinstance(address, tuple) else "-"
+            connection = HttpConnection(self, sock, self._loop, self._forget, peer)
+            self._connections.add(connection)
+            connection.start()
+            return
+        handler = serve_raw if self.config.raw_file else serve_http
+        state = ConnectionState()
+        task = self._loop.create_task(handler(self, sock, state))
+        self._tasks[task] = state
+        task.add_done_callback(self._forget)
 
     def _forget(self, connection: HttpConnection | asyncio.Task[None]) -> None:
         if isinstance(connection, HttpConnection):
@@ -270,8 +295,8 @@ class Server:
             self._tasks.pop(connection, None)
         self.metrics.active_connections -= 1
         open_now = self._open_connections()
-        if self._capacity is not None and open_now < self.config.max_connections:
-            self._capacity.set()
+        if open_now < self.config.max_connections:
+            self._accept_when_ready()
         if self._all_closed is not None and self.closing and open_now == 0:
             self._all_closed.set()
 

@@ -1,0 +1,103 @@
+"""Defects in what the bench reports and the counters it reads (zcserve/bench/,
+the server's --metrics), and in what `zcserve serve` leaves on stderr."""
+
+from __future__ import annotations
+
+from tests.mutants import Mutant
+
+BENCH = "tests/test_bench.py"
+ROWS_NAME_THE_STRATEGY = (f"{BENCH}::test_each_row_names_the_strategy_that_ran",)
+MEGABYTES = (f"{BENCH}::test_megabytes_per_second_is_bytes_in_the_window_over_its_length",)
+TABLES = (f"{BENCH}::test_tables_show_the_measured_figures",)
+METRICS = "tests/test_metrics.py"
+COUNTERS = (f"{METRICS}::test_counters_match_the_load_generator",)
+TLS_COUNTERS = (f"{METRICS}::test_tls_counts_the_fallback",)
+
+MUTANTS: list[Mutant] = [
+    Mutant(
+        name="bench-ignores-strategies-runs-auto",
+        path="zcserve/bench/sweep.py",
+        old='args = [folder, "--strategy", strategy, "--loop", options.loop]',
+        new='args = [folder, "--strategy", "auto", "--loop", options.loop]',
+        tests=ROWS_NAME_THE_STRATEGY,
+    ),
+    Mutant(
+        name="bench-megabytes-per-second-doubled",
+        path="zcserve/bench/sweep.py",
+        old="megabytes_per_second=result.window_megabytes_per_second,",
+        new="megabytes_per_second=2 * result.window_megabytes_per_second,",
+        tests=MEGABYTES,
+    ),
+    Mutant(
+        name="bench-markdown-table-megabytes-doubled",
+        path="zcserve/bench/results.py",
+        old='f"| {row.requests_per_second:,.0f} | {row.megabytes_per_second:,.1f} "',
+        new='f"| {row.requests_per_second:,.0f} | {2 * row.megabytes_per_second:,.1f} "',
+        tests=TABLES,
+    ),
+    Mutant(
+        name="bench-printed-table-megabytes-doubled",
+        path="zcserve/bench/results.py",
+        old='            f"{row.megabytes_per_second:,.1f}",\n',
+        new='            f"{2 * row.megabytes_per_second:,.1f}",\n',
+        tests=TABLES,
+    ),
+    Mutant(
+        name="metrics-auto-bytes-labelled-auto-tcp",
+        path="zcserve/server/connection.py",
+        old="self.server.metrics.sent(self._strategy.name, sent)",
+        new="self.server.metrics.sent(self.server.strategy.name, sent)",
+        tests=COUNTERS,
+    ),
+    Mutant(
+        name="metrics-auto-bytes-labelled-auto-tls",
+        path="zcserve/server/connection.py",
+        old="server.metrics.sent(strategy.name, stream.bytes_sent - body_start)",
+        new="server.metrics.sent(server.strategy.name, stream.bytes_sent - body_start)",
+        tests=TLS_COUNTERS,
+    ),
+    Mutant(
+        name="metrics-mmap-bytes-not-counted",
+        path="zcserve/server/connection.py",
+        old="self.server.metrics.sent(self._strategy.name, sent)",
+        new='self.server.metrics.sent(self._strategy.name, sent * (self._strategy.name != "mmap"))',
+        tests=COUNTERS,
+    ),
+    Mutant(
+        name="metrics-fallbacks-never-counted",
+        path="zcserve/server/connection.py",
+        old="                server.metrics.fallbacks += 1  # auto could not use its zero-copy"
+        " path\n            await stream.send_all(reply.head, more=server.config.cork)\n",
+        new="                pass\n"
+        "            await stream.send_all(reply.head, more=server.config.cork)\n",
+        tests=TLS_COUNTERS,
+    ),
+    Mutant(
+        name="metrics-merge-drops-fallbacks",
+        path="zcserve/server/metrics.py",
+        old="            total.fallbacks += part.fallbacks\n",
+        new="",
+        tests=(f"{METRICS}::test_merged_metrics_add_up",),
+    ),
+    Mutant(
+        name="metrics-active-connections-never-decremented",
+        path="zcserve/server/server.py",
+        old="self.metrics.active_connections -= 1",
+        new="self.metrics.active_connections -= 0",
+        tests=COUNTERS,
+    ),
+    Mutant(
+        name="metrics-active-connections-never-incremented",
+        path="zcserve/server/server.py",
+        old="self.metrics.active_connections += 1",
+        new="self.metrics.active_connections += 0",
+        tests=COUNTERS,
+    ),
+    Mutant(
+        name="serve-clean-stop-writes-stderr",
+        path="zcserve/server/server.py",
+        old='log.info("stopped after',
+        new='log.exception("stopped after',
+        tests=("tests/test_cli.py::test_announces_serves_and_stops_cleanly",),
+    ),
+]
