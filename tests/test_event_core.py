@@ -146,3 +146,43 @@ def test_counters_do_see_tasks(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert counters.tasks >= 10
+
+
+def _head_lines(response: bytes) -> dict[str, str]:
+    head = response.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]
+    return dict(line.split(": ", 1) for line in head)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_cached_heads_follow_the_clock_and_the_connection(
+    small_file: tuple[Path, bytes], loop: str
+) -> None:
+    """A whole-file head is reused within a second: its Date still moves with the
+    clock, and keep-alive, close and HTTP/1.0 answers each get their own."""
+    root, body = small_file
+    server = start_server(root=str(root), loop=loop)
+    try:
+        with connect(server.port) as sock:
+            sock.sendall(b"GET /4k.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+            first = _head_lines(sock.recv(65536))
+            second_started = time.time()
+            while int(time.time()) == int(second_started):  # into the next second
+                time.sleep(0.05)
+            sock.sendall(b"GET /4k.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+            later = _head_lines(sock.recv(65536))
+        assert first["Date"] != later["Date"]
+        assert {k: v for k, v in first.items() if k != "Date"} == {
+            k: v for k, v in later.items() if k != "Date"
+        }
+        assert "Connection" not in first
+        with connect(server.port) as sock:
+            sock.sendall(b"GET /4k.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            closing = _head_lines(sock.recv(65536))
+        with connect(server.port) as sock:
+            sock.sendall(b"GET /4k.bin HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            old = _head_lines(sock.recv(65536))
+        assert closing["Connection"] == "close"
+        assert old["Connection"] == "keep-alive"
+        assert closing["Content-Length"] == old["Content-Length"] == str(len(body))
+    finally:
+        server.stop()

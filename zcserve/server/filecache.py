@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from zcserve.server.files import Kind, OpenedFile, Resolved, Root, url_segments
 
@@ -34,11 +34,19 @@ class _Entry:
     last_used: float
     users: int = 0
     evicted: bool = False
+    heads: dict[tuple[bool, str], tuple[str, bytes]] = field(default_factory=dict)
+    """Full-file 200 heads, rendered once per Date second (see `OpenedFile.heads`)."""
 
     def lend(self) -> OpenedFile:
         self.users += 1
         return OpenedFile(
-            self.fd, self.name, self.size, self.mtime, self.mtime_ns, on_close=self._release
+            self.fd,
+            self.name,
+            self.size,
+            self.mtime,
+            self.mtime_ns,
+            on_close=self._release,
+            heads=self.heads,
         )
 
     def _release(self) -> None:

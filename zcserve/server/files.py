@@ -82,6 +82,9 @@ class OpenedFile:
     mtime_ns: int
     on_close: Callable[[], None] | None = None
     """Set when the descriptor is shared (the open-file cache): close releases it."""
+    heads: dict[tuple[bool, str], tuple[str, bytes]] | None = None
+    """Set by the open-file cache: 200 heads already rendered for this file version,
+    by (keep-alive, HTTP version), each with the Date it carries."""
 
     @property
     def etag(self) -> str:

@@ -26,7 +26,7 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 class SocketStream:
     """One accepted connection's socket, its loop and its send-stall timeout."""
 
-    __slots__ = ("sock", "loop", "fd", "send_timeout", "bytes_sent")
+    __slots__ = ("sock", "loop", "fd", "send_timeout", "bytes_sent", "supports_sendfile")
 
     def __init__(
         self, sock: socket.socket, loop: asyncio.AbstractEventLoop, *, send_timeout: float
@@ -37,10 +37,10 @@ class SocketStream:
         self.fd = sock.fileno()
         self.send_timeout = send_timeout
         self.bytes_sent = 0
-
-    @property
-    def supports_sendfile(self) -> bool:
+        self.supports_sendfile = self._sendfile_capable()
         """Plain TCP or Unix stream sockets can take sendfile(2); TLS cannot."""
+
+    def _sendfile_capable(self) -> bool:
         return self.sock.type == socket.SOCK_STREAM and not hasattr(self.sock, "getpeercert")
 
     def recv_ready(self, buffer: bytearray | memoryview) -> int | None:

@@ -49,8 +49,7 @@ class TlsStream(SocketStream):
         self._unsent = memoryview(b"")
         """Ciphertext `send_some` encrypted that the kernel has not taken yet."""
 
-    @property
-    def supports_sendfile(self) -> bool:
+    def _sendfile_capable(self) -> bool:
         return False
 
     @property
