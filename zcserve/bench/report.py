@@ -75,13 +75,18 @@ def bench_rows(saved: Saved) -> tuple[list[BenchRow], dict[str, Any]]:
             if not _fits(value, str(field.type)):
                 raise ConfigError(
                     f"bad bench row {index} in {saved.path!r}: {field.name} is {value!r}, "
-                    f"expected {'text' if field.type == 'str' else 'a number'}"
+                    f"expected {_EXPECTED.get(str(field.type), 'a number')}"
                 )
     return rows, meta
 
 
+_EXPECTED = {"str": "text", "bool": "true or false"}
+
+
 def _fits(value: object, type_name: str) -> bool:
     """Whether a JSON value fits a `BenchRow` field annotated `type_name`."""
+    if type_name == "bool":
+        return isinstance(value, bool)
     if isinstance(value, bool):
         return False
     if type_name == "float":

@@ -18,6 +18,43 @@ from rich.table import Table
 
 from zcserve.units import format_size
 
+# The instrument must never be what the bench measures. A cell is client-bound when
+# the load generator used nearly all the CPU it was given while the server still had
+# some of its own to spare: its figures are then the client's limit (a floor for the
+# server), not the server's capacity. 90 % on both sides leaves room for the wake-ups
+# and scheduling gaps of a process that is busy all the time yet never shows 100 %.
+CLIENT_SATURATED = 0.90
+"""The load generator's CPU share at or above which it was the bottleneck: its CPU
+seconds over (the CPUs it could use x the seconds it measured)."""
+SERVER_HEADROOM = 0.90
+"""The server's CPU share below which it had headroom: its CPU seconds over (its one
+pinned CPU x the seconds the load ran, warm-up included)."""
+CLIENT_BOUND_MARK = "†"
+CLIENT_BOUND_NOTE = (
+    f"{CLIENT_BOUND_MARK} client-bound: the load generator used ≥ {CLIENT_SATURATED:.0%} "
+    f"of its CPU while the server used < {SERVER_HEADROOM:.0%} of its own; "
+    "the figures are the client's limit, not the server's"
+)
+
+
+def is_client_bound(
+    *,
+    client_cpu_seconds: float,
+    client_cpus: int,
+    client_seconds: float,
+    server_cpu_seconds: float,
+    server_seconds: float,
+) -> bool:
+    """Whether the load generator, not the server, limited a cell (see CLIENT_SATURATED).
+
+    `client_cpus` is how many CPUs the load could use: those it may run on, at most one
+    per load process. A server whose CPU is not seen (`--url`) counts as having headroom."""
+    if client_cpus < 1 or client_seconds <= 0:
+        return False
+    client_share = client_cpu_seconds / (client_cpus * client_seconds)
+    server_share = server_cpu_seconds / server_seconds if server_seconds > 0 else 0.0
+    return client_share >= CLIENT_SATURATED and server_share < SERVER_HEADROOM
+
 
 @dataclass(frozen=True)
 class BenchRow:
@@ -39,6 +76,11 @@ class BenchRow:
     server_bytes: int = 0
     """File bytes the server sent during the cell (its metrics), warm-up and tail
     included: the same span its CPU seconds cover."""
+    client_cpu_seconds: float = 0.0
+    """User + system CPU of every load process over its measurement (after the warm-up,
+    to the last response): the instrument's own cost, beside the server's."""
+    client_bound: bool = False
+    """The load generator, not the server, was the limit (`is_client_bound`)."""
 
     @property
     def cpu_per_gib(self) -> float:
@@ -58,16 +100,29 @@ def speedup(rows: Sequence[BenchRow], row: BenchRow, baseline: str = "readwrite"
     return None
 
 
+def marked(row: BenchRow) -> str:
+    """The row's strategy, with the client-bound mark when its client was the limit."""
+    return f"{row.strategy} {CLIENT_BOUND_MARK}" if row.client_bound else row.strategy
+
+
+def notes(rows: Iterable[BenchRow], pinning: str) -> list[str]:
+    """The pinning line, and the client-bound footnote when some row carries the mark."""
+    lines = [pinning] if pinning else []
+    if any(row.client_bound for row in rows):
+        lines.append(CLIENT_BOUND_NOTE)
+    return lines
+
+
 def render_table(rows: Sequence[BenchRow], *, pinning: str, title: str = "zcserve bench") -> Table:
-    table = Table(title=title, caption=pinning)
+    table = Table(title=title, caption="\n".join(notes(rows, pinning)))
     for header in ("strategy", "size", "conns", "req/s", "MB/s", "p50 ms", "p99 ms", "errors"):
         table.add_column(header, justify="left" if header == "strategy" else "right")
-    for header in ("server CPU s", "CPU s/GiB", "peak RSS MB", "vs readwrite"):
+    for header in ("server CPU s", "client CPU s", "CPU s/GiB", "peak RSS MB", "vs readwrite"):
         table.add_column(header, justify="right")
     for row in sorted(rows, key=lambda r: (r.size, r.connections, r.strategy)):
         ratio = speedup(rows, row) if row.strategy != "readwrite" else None
         table.add_row(
-            row.strategy,
+            marked(row),
             format_size(row.size),
             str(row.connections),
             f"{row.requests_per_second:,.0f}",
@@ -76,6 +131,7 @@ def render_table(rows: Sequence[BenchRow], *, pinning: str, title: str = "zcserv
             f"{row.p99_ms:.2f}",
             f"[red]{row.errors}[/red]" if row.errors else "0",
             f"{row.server_cpu_seconds:.2f}",
+            f"{row.client_cpu_seconds:.2f}",
             f"{row.cpu_per_gib:.2f}",
             f"{row.server_peak_rss_mb:.0f}",
             f"{ratio:.2f}x" if ratio is not None else "",
@@ -126,31 +182,9 @@ def write_plots(folder: str, rows: Sequence[BenchRow]) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = sorted({r.size for r in rows})
-    strategies = sorted({r.strategy for r in rows})
     written = []
-    for metric, label, name in (
-        ("megabytes_per_second", "MB/s (body bytes)", "throughput.png"),
-        ("p99_ms", "p99 latency (ms)", "p99.png"),
-    ):
-        fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
-        for axis, size in zip(axes[0], sizes, strict=True):
-            for strategy in strategies:
-                points = sorted(
-                    (r.connections, getattr(r, metric))
-                    for r in rows
-                    if r.size == size and r.strategy == strategy
-                )
-                if points:
-                    xs, ys = zip(*points, strict=True)
-                    axis.plot(xs, ys, marker="o", label=strategy)
-            axis.set_xscale("log", base=2)
-            axis.set_title(format_size(size))
-            axis.set_xlabel("concurrent connections")
-            axis.set_ylabel(label)
-            axis.grid(True, alpha=0.3)
-            axis.legend()
-        fig.tight_layout()
+    for metric, label, name in PLOTS:
+        fig = plot_figure(rows, metric, label)
         path = os.path.join(folder, name)
         fig.savefig(path, dpi=100)
         plt.close(fig)
@@ -158,21 +192,82 @@ def write_plots(folder: str, rows: Sequence[BenchRow]) -> list[str]:
     return written
 
 
-def markdown_table(rows: Iterable[BenchRow]) -> str:
-    """The table as Markdown, for BENCHMARKS.md."""
+PLOTS = (
+    ("megabytes_per_second", "MB/s (body bytes)", "throughput.png"),
+    ("p99_ms", "p99 latency (ms)", "p99.png"),
+)
+
+
+def plot_figure(rows: Sequence[BenchRow], metric: str, label: str) -> Any:
+    """One panel per file size: `metric` against concurrency, a line per strategy.
+
+    Client-bound cells are hollow markers: there the client, not the server, set the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    sizes = sorted({r.size for r in rows})
+    strategies = sorted({r.strategy for r in rows})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
+    for axis, size in zip(axes[0], sizes, strict=True):
+        hollow = False
+        for strategy in strategies:
+            cells = sorted(
+                (r.connections, getattr(r, metric), r.client_bound)
+                for r in rows
+                if r.size == size and r.strategy == strategy
+            )
+            if not cells:
+                continue
+            xs = [x for x, _, _ in cells]
+            ys = [y for _, y, _ in cells]
+            (line,) = axis.plot(xs, ys, label=strategy)
+            for bound in (False, True):
+                points = [(x, y) for x, y, b in cells if b == bound]
+                if points:
+                    axis.plot(
+                        [x for x, _ in points],
+                        [y for _, y in points],
+                        linestyle="none",
+                        marker="o",
+                        color=line.get_color(),
+                        markerfacecolor="none" if bound else line.get_color(),
+                    )
+            hollow = hollow or any(b for _, _, b in cells)
+        handles, _ = axis.get_legend_handles_labels()
+        if hollow:
+            key = Line2D([], [], linestyle="none", marker="o", color="grey", markerfacecolor="none")
+            key.set_label("client-bound")
+            handles.append(key)
+        axis.set_xscale("log", base=2)
+        axis.set_title(format_size(size))
+        axis.set_xlabel("concurrent connections")
+        axis.set_ylabel(label)
+        axis.grid(True, alpha=0.3)
+        axis.legend(handles=handles)
+    fig.tight_layout()
+    return fig
+
+
+def markdown_table(rows: Iterable[BenchRow], *, pinning: str = "") -> str:
+    """The table as Markdown, for BENCHMARKS.md; the pinning line and the client-bound
+    footnote (when some row carries the mark) follow it."""
     rows = list(rows)
     lines = [
         "| strategy | size | conns | req/s | MB/s | p50 ms | p99 ms | errors | server CPU s "
-        "| CPU s/GiB | peak RSS MB | vs readwrite |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| client CPU s | CPU s/GiB | peak RSS MB | vs readwrite |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(rows, key=lambda r: (r.size, r.connections, r.strategy)):
         ratio = speedup(rows, row) if row.strategy != "readwrite" else None
         lines.append(
-            f"| {row.strategy} | {format_size(row.size)} | {row.connections} "
+            f"| {marked(row)} | {format_size(row.size)} | {row.connections} "
             f"| {row.requests_per_second:,.0f} | {row.megabytes_per_second:,.1f} "
             f"| {row.p50_ms:.2f} | {row.p99_ms:.2f} | {row.errors} "
-            f"| {row.server_cpu_seconds:.2f} | {row.cpu_per_gib:.2f} "
+            f"| {row.server_cpu_seconds:.2f} | {row.client_cpu_seconds:.2f} "
+            f"| {row.cpu_per_gib:.2f} "
             f"| {row.server_peak_rss_mb:.0f} | {f'{ratio:.2f}x' if ratio else ''} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + "".join(f"\n{note}\n" for note in notes(rows, pinning))

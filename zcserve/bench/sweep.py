@@ -2,8 +2,11 @@
 
 With no arguments it generates its files in a temporary folder, starts
 `zcserve serve` once per strategy (pinned to one CPU), sweeps the concurrency
-levels with the load generator (pinned to the others), stops every process it
-started, and writes a table, results.json, results.csv and plots.
+levels with the load generator (pinned to the others, one load process per CPU
+unless --load-processes says otherwise), stops every process it started, and
+writes a table, results.json, results.csv and plots. Each cell records the load
+generator's CPU beside the server's and is marked client-bound when the load
+generator, not the server, was the limit.
 
 `--seed-experiment` reproduces the classic teaching experiment (one 1 GiB file,
 10 sequential raw downloads, readwrite against sendfile); `--ceiling` measures
@@ -29,7 +32,13 @@ from rich.console import Console
 
 from zcserve.bench.ceiling import CEILING_STRATEGIES, run_ceiling, split_cpus
 from zcserve.bench.child import start_serve
-from zcserve.bench.results import BenchRow, markdown_table, print_table, write_results
+from zcserve.bench.results import (
+    BenchRow,
+    is_client_bound,
+    markdown_table,
+    print_table,
+    write_results,
+)
 from zcserve.demo import write_file
 from zcserve.errors import ConfigError, RunError
 from zcserve.load.raw import RawOptions, run_raw
@@ -59,6 +68,8 @@ class BenchOptions:
     loop: str = "uvloop"
     url: str | None = None
     out: str | None = None
+    load_processes: int | None = None
+    """Load generator processes; None is one per CPU the load runs on (`Placement`)."""
 
     def __post_init__(self) -> None:
         for name in self.strategies:
@@ -78,32 +89,67 @@ class BenchOptions:
             raise ConfigError(
                 f"unknown loop {self.loop!r}; expected one of {', '.join(LOOP_NAMES)}"
             )
+        if self.load_processes is not None and self.load_processes < 1:
+            raise ConfigError(f"--load-processes must be 1 or more, not {self.load_processes}")
         if self.url is not None and not self.url.startswith("http://"):
             raise ConfigError(f"bad --url {self.url!r}; expected http://host:port/ or a file URL")
 
 
 @dataclass(frozen=True)
 class Placement:
-    """Which CPUs the server and the load generator run on, and how to say so."""
+    """Which CPUs the server and the load generator run on, how many load processes
+    share the load generator's CPUs, and how to say so.
+
+    The server gets the first CPU; the load generator (this process, and the workers
+    it spawns, which inherit its affinity) gets the rest. By default one load process
+    per load CPU: on 2 CPUs that is one process, in the bench's own process, on CPU 1.
+    A second process on that one core measured no better and often worse (it only adds
+    switching between two event loops), so more processes than load CPUs is opt-in."""
 
     server: set[int] | None
     client: set[int] | None
+    load_processes: int = 1
 
     @classmethod
-    def detect(cls) -> Placement:
+    def detect(cls, load_processes: int | None = None) -> Placement:
         server_cpu, client_cpu = split_cpus()
         if server_cpu is None or client_cpu is None:
-            return cls(None, None)
+            return cls(None, None, load_processes or 1)
         cpus = set(os.sched_getaffinity(0))
-        return cls({server_cpu}, cpus - {server_cpu})
+        client = cpus - {server_cpu}
+        return cls({server_cpu}, client, load_processes or len(client))
+
+    @property
+    def client_cpus(self) -> int:
+        """CPUs the load can use: those it may run on, at most one per process (each
+        process is one event loop). The client's CPU share is measured against these."""
+        allowed = len(self.client) if self.client else len(_affinity())
+        return max(1, min(allowed, self.load_processes))
 
     def describe(self) -> str:
+        n = self.load_processes
+        processes = f"{n} load process" + ("es" if n > 1 else " (in the bench's own process)")
         if self.server is None or self.client is None:
-            return "one CPU: server and load generator could not be separated"
+            return f"one CPU: server and load generator could not be separated; {processes}"
         return (
             f"server pinned to CPU {sorted(self.server)}, "
-            f"load generator on CPU {sorted(self.client)}"
+            f"load generator on CPU {sorted(self.client)} as {processes}"
         )
+
+    def to_json(self) -> dict[str, Any]:
+        """The placement for results.json's meta."""
+        return {
+            "placement": self.describe(),
+            "server_cpus": sorted(self.server) if self.server is not None else None,
+            "client_cpus": sorted(self.client) if self.client is not None else None,
+            "load_processes": self.load_processes,
+        }
+
+
+def _affinity() -> set[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))  # pragma: no cover - Linux has affinity
 
 
 class ServerProcess:
@@ -228,7 +274,7 @@ def measure_cell(
         connections=connections,
         duration=options.duration,
         warmup=options.warmup,
-        processes=len(placement.client) if placement.client else 1,
+        processes=placement.load_processes,
         loop=options.loop,
     )
     with pinned(placement.client):
@@ -245,6 +291,16 @@ def measure_cell(
         cpu = (server.cpu_seconds() - before) if server else 0.0
         written = (server.bytes_written() - written) if server else 0
     latency = result.latency_ms()
+    client_bound = is_client_bound(
+        # The client's CPU covers its measurement: after the warm-up, to the last response.
+        client_cpu_seconds=result.cpu_seconds,
+        client_cpus=min(placement.client_cpus, result.processes),
+        client_seconds=result.duration,
+        # The server's covers the whole cell; it was busy while the load ran, warm-up
+        # included, and idle around it (workers starting, connections closing).
+        server_cpu_seconds=cpu,
+        server_seconds=options.warmup + result.duration,
+    )
     return BenchRow(
         strategy=strategy,
         size=size,
@@ -260,11 +316,13 @@ def measure_cell(
         requests=result.requests,
         loop=options.loop,
         server_bytes=written,
+        client_cpu_seconds=result.cpu_seconds,
+        client_bound=client_bound,
     )
 
 
 def run_sweep(options: BenchOptions, console: Console) -> tuple[list[BenchRow], Placement]:
-    placement = Placement.detect()
+    placement = Placement.detect(options.load_processes)
     rows: list[BenchRow] = []
     if options.url is not None:
         for connections in options.concurrency:
@@ -294,6 +352,7 @@ def _progress_line(row: BenchRow) -> str:
         f"  {row.strategy:9} {format_size(row.size):>6} c={row.connections:<4} "
         f"{row.requests_per_second:10,.0f} req/s {row.megabytes_per_second:9,.1f} MB/s "
         f"p99 {row.p99_ms:7.2f} ms errors {row.errors}"
+        f"{'  client-bound' if row.client_bound else ''}"
     )
 
 
@@ -312,7 +371,7 @@ def run_bench(options: BenchOptions, console: Console) -> int:
         "command": " ".join(["zcserve", *sys.argv[1:]]) if sys.argv else "zcserve bench",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine_description(),
-        "placement": placement.describe(),
+        **placement.to_json(),
         "duration": options.duration,
         "warmup": options.warmup,
         "loop": options.loop,
@@ -320,7 +379,7 @@ def run_bench(options: BenchOptions, console: Console) -> int:
     }
     write_results(folder, rows, meta)
     with open(os.path.join(folder, "table.md"), "w", encoding="utf-8") as out:
-        out.write(markdown_table(rows))
+        out.write(markdown_table(rows, pinning=placement.describe()))
     console.print(f"results written to {folder}/ (table.md, results.json, results.csv, *.png)")
     errors = sum(row.errors for row in rows)
     if errors:
@@ -436,6 +495,14 @@ def add_command(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--url", default=None, help="bench this existing server URL instead")
     p.add_argument("--out", default=None, help="output folder (default: bench-results/DATE)")
     p.add_argument(
+        "--load-processes",
+        type=int,
+        default=None,
+        metavar="P",
+        help="load generator processes, all on the load CPUs (default: one per load CPU; "
+        "on 2 CPUs one, in-process, on CPU 1)",
+    )
+    p.add_argument(
         "--seed-experiment",
         action="store_true",
         help="1 GiB file, 10 sequential raw downloads, readwrite against sendfile",
@@ -475,6 +542,7 @@ def run_command(args: argparse.Namespace) -> int:
         loop=args.loop,
         url=args.url,
         out=args.out,
+        load_processes=args.load_processes,
     )
     return run_bench(options, console)
 

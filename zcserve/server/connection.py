@@ -66,6 +66,8 @@ class ServerState(Protocol):
     access_log: AccessLog
     tls: ssl.SSLContext | None
     metrics: Metrics
+    metrics_on: bool
+    """False when nothing reads the metrics: the hot path then skips its counters."""
 
     @property
     def closing(self) -> bool:
@@ -386,7 +388,8 @@ class HttpConnection:
         body = len(reply.body)
         if reply.file is not None:
             body = self._release_body()
-        server.metrics.response(reply.status, self.loop.time() - self._started)
+        if server.metrics_on:
+            server.metrics.response(reply.status, self.loop.time() - self._started)
         if server.access_log.on:
             server.access_log.write(self.peer, request, reply.status, body)
         reply.close()

@@ -112,6 +112,7 @@ class Server:
         self.access_log = AccessLog.open(config.access_log)
         self.tls = _tls_context(config)
         self.metrics = Metrics()
+        self.metrics_on = config.metrics is not None or snapshot_dir is not None
         self._connections: set[HttpConnection] = set()
         self._tasks: dict[asyncio.Task[None], ConnectionState] = {}
         """Connections served by a coroutine: TLS and raw mode."""
