@@ -4,6 +4,15 @@
 complete, its status, how many body bytes it carried and (when asked) their
 SHA-256. It never touches a socket, so the framing rules are tested on bytes and
 shared by the load connections and the one-shot reference fetch.
+
+Only the head goes through httptools (llhttp: strict about the status line,
+duplicate or invalid Content-Length, Content-Length beside Transfer-Encoding,
+obs-fold), one parser per head. The body is framed here, on the caller's buffer:
+a Content-Length body, a chunked one and one that ends with the connection are
+counted without a copy, and hashed from a memoryview only when asked. The head
+is capped (`HEAD_LIMIT`), interim 1xx responses (but 101) are skipped, and
+`receive` says where a response ended, so responses that follow each other in one
+buffer are split exactly.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httptools
 
@@ -19,6 +28,17 @@ from zcserve import __version__
 from zcserve.errors import ConfigError
 
 USER_AGENT = f"zcserve-load/{__version__}"
+HEAD_LIMIT = 64 * 1024
+"""Bytes a response head (status line and headers), or a chunked body's trailers,
+may take; more is a `bad_response`, never an ever-growing buffer."""
+CHUNK_LINE_LIMIT = 4096
+"""Bytes a chunk-size line (extensions included) may take."""
+_SAFE_IN_TARGET = "!#$&'()*+,/:;=?@[]~%-._"
+"""What stays as is when a non-ASCII path is percent-encoded: every reserved and
+unreserved character, and '%' (a path may already be encoded)."""
+_CONTROL = frozenset(chr(code) for code in (*range(0x20), 0x7F))
+"""Characters a request line cannot carry, encoded or not (CR, LF, NUL, ...)."""
+_HEX = b"0123456789abcdefABCDEF"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +49,8 @@ class Target:
     host: str
     port: int
     target: str
-    """Path and query as sent on the request line."""
+    """Path and query as sent on the request line (ASCII: anything else is
+    percent-encoded as UTF-8)."""
     tls: bool = False
     """https: the connection speaks TLS first."""
 
@@ -54,11 +75,26 @@ class Target:
             f"Host: {self.host_header}\r\n"
             f"User-Agent: {USER_AGENT}\r\n"
             "Accept: */*\r\n\r\n"
-        ).encode("latin-1")
+        ).encode("ascii")
+
+
+def _ascii_host(url: str, host: str, expected: str) -> str:
+    """The host as sent and resolved: an internationalised name in its IDNA (xn--) form."""
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ConfigError(
+            f"bad URL {url!r}: host {host!r} is not a valid name; {expected}"
+        ) from None
 
 
 def parse_target(url: str) -> Target:
-    """`Target` for an `http[s]://host[:port][/path]` URL, or `ConfigError` saying why not."""
+    """`Target` for an `http[s]://host[:port][/path]` URL, or `ConfigError` saying why not.
+
+    A path or query with characters beyond ASCII is sent percent-encoded (UTF-8),
+    as a browser does; spaces and control characters are refused."""
     expected = "expected http://host[:port]/path or https://host[:port]/path"
     try:
         parts = urlsplit(url)
@@ -75,11 +111,14 @@ def parse_target(url: str) -> Target:
     target = parts.path or "/"
     if parts.query:
         target = f"{target}?{parts.query}"
-    if any(ch in target for ch in " \r\n"):
-        raise ConfigError(f"bad URL {url!r}: spaces or line breaks in the path; {expected}")
+    if " " in target or not _CONTROL.isdisjoint(target):
+        raise ConfigError(f"bad URL {url!r}: spaces or control characters in the path; {expected}")
+    if not target.isascii():
+        target = quote(target, safe=_SAFE_IN_TARGET)
     tls = scheme == "https"
     default_port = 443 if tls else 80
-    return Target(url=url, host=parts.hostname, port=port or default_port, target=target, tls=tls)
+    host = _ascii_host(url, parts.hostname, expected)
+    return Target(url=url, host=host, port=port or default_port, target=target, tls=tls)
 
 
 def is_loopback(host: str) -> bool:
@@ -98,24 +137,32 @@ class ResponseError(Exception):
         self.kind = kind
 
 
-class _ExtraBytes(Exception):
-    """Raised inside httptools when bytes follow a complete response."""
-
-
-_FRAMING_HEADERS = (b"content-length", b"transfer-encoding")
+# What the reader expects next.
+_HEAD = 0
+"""A head (status line and headers), maybe after interim 1xx ones."""
+_COUNTED = 1
+"""`remaining` bytes of a Content-Length body (or of one chunk)."""
+_UNTIL_CLOSE = 2
+"""A body that ends when the connection does."""
+_CHUNK_SIZE = 3
+_CHUNK_END = 4
+"""The CRLF after a chunk's data."""
+_TRAILERS = 5
+_DONE = 6
 
 
 class ResponseReader:
-    """httptools callbacks for one connection, one response at a time (no pipelining).
+    """Frames the responses of one connection, one at a time.
 
-    `feed` returns True once the current response is complete; the owner reads
-    `status`, `body_bytes`, `keep_alive` and `digest()` and then calls `reset()`
-    before sending the next request. Any byte that arrives after a complete
-    response and before that reset is beyond Content-Length: `long_body`.
+    `receive(data, end)` takes the bytes `data[:end]` (the connection's reused
+    buffer) and returns the offset where it stopped: `end`, or, once the response
+    is complete (`done`), the offset just past it. The owner then reads `status`,
+    `body_bytes`, `keep_alive` and `digest()` and calls `reset()` before the next
+    response. `feed(bytes)` is the same for a byte string, and says a byte beyond
+    the response is `long_body`.
     """
 
     __slots__ = (
-        "parser",
         "hash_bodies",
         "hasher",
         "status",
@@ -126,13 +173,24 @@ class ResponseReader:
         "done",
         "keep_alive",
         "completed",
+        "interim",
+        "mode",
+        "remaining",
+        "chunked",
+        "partial",
+        "trailer_bytes",
+        "_parser",
+        "_length",
+        "_codings",
     )
 
     def __init__(self, *, hash_bodies: bool = False) -> None:
-        self.parser = httptools.HttpResponseParser(self)
         self.hash_bodies = hash_bodies
         self.completed = 0
         """Responses finished on this connection so far."""
+        self.interim = 0
+        """Interim (1xx) responses skipped on this connection so far."""
+        self._parser: httptools.HttpResponseParser | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -141,10 +199,22 @@ class ResponseReader:
         self.status = 0
         self.body_bytes = 0
         self.framed = False
+        """The body has a length or chunks: the connection ending early cuts it short."""
         self.started = False
+        """A byte of this response (or of an interim one before it) arrived."""
         self.head_done = False
         self.done = False
         self.keep_alive = True
+        self.mode = _HEAD
+        self.remaining = 0
+        self.chunked = False
+        self.partial: bytearray | None = None
+        """The start of a head (or of a chunk line) that ended with the last buffer."""
+        self.trailer_bytes = 0
+        self._length = -1
+        self._codings = b""
+
+    # feeding -----------------------------------------------------------------
 
     def feed(self, data: bytes | bytearray | memoryview) -> bool:
         """Parse `data`; True when the response is complete. Raises `ResponseError`.
@@ -152,15 +222,63 @@ class ResponseReader:
         When it raises with `done` set, the response did complete and the error
         is about bytes after it.
         """
-        try:
-            self.parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            if self.done or (self.completed and not self.head_done):
-                # Bytes after a complete response that do not start a valid one: most
-                # likely the tail of a body longer than its Content-Length.
-                raise ResponseError("long_body") from None
-            raise ResponseError("bad_response") from None
+        if isinstance(data, memoryview):
+            data = data.tobytes()
+        end = len(data)
+        stop = self.receive(data, end)
+        if self.done and stop < end:
+            # Bytes after a complete response: most likely the tail of a body longer
+            # than its Content-Length.
+            raise ResponseError("long_body")
         return self.done
+
+    def receive(self, data: bytes | bytearray, end: int, start: int = 0) -> int:
+        """Take `data[start:end]`; return where this response's bytes stop (see the
+        class). Raises `ResponseError` when the bytes break HTTP framing."""
+        if start >= end:
+            return end
+        self.started = True
+        pos = start
+        while True:
+            mode = self.mode
+            if mode == _COUNTED:
+                remaining = self.remaining
+                take = end - pos
+                if take > remaining:
+                    take = remaining
+                if self.hasher is None:
+                    self.body_bytes += take
+                else:
+                    self.on_body(memoryview(data)[pos : pos + take])
+                pos += take
+                self.remaining = remaining = remaining - take
+                if remaining:
+                    return pos
+                if not self.chunked:
+                    self._complete()
+                    return pos
+                self.mode = _CHUNK_END
+            elif mode == _HEAD:
+                pos = self._head(data, pos, end)
+                if self.mode == _DONE:
+                    self._complete()
+                    return pos
+            elif mode == _UNTIL_CLOSE:
+                take = end - pos
+                if self.hasher is None:
+                    self.body_bytes += take
+                else:
+                    self.on_body(memoryview(data)[pos:end])
+                return end
+            elif mode == _DONE:
+                return pos
+            else:
+                pos = self._chunk_line(data, pos, end)
+                if self.mode == _DONE:
+                    self._complete()
+                    return pos
+            if pos >= end:
+                return end
 
     def eof_error(self) -> str | None:
         """The error kind for a connection that ended now, or None if that ended
@@ -169,35 +287,165 @@ class ResponseReader:
             return "reset"
         if self.framed:
             return "short_body"
-        self.done = True
+        if not self.done:
+            self._complete()
         self.keep_alive = False
-        self.completed += 1
         return None
 
     def digest(self) -> bytes | None:
         return None if self.hasher is None else self.hasher.digest()
 
-    # httptools callbacks -----------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        if self.done:
-            raise _ExtraBytes
-        self.started = True
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) in (14, 17) and name.lower() in _FRAMING_HEADERS:
-            self.framed = True
-
-    def on_headers_complete(self) -> None:
-        self.head_done = True
-        self.status = self.parser.get_status_code()
-
-    def on_body(self, body: bytes) -> None:
+    def on_body(self, body: bytes | memoryview) -> None:
+        """Count (and hash) one piece of body; only on the hashing path."""
         self.body_bytes += len(body)
         if self.hasher is not None:
             self.hasher.update(body)
 
-    def on_message_complete(self) -> None:
+    def _complete(self) -> None:
+        self.mode = _DONE
         self.done = True
         self.completed += 1
-        self.keep_alive = self.parser.should_keep_alive()
+
+    # the head ------------------------------------------------------------------
+
+    def _head(self, data: bytes | bytearray, pos: int, end: int) -> int:
+        """Find the end of the head and parse it; return the offset past it (or `end`
+        when the head goes on in the next buffer)."""
+        partial = self.partial
+        if partial is None:
+            stop = data.find(b"\r\n\r\n", pos, end)
+            if stop < 0:
+                if end - pos >= 5 and data[pos : pos + 5] != b"HTTP/":
+                    self._not_http()
+                if end - pos > HEAD_LIMIT:
+                    raise ResponseError("bad_response")
+                self.partial = bytearray(data[pos:end])
+                return end
+            stop += 4
+            if stop - pos > HEAD_LIMIT:
+                raise ResponseError("bad_response")
+            self._parse_head(data[pos:stop])
+            return stop
+        before = len(partial)
+        room = HEAD_LIMIT + 4 - before
+        partial += data[pos : pos + room] if end - pos > room else data[pos:end]
+        stop = partial.find(b"\r\n\r\n", max(before - 3, 0))
+        if stop < 0:
+            if len(partial) >= 5 and partial[:5] != b"HTTP/":
+                self._not_http()
+            if len(partial) > HEAD_LIMIT:
+                raise ResponseError("bad_response")
+            return end
+        stop += 4
+        if stop > HEAD_LIMIT:
+            raise ResponseError("bad_response")
+        self.partial = None
+        self._parse_head(partial[:stop])
+        return pos + stop - before
+
+    def _not_http(self) -> None:
+        # Bytes that do not start a response where the next one is due: after an
+        # earlier response on this connection, most likely the tail of a body longer
+        # than its Content-Length.
+        raise ResponseError("long_body" if self.completed else "bad_response")
+
+    def _parse_head(self, head: bytes | bytearray) -> None:
+        """Parse one complete head and set up the framing of what follows it."""
+        parser = httptools.HttpResponseParser(self)
+        self._parser = parser
+        self._length = -1
+        self._codings = b""
+        try:
+            parser.feed_data(head)
+        except httptools.HttpParserUpgrade:
+            pass  # 101 Switching Protocols: the head itself parsed
+        except httptools.HttpParserError:
+            if not (self.head_done and self.status == 101):
+                if head[:5] != b"HTTP/":
+                    self._not_http()
+                raise ResponseError("bad_response") from None
+        finally:
+            self._parser = None
+        status = self.status
+        if 100 <= status < 200 and status != 101:
+            # Interim (100 Continue, 103 Early Hints, ...): the final response follows.
+            self.interim += 1
+            self.head_done = False
+            self.status = 0
+            self.mode = _HEAD
+            return
+        if status < 200 or status in (204, 304):
+            # 101: the connection now speaks another protocol; it cannot be reused.
+            self.keep_alive = self.keep_alive and status != 101
+            self.mode = _DONE
+            return
+        codings = self._codings
+        if codings:
+            self.framed = self.chunked = codings.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+            self.mode = _CHUNK_SIZE if self.chunked else _UNTIL_CLOSE
+        elif self._length >= 0:
+            self.framed = True
+            self.remaining = self._length
+            self.mode = _COUNTED if self._length else _DONE
+        else:
+            self.mode = _UNTIL_CLOSE
+
+    # httptools callbacks (the head only) ---------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) == 14:
+            if name.lower() == b"content-length":
+                self._length = int(value)  # llhttp checked: digits, no duplicate
+        elif len(name) == 17 and name.lower() == b"transfer-encoding":
+            self._codings = self._codings + b"," + value if self._codings else value
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        assert parser is not None
+        self.head_done = True
+        self.status = parser.get_status_code()
+        self.keep_alive = parser.should_keep_alive()
+
+    # chunked bodies --------------------------------------------------------------
+
+    def _chunk_line(self, data: bytes | bytearray, pos: int, end: int) -> int:
+        """One line of chunked framing (a chunk size, the CRLF after a chunk, a
+        trailer); return the offset past it, or `end` when it goes on later."""
+        newline = data.find(b"\n", pos, end)
+        partial = self.partial
+        limit = HEAD_LIMIT if self.mode == _TRAILERS else CHUNK_LINE_LIMIT
+        if newline < 0:
+            if partial is None:
+                self.partial = partial = bytearray()
+            if len(partial) + end - pos > limit:
+                raise ResponseError("bad_response")
+            partial += data[pos:end]
+            return end
+        if partial is None:
+            line = data[pos:newline]
+        else:
+            partial += data[pos:newline]
+            line = bytes(partial)
+            self.partial = None
+        if len(line) > limit or not line.endswith(b"\r"):
+            raise ResponseError("bad_response")
+        line = line[:-1]
+        mode = self.mode
+        if mode == _CHUNK_END:
+            if line:
+                raise ResponseError("bad_response")
+            self.mode = _CHUNK_SIZE
+        elif mode == _CHUNK_SIZE:
+            size = line.split(b";", 1)[0].rstrip(b" \t")
+            if not size or len(size) > 15 or size.strip(_HEX):
+                raise ResponseError("bad_response")
+            self.remaining = int(size, 16)
+            self.mode = _COUNTED if self.remaining else _TRAILERS
+        else:  # _TRAILERS
+            if not line:
+                self.mode = _DONE
+            else:
+                self.trailer_bytes += len(line) + 2
+                if self.trailer_bytes > HEAD_LIMIT:
+                    raise ResponseError("bad_response")
+        return newline + 1

@@ -12,8 +12,10 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
+from types import MappingProxyType
+from typing import NamedTuple
 
 import httptools
 
@@ -58,16 +60,18 @@ REASONS: dict[int, str] = {
 ALLOWED_METHODS = ("GET", "HEAD")
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One parsed request head. Header names are lower-case; repeats are joined by ", "."""
+class Request(NamedTuple):
+    """One parsed request head. Header names are lower-case; repeats are joined by ", ".
+
+    Immutable like the frozen dataclasses here, but a NamedTuple: one is built per
+    request, and it builds in half the time of a frozen dataclass."""
 
     method: str
     target: bytes
     path: bytes
     query: bytes
     version: str
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = MappingProxyType({})
     keep_alive: bool = True
 
 
@@ -247,15 +251,7 @@ class RequestParser:
 
 def without_keep_alive(request: Request) -> Request:
     """The same request, answered with Connection: close."""
-    return Request(
-        request.method,
-        request.target,
-        request.path,
-        request.query,
-        request.version,
-        request.headers,
-        keep_alive=False,
-    )
+    return request._replace(keep_alive=False)
 
 
 def _bad_request(exc: Exception) -> HttpError:
