@@ -407,7 +407,8 @@ class HttpConnection:
             self._transfer.close()
             self._transfer = None
         if self._strategy is not None:
-            self.server.metrics.sent(self._strategy.name, sent)
+            if self.server.metrics_on:
+                self.server.metrics.sent(self._strategy.name, sent)
             self._strategy = None
         return sent
 
