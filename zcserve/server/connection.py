@@ -396,7 +396,9 @@ class HttpConnection:
         self._reply = None
         self.busy = False
         if not reply.keep_alive or server.closing:
-            self.close()
+            # Pipelined requests may already be in our receive queue: a plain close
+            # would answer them with a reset that destroys this response in flight.
+            self._linger()
         else:
             self._advance()
 
@@ -415,10 +417,10 @@ class HttpConnection:
     # endings -----------------------------------------------------------------------
 
     def _linger(self) -> None:
-        """Close the way nginx's lingering_close does: after an error the client may
-        still be sending; closing with unread input makes the kernel send a reset that
-        can destroy the error response in flight (RFC 9112 9.6). Stop sending, then
-        read and discard for a short, capped while."""
+        """Close the way nginx's lingering_close does, after the last response on a
+        connection: the client may still be sending, and closing with unread input
+        makes the kernel send a reset that can destroy the response in flight (RFC
+        9112 9.6). Stop sending, then read and discard for a short, capped while."""
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:

@@ -1,0 +1,40 @@
+"""Defects of the event-driven connection core (issue: small files at nginx's pace)."""
+
+from __future__ import annotations
+
+from tests.mutants import Mutant
+
+CONNECTION = "zcserve/server/connection.py"
+STRATEGIES = "zcserve/server/strategies.py"
+
+MUTANTS: list[Mutant] = [
+    Mutant(
+        name="close-without-linger-after-last-response",
+        path=CONNECTION,
+        old="            self._linger()\n        else:\n            self._advance()\n",
+        new="            self.close()\n        else:\n            self._advance()\n",
+        tests=("tests/test_graceful_close.py",),
+    ),
+    Mutant(
+        name="small-file-goes-through-a-task",
+        path=STRATEGIES,
+        old="        return Transfer(stream, file, offset, count, step, rest=rest)\n",
+        new="        return None  # type: ignore[return-value]\n",
+        tests=("tests/test_event_core.py",),
+    ),
+    Mutant(
+        name="keepalive-deadline-never-set",
+        path=CONNECTION,
+        old="            self.deadline = self.loop.time() + self.server.config.keepalive_timeout\n",
+        new="            self.deadline = math.inf\n",
+        tests=("tests/test_hardening.py::test_keepalive_idle_timeout_closes_an_idle_connection",),
+    ),
+    Mutant(
+        name="send-stall-deadline-never-set",
+        path=CONNECTION,
+        old="        self._pause_reading()\n"
+        "        self.deadline = self.loop.time() + self.server.config.send_timeout\n",
+        new="        self._pause_reading()\n        self.deadline = math.inf\n",
+        tests=("tests/test_hardening.py",),
+    ),
+]

@@ -1,0 +1,70 @@
+"""A response that ends its connection arrives whole, even when the client has
+already pipelined more requests (RFC 9112 9.6): the server stops sending, drains,
+and only then closes, so the kernel never answers with a reset."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+
+import pytest
+
+from tests.conftest import LOOPS, SIZES, Site
+from tests.serverthread import start_server
+
+LAST = b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+MORE = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def _download(port: int, request: bytes, more: bytes) -> tuple[bytes, bool]:
+    """Send `request`; once its answer is flowing (the server is busy sending and
+    reads nothing), send `more`, which then sits unread in the server's kernel queue;
+    read the rest. A server that simply closes after the body makes the kernel answer
+    those unread bytes with a reset that destroys the body still in flight."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.settimeout(20)
+        sock.sendall(request)
+        chunks = [sock.recv(64 * 1024)]
+        sock.sendall(more)
+        reset = False
+        while True:
+            try:
+                chunk = sock.recv(64 * 1024)
+            except ConnectionResetError:
+                reset = True
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks), reset
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("strategy", ["sendfile", "fallback", "readwrite", "mmap", "splice"])
+def test_connection_close_with_a_pipelined_request_delivers_the_whole_body(
+    site: Site, strategy: str, loop: str
+) -> None:
+    server = start_server(root=site.root, strategy=strategy, loop=loop)
+    try:
+        received, reset = _download(server.port, LAST, MORE)
+    finally:
+        server.stop()
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert not reset, f"reset after {len(body)} of {SIZES['big.bin']} body bytes"
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in head
+    assert len(body) == SIZES["big.bin"]
+    assert hashlib.sha256(body).hexdigest() == site.hashes["big.bin"]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_http10_with_a_pipelined_request_delivers_the_whole_body(site: Site, loop: str) -> None:
+    server = start_server(root=site.root, loop=loop)
+    try:
+        received, reset = _download(
+            server.port, b"GET /big.bin HTTP/1.0\r\n\r\n", b"GET /hello.txt HTTP/1.0\r\n\r\n"
+        )
+    finally:
+        server.stop()
+    body = received.partition(b"\r\n\r\n")[2]
+    assert not reset and hashlib.sha256(body).hexdigest() == site.hashes["big.bin"]
