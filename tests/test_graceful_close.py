@@ -5,7 +5,9 @@ and only then closes, so the kernel never answers with a reset."""
 from __future__ import annotations
 
 import hashlib
+import select
 import socket
+import time
 
 import pytest
 
@@ -68,3 +70,30 @@ def test_http10_with_a_pipelined_request_delivers_the_whole_body(site: Site, loo
         server.stop()
     body = received.partition(b"\r\n\r\n")[2]
     assert not reset and hashlib.sha256(body).hexdigest() == site.hashes["big.bin"]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_connection_sending_only_crlf_is_cut_at_the_header_timeout(site: Site, loop: str) -> None:
+    """llhttp skips blank lines before a request line, so no head ever starts; the
+    bytes still count against the header timeout."""
+    timeout = 1.0
+    server = start_server(root=site.root, loop=loop, header_timeout=timeout)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            started = time.monotonic()
+            closed_at = None
+            while time.monotonic() - started < timeout + 5:
+                try:
+                    sock.sendall(b"\r\n")
+                except OSError:  # reset: the server is gone
+                    closed_at = time.monotonic()
+                    break
+                ready, _, _ = select.select([sock], [], [], 0.1)
+                if ready and sock.recv(1024) == b"":
+                    closed_at = time.monotonic()
+                    break
+    finally:
+        server.stop()
+    assert closed_at is not None, "still open 5 s past the header timeout"
+    # The sweep ticks every 0.25 s; allow a loaded machine its margin.
+    assert timeout - 0.05 <= closed_at - started <= timeout + 3

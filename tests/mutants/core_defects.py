@@ -23,6 +23,13 @@ MUTANTS: list[Mutant] = [
         tests=("tests/test_event_core.py",),
     ),
     Mutant(
+        name="crlf-does-not-start-the-header-clock",
+        path=CONNECTION,
+        old="            if parser.in_head or not requests:\n",
+        new="            if parser.in_head:\n",
+        tests=("tests/test_graceful_close.py",),
+    ),
+    Mutant(
         name="keepalive-deadline-never-set",
         path=CONNECTION,
         old="            self.deadline = self.loop.time() + self.server.config.keepalive_timeout\n",

@@ -203,8 +203,11 @@ class HttpConnection:
             return
         try:
             parser = self.parser
-            self.pending.extend(parser.feed(self._view[:received]))
-            if parser.in_head:
+            requests = parser.feed(self._view[:received])
+            self.pending.extend(requests)
+            # Any byte since the last complete request starts the header clock: a
+            # client sending only CRLFs (which llhttp skips) must not stay forever.
+            if parser.in_head or not requests:
                 if self._head_deadline is None:
                     self._head_deadline = self.loop.time() + self.server.config.header_timeout
                 self.deadline = self._head_deadline
