@@ -5,7 +5,11 @@ The sweep runs once for the module with every strategy, and each cell is checked
 against the server's own counters (`zcserve_sent_bytes_total{strategy=...}` from its
 --metrics endpoint, scraped by the test around each cell) and the load generator's
 result for that cell: a row must name the strategy that really moved the bytes, and
-its MB/s must be the bytes that arrived in the window over the window's length."""
+its MB/s must be the bytes that arrived in the window over the window's length.
+
+Each cell also records the load generator's CPU beside the server's, and is marked
+client-bound (table, results.json, CSV, plots, `zcserve report`) when the load
+generator, not the server, was the limit; the load runs where the caption says."""
 
 from __future__ import annotations
 
@@ -13,16 +17,28 @@ import csv
 import json
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
 
+from tests.loadhelpers import ScriptedServer
 from tests.procs import zcserve_command
 from tests.test_metrics import ACTIVE, moved_by, sent_by_strategy, settled
+from zcserve import cli
 from zcserve.bench import sweep
 from zcserve.bench.ceiling import CEILING_STRATEGIES, run_ceiling
-from zcserve.bench.results import BenchRow, load_results
+from zcserve.bench.results import (
+    CLIENT_BOUND_MARK,
+    CLIENT_BOUND_NOTE,
+    PLOTS,
+    BenchRow,
+    is_client_bound,
+    load_results,
+    plot_figure,
+)
 from zcserve.bench.sweep import BenchOptions, Placement, ServerProcess, run_seed_experiment
 from zcserve.demo import write_file
 from zcserve.load.run import LoadOptions
@@ -45,6 +61,10 @@ class Cell:
     row: BenchRow
     load: LoadResult
     sent: dict[str, int]
+    options: LoadOptions
+    """What the bench asked the load generator for."""
+    cpus: set[int]
+    """The CPUs the load generator was allowed while it ran."""
 
 
 @dataclass(frozen=True)
@@ -76,12 +96,13 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Bench:
         out=out,
     )
     cells: list[Cell] = []
-    loads: list[LoadResult] = []
+    loads: list[tuple[LoadResult, LoadOptions, set[int]]] = []
     real_measure_cell = sweep.measure_cell
 
     def run_load(load: LoadOptions) -> LoadResult:
+        cpus = os.sched_getaffinity(0)  # what the load processes run on (spawned: inherit)
         result = real_run_load(load)
-        loads.append(result)
+        loads.append((result, load, cpus))
         return result
 
     def measure_cell(
@@ -99,8 +120,8 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Bench:
         row = real_measure_cell(server, url, size, connections, options, placement, strategy)
         after = counted(server.metrics_url)
         sent = {k: int(v - before.get(k, 0)) for k, v in after.items() if v != before.get(k, 0)}
-        (load,) = loads
-        cells.append(Cell(row, load, sent))
+        ((load, asked, cpus),) = loads
+        cells.append(Cell(row, load, sent, asked, cpus))
         return row
 
     console = Console(record=True, width=200)
@@ -131,6 +152,8 @@ def test_bench_end_to_end(bench: Bench) -> None:
     assert [float(r["megabytes_per_second"]) for r in table] == [
         r.megabytes_per_second for r in rows
     ]
+    assert [float(r["client_cpu_seconds"]) for r in table] == [r.client_cpu_seconds for r in rows]
+    assert [r["client_bound"] for r in table] == [str(r.client_bound) for r in rows]
     for name in ("throughput.png", "p99.png"):
         with open(os.path.join(bench.out, name), "rb") as f:
             assert f.read(8) == PNG_MAGIC
@@ -140,17 +163,38 @@ def _key(row: BenchRow) -> tuple[str, str, str]:
     return row.strategy, format_size(row.size), str(row.connections)
 
 
+def shown_rows(lines: list[list[str]]) -> dict[tuple[str, ...], tuple[bool, list[str]]]:
+    """Table lines by (strategy, size, conns): whether the strategy carries the
+    client-bound mark, and the cells."""
+    by_key = {}
+    for line in lines:
+        cells = [c.strip() for c in line]
+        strategy = cells[0].removesuffix(CLIENT_BOUND_MARK).strip()
+        by_key[(strategy, *cells[1:3])] = (cells[0].endswith(CLIENT_BOUND_MARK), cells)
+    return by_key
+
+
+def printed_lines(text: str) -> list[list[str]]:
+    return [line.split("│")[1:-1] for line in text.splitlines() if "│" in line]
+
+
+def markdown_lines(path: str) -> list[list[str]]:
+    with open(path) as f:
+        return [line.split("|")[1:-1] for line in f if line.startswith("| ")]
+
+
 def test_tables_show_the_measured_figures(bench: Bench) -> None:
-    """The printed table and table.md show each row's own MB/s and req/s."""
-    with open(os.path.join(bench.out, "table.md")) as f:
-        markdown = [line.split("|")[1:-1] for line in f if line.startswith("| ")]
-    printed = [line.split("│")[1:-1] for line in bench.text.splitlines() if "│" in line]
-    for lines in (markdown, printed):
-        cells = {tuple(c.strip() for c in line[:3]): [c.strip() for c in line] for line in lines}
+    """The printed table and table.md show each row's own MB/s, req/s, client CPU and
+    client-bound mark."""
+    markdown = markdown_lines(os.path.join(bench.out, "table.md"))
+    for lines in (markdown, printed_lines(bench.text)):
+        cells = shown_rows(lines)
         for row in bench.rows:
-            shown = cells[_key(row)]
+            bound, shown = cells[_key(row)]
             assert shown[3] == f"{row.requests_per_second:,.0f}", shown
             assert shown[4] == f"{row.megabytes_per_second:,.1f}", shown
+            assert shown[9] == f"{row.client_cpu_seconds:.2f}", shown
+            assert bound == row.client_bound, shown
 
 
 def test_each_row_names_the_strategy_that_ran(bench: Bench) -> None:
@@ -181,9 +225,248 @@ def test_megabytes_per_second_is_bytes_in_the_window_over_its_length(bench: Benc
         assert row.requests_per_second == pytest.approx(row.requests / load.duration)
 
 
+def test_the_load_runs_where_the_caption_says(bench: Bench) -> None:
+    """One load process per load CPU (on 2 CPUs: one, in-process, on CPU 1), pinned
+    there, as the caption and results.json's meta say."""
+    meta = bench.meta
+    client = meta["client_cpus"]
+    processes = meta["load_processes"]
+    assert isinstance(processes, int)
+    if client is None:  # one CPU: nothing to separate
+        assert processes == 1 and meta["server_cpus"] is None
+    else:
+        assert isinstance(client, list) and isinstance(meta["server_cpus"], list)
+        assert processes == len(client)
+        assert not set(client) & set(meta["server_cpus"])
+    said = f"{processes} load processes"
+    if processes == 1:
+        said = "1 load process (in the bench's own process)"
+    assert said in str(meta["placement"])
+    assert said in bench.text  # the table's caption
+    for cell in bench.cells:
+        assert cell.options.processes == processes
+        assert cell.load.processes == min(processes, cell.row.connections)
+        if client is not None:
+            assert cell.cpus == set(client)
+
+
+def test_client_cpu_is_recorded_and_judged_per_cell(bench: Bench) -> None:
+    """Each row holds its load generator's CPU seconds, and its client-bound flag is the
+    rule applied to the CPU each side had: the load's CPUs (one per process at most)
+    over its measurement, the server's one CPU over the warm-up and the measurement."""
+    client = bench.meta["client_cpus"]
+    allowed = len(client) if isinstance(client, list) else len(os.sched_getaffinity(0))
+    for cell in bench.cells:
+        row, load = cell.row, cell.load
+        assert row.client_cpu_seconds == load.cpu_seconds > 0
+        assert row.client_bound == is_client_bound(
+            client_cpu_seconds=load.cpu_seconds,
+            client_cpus=min(allowed, load.processes),
+            client_seconds=load.duration,
+            server_cpu_seconds=row.server_cpu_seconds,
+            server_seconds=load.duration,  # warm-up 0 in this bench
+        )
+    with open(os.path.join(bench.out, "results.json")) as f:
+        saved = json.load(f)["rows"]
+    for cell, row in zip(bench.cells, saved, strict=True):
+        assert row["client_cpu_seconds"] == cell.row.client_cpu_seconds
+        assert row["client_bound"] is cell.row.client_bound
+
+
+@pytest.mark.parametrize(
+    ("client_cpu", "client_cpus", "server_cpu", "bound"),
+    [
+        (0.95, 1, 0.50, True),  # the client saturated its one CPU, the server idled half
+        (0.90, 1, 0.50, True),  # at the threshold
+        (0.89, 1, 0.50, False),
+        (0.95, 1, 0.90, False),  # both saturated: the server may be the limit too
+        (0.95, 1, 0.0, True),  # server CPU not seen (--url): headroom assumed
+        (1.90, 2, 0.30, True),  # two load CPUs, both busy
+        (0.95, 2, 0.30, False),  # one of two load CPUs busy: the client had more
+        (0.10, 1, 0.99, False),  # server-bound
+    ],
+)
+def test_client_bound_rule(
+    client_cpu: float, client_cpus: int, server_cpu: float, bound: bool
+) -> None:
+    """Over 2 s: client CPU s / (its CPUs x 2 s) >= 90 % and server CPU s / 2 s < 90 %."""
+    assert (
+        is_client_bound(
+            client_cpu_seconds=client_cpu * 2,
+            client_cpus=client_cpus,
+            client_seconds=2.0,
+            server_cpu_seconds=server_cpu * 2,
+            server_seconds=2.0,
+        )
+        is bound
+    )
+
+
+@dataclass(frozen=True)
+class External:
+    """A bench run by the command line against an external --url."""
+
+    rows: list[BenchRow]
+    meta: dict[str, Any]
+    loads: list[LoadResult]
+    out: Path
+    text: str
+
+
+def bench_url(
+    url: str,
+    out: Path,
+    capsys: pytest.CaptureFixture[str],
+    *flags: str,
+    client_cpu: float | None = None,
+) -> External:
+    """`zcserve bench --url URL FLAGS` in this process; `client_cpu`, when given, is the
+    share of its CPU each load run reports having used (a saturated client, on demand)."""
+    loads: list[LoadResult] = []
+
+    def run_load(load: LoadOptions) -> LoadResult:
+        result = real_run_load(load)
+        if client_cpu is not None:
+            result = replace(result, cpu_seconds=client_cpu * result.duration * result.processes)
+        loads.append(result)
+        return result
+
+    argv = ["bench", "--url", url, "--duration", "0.5", "--warmup", "0", "--out", str(out)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sweep, "run_load", run_load)
+        code = cli.main([*argv, *flags])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    rows, meta = load_results(str(out / "results.json"))
+    return External(rows, meta, loads, out, printed)
+
+
+def test_a_slow_server_is_not_client_bound(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each response 50 ms late: the load generator waits, far from its CPU's limit."""
+    with ScriptedServer(delay=0.05) as server:
+        run = bench_url(server.url, tmp_path / "out", capsys, "--concurrency", "4")
+    (row,) = run.rows
+    (load,) = run.loads
+    assert row.requests > 0 and row.errors == 0
+    assert 0 < row.client_cpu_seconds == load.cpu_seconds < 0.5 * load.duration
+    assert row.client_bound is False
+    assert CLIENT_BOUND_MARK not in run.text and CLIENT_BOUND_NOTE not in run.text
+    assert "client-bound" not in run.text
+    with open(run.out / "results.csv", newline="") as f:
+        (saved,) = csv.DictReader(f)
+    assert saved["client_bound"] == "False"
+    assert float(saved["client_cpu_seconds"]) == row.client_cpu_seconds
+    assert CLIENT_BOUND_MARK not in (run.out / "table.md").read_text()
+
+
+def test_a_saturated_client_is_marked_everywhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A load generator that used all of its one CPU while the server had headroom: the
+    row is marked in the table (mark and footnote), results.json, the CSV, table.md, the
+    plots (hollow) and `zcserve report`; the progress line says so too."""
+    with ScriptedServer(delay=0.05) as server:
+        run = bench_url(
+            server.url, tmp_path / "out", capsys, "--concurrency", "1,4", client_cpu=1.0
+        )
+    assert [row.client_bound for row in run.rows] == [True, True]
+    for row, load in zip(run.rows, run.loads, strict=True):
+        assert row.client_cpu_seconds == load.cpu_seconds == pytest.approx(load.duration)
+    assert "client-bound" in run.text  # the progress lines
+    assert CLIENT_BOUND_NOTE in " ".join(run.text.split())  # the caption, however wrapped
+    for lines in (printed_lines(run.text), markdown_lines(str(run.out / "table.md"))):
+        shown = shown_rows(lines)
+        assert [shown[_key(row)][0] for row in run.rows] == [True, True]
+    assert CLIENT_BOUND_NOTE in (run.out / "table.md").read_text()
+    data = json.loads((run.out / "results.json").read_text())
+    assert [row["client_bound"] for row in data["rows"]] == [True, True]
+    assert all(row["client_cpu_seconds"] > 0 for row in data["rows"])
+    with open(run.out / "results.csv", newline="") as f:
+        assert [saved["client_bound"] for saved in csv.DictReader(f)] == ["True", "True"]
+    # `zcserve report` renders the saved rows with the mark and the footnote.
+    assert cli.main(["report", str(run.out / "results.json")]) == 0
+    report = capsys.readouterr().out
+    assert [shown_rows(printed_lines(report))[_key(row)][0] for row in run.rows] == [True, True]
+    assert CLIENT_BOUND_NOTE in " ".join(report.split())
+
+
+def test_more_load_processes_on_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--load-processes 2: two load processes ran, on the load CPUs, as the caption says."""
+    with ScriptedServer(delay=0.01) as server:
+        run = bench_url(
+            server.url, tmp_path / "out", capsys, "--concurrency", "2", "--load-processes", "2"
+        )
+    assert run.meta["load_processes"] == 2
+    assert "2 load processes" in str(run.meta["placement"]) and "2 load processes" in run.text
+    assert [load.processes for load in run.loads] == [2]
+
+
+def _row(strategy: str, connections: int, rate: float, *, bound: bool) -> BenchRow:
+    return BenchRow(
+        strategy=strategy,
+        size=4096,
+        connections=connections,
+        requests_per_second=rate,
+        megabytes_per_second=rate * 4096 / 1e6,
+        p50_ms=0.5,
+        p99_ms=rate / 1000,  # each point of the plots apart from the others
+        errors=0,
+        server_cpu_seconds=0.5,
+        server_peak_rss_mb=40.0,
+        duration=1.0,
+        requests=int(rate),
+        client_cpu_seconds=0.95 if bound else 0.3,
+        client_bound=bound,
+    )
+
+
+def test_client_bound_points_are_hollow() -> None:
+    rows = [
+        _row("sendfile", 1, 1000.0, bound=False),
+        _row("sendfile", 8, 8000.0, bound=True),
+        _row("readwrite", 1, 900.0, bound=False),
+        _row("readwrite", 8, 5000.0, bound=False),
+    ]
+    for metric, label, _ in PLOTS:
+        fig = plot_figure(rows, metric, label)
+        (axis,) = fig.axes
+        points = {}
+        for line in axis.get_lines():
+            if line.get_marker() == "o":
+                face = line.get_markerfacecolor()
+                for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True):
+                    points[(int(x), float(y))] = face
+        for row in rows:
+            face = points[(row.connections, float(getattr(row, metric)))]
+            assert (face == "none") is row.client_bound, (row, face)
+        assert "client-bound" in [text.get_text() for text in axis.get_legend().get_texts()]
+
+
+def test_report_reads_results_from_before_the_client_columns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An older results.json, without client_cpu_seconds and client_bound, still renders
+    (unmarked); a client_bound that is not true or false is one line, exit 2."""
+    row = asdict(_row("sendfile", 8, 8000.0, bound=False))
+    del row["client_cpu_seconds"], row["client_bound"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"meta": {"placement": "server on CPU 0"}, "rows": [row]}))
+    assert cli.main(["report", str(old)]) == 0
+    printed = capsys.readouterr().out
+    assert "8,000" in printed and CLIENT_BOUND_MARK not in printed
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"meta": {}, "rows": [{**row, "client_bound": "yes"}]}))
+    assert cli.main(["report", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "client_bound is 'yes', expected true or false" in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
+        (["--load-processes", "0"], "--load-processes must be 1 or more"),
         (["--strategies", "teleport"], "unknown strategy 'teleport'"),
         (["--concurrency", "0"], "concurrency levels must be 1 or more"),
         (["--sizes", "huge"], "'huge' is not a size"),

@@ -212,6 +212,7 @@ def plot_figure(rows: Sequence[BenchRow], metric: str, label: str) -> Any:
     strategies = sorted({r.strategy for r in rows})
     fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
     for axis, size in zip(axes[0], sizes, strict=True):
+        handles = []
         hollow = False
         for strategy in strategies:
             cells = sorted(
@@ -221,9 +222,9 @@ def plot_figure(rows: Sequence[BenchRow], metric: str, label: str) -> Any:
             )
             if not cells:
                 continue
-            xs = [x for x, _, _ in cells]
-            ys = [y for _, y, _ in cells]
-            (line,) = axis.plot(xs, ys, label=strategy)
+            (line,) = axis.plot([x for x, _, _ in cells], [y for _, y, _ in cells])
+            color = line.get_color()
+            handles.append(Line2D([], [], color=color, marker="o", label=strategy))
             for bound in (False, True):
                 points = [(x, y) for x, y, b in cells if b == bound]
                 if points:
@@ -232,15 +233,14 @@ def plot_figure(rows: Sequence[BenchRow], metric: str, label: str) -> Any:
                         [y for _, y in points],
                         linestyle="none",
                         marker="o",
-                        color=line.get_color(),
-                        markerfacecolor="none" if bound else line.get_color(),
+                        color=color,
+                        markerfacecolor="none" if bound else color,
                     )
-            hollow = hollow or any(b for _, _, b in cells)
-        handles, _ = axis.get_legend_handles_labels()
+                    hollow = hollow or bound
         if hollow:
-            key = Line2D([], [], linestyle="none", marker="o", color="grey", markerfacecolor="none")
-            key.set_label("client-bound")
-            handles.append(key)
+            hollow_key = Line2D([], [], linestyle="none", marker="o", color="grey")
+            hollow_key.set(markerfacecolor="none", label="client-bound")
+            handles.append(hollow_key)
         axis.set_xscale("log", base=2)
         axis.set_title(format_size(size))
         axis.set_xlabel("concurrent connections")
