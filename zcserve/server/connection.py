@@ -96,7 +96,7 @@ class HttpConnection:
 
     The common case, a request whose answer fits in the socket buffer, runs inside
     one readable callback: no task, no future, no timer object. The connection
-    waits for writability only when the socket is full, and stops reading while a
+    waits for writability only when the socket is full, and reads nothing while a
     response is pending (backpressure; pipelined answers stay in order). Its one
     deadline is a number that the server's sweep checks (`check_deadline`).
     """
@@ -186,6 +186,13 @@ class HttpConnection:
             self._reading = False
 
     def _on_readable(self) -> None:
+        if self.busy and self._drained < 0:
+            # The next request waits in the kernel until this response is out: that
+            # is backpressure, and it keeps answers in order. Reading is paused only
+            # now, when a client actually sends ahead, so the common case costs no
+            # epoll_ctl per response.
+            self._pause_reading()
+            return
         try:
             received = self.sock.recv_into(self._buffer)
         except BlockingIOError:
@@ -319,7 +326,6 @@ class HttpConnection:
                     return
                 if progress is Progress.YIELD:  # let other connections run
                     self._stop_writing()
-                    self._pause_reading()
                     self.deadline = math.inf
                     self.loop.call_soon(self._pump)
                     return
@@ -339,7 +345,6 @@ class HttpConnection:
         if not self._writing:
             self.loop.add_writer(self.fd, self._on_writable)
             self._writing = True
-        self._pause_reading()
         self.deadline = self.loop.time() + self.server.config.send_timeout
 
     def _stop_writing(self) -> None:
@@ -353,7 +358,6 @@ class HttpConnection:
     def _await(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Hand the rest of the body to a coroutine; it keeps its own send timeout."""
         self._stop_writing()
-        self._pause_reading()
         self.deadline = math.inf
         self._task = self.loop.create_task(coroutine)
         self._task.add_done_callback(self._on_awaited)
