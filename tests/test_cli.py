@@ -40,9 +40,17 @@ def test_announces_serves_and_stops_cleanly(site: Site, stop: int) -> None:
         (["serve", ".", "--port", "70000"], "port 70000 out of range"),
         (["serve", ".", "--port", "eighty"], "invalid int value"),
         (["serve", ".", "--chunk-size", "lots"], "is not a size"),
-        (["serve", ".", "--header-timeout", "-1"], "must be greater than 0"),
+        (["serve", ".", "--header-timeout", "-1"], "greater than 0"),
         (["serve", ".", "--host", "no.such.host.invalid"], "cannot resolve host"),
         (["serve", "--raw", "/no/such/file"], "is not a regular file"),
+        # argparse's prefix matching would take these as --keepalive-timeout etc.
+        (["serve", ".", "--keepalive", "5"], "unrecognized arguments: --keepalive"),
+        (["serve", ".", "--header", "5"], "unrecognized arguments: --header"),
+        (["serve", ".", "--header-timeout", "nan"], "must be a finite number"),
+        (["serve", ".", "--send-timeout", "inf"], "must be a finite number"),
+        (["serve", ".", "--grace", "nan"], "must be a finite number"),
+        (["serve", ".", "--access-log", "/no/such/folder/log"], "cannot open the access log"),
+        (["serve", ".", "--access-log", "/"], "cannot open the access log"),
         (["frobnicate"], "invalid choice"),
     ],
 )

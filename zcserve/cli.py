@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -32,7 +33,12 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but errors are one line: `zcserve serve: error: ...`."""
+    """argparse, but errors are one line (`zcserve serve: error: ...`) and flags are
+    never matched by prefix: `--keepalive 5` must not become `--keepalive-timeout`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -50,8 +56,18 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number greater than 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number, 0 or more")
     return value
 
 
@@ -116,7 +132,7 @@ _SERVE_OPTIONS = (
         "requests buffered per connection; 429 and close past this",
         int,
     ),
-    _Option("--grace", "grace", "shutdown drain, seconds", float),
+    _Option("--grace", "grace", "shutdown drain, seconds", _non_negative_float),
     _Option("--access-log", "access_log", "Common Log Format", metavar="FILE|-"),
     _Option("--raw", "raw_file", "no HTTP: send FILE to every connection, close", metavar="FILE"),
     _Option(
@@ -242,12 +258,16 @@ def build_parser() -> _Parser:
     loadgen.add_command(sub)
     bench.add_command(sub)
     report.add_command(sub)
+    parser.set_defaults(commands=sub.choices)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # say which command refused them, as its own errors do
+        parser_of_command: argparse.ArgumentParser = args.commands.get(args.command, parser)
+        parser_of_command.error(f"unrecognized arguments: {' '.join(extras)}")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

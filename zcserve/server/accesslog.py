@@ -7,6 +7,7 @@ import sys
 import time
 from typing import TextIO
 
+from zcserve.errors import ConfigError
 from zcserve.server.http import Request
 
 
@@ -26,7 +27,11 @@ class AccessLog:
             return cls(None, owned=False)
         if target == "-":
             return cls(sys.stdout, owned=False)
-        return cls(open(target, "a", encoding="utf-8", buffering=1), owned=True)
+        try:
+            out = open(target, "a", encoding="utf-8", buffering=1)
+        except OSError as exc:
+            raise ConfigError(f"cannot open the access log {target!r}: {exc.strerror}") from None
+        return cls(out, owned=True)
 
     def write(self, peer: str, request: Request | None, status: int, size: int) -> None:
         if self._out is None:
