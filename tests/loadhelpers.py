@@ -7,7 +7,12 @@ latency distribution is known by construction), and counts requests and body
 bytes so tests compare the load generator's figures with the truth; given an
 `ssl.SSLContext` it speaks https.
 Everything binds 127.0.0.1 port 0 and says when it is ready; nothing waits with a
-fixed sleep.
+fixed sleep: a test waits for what a server saw (`ScriptedServer.wait_for`).
+
+Hostile peers for the bounds of the load generator: behaviours that never end a
+head, send interim responses or close quietly; a slow acceptor (`accept_interval`,
+`backlog`); `stuck_listener` (a full backlog: connects hang); `TrickleServer`
+(bytes one by one, for `--raw`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import socket
 import ssl
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +49,19 @@ class Behaviour(enum.Enum):
     """Close the connection as soon as a request arrives: the client sees a reset."""
     CLOSE_AFTER = "close_after"
     """Answer with `Connection: close` and close: every request needs a new connection."""
+    CLOSE_QUIETLY = "close_quietly"
+    """Answer as keep-alive (no `Connection: close`), then close at once: the client's
+    next request meets a closed connection before any byte of a response."""
+    ENDLESS_HEAD = "endless_head"
+    """Begin a head and never end it: one header value that grows, as fast as the
+    client reads, until the client leaves."""
+    INTERIM = "interim"
+    """100 Continue and 103 Early Hints at once, the final response after `delay`."""
+    SWITCHING = "switching"
+    """101 Switching Protocols (no body), then silence."""
+
+
+ENDLESS_CHUNK = b"a" * 16384
 
 
 @dataclass
@@ -59,6 +77,8 @@ class Counts:
     """Source addresses that sent requests."""
     alpn: set[str | None] = field(default_factory=set)
     """With TLS: the ALPN protocols the connections agreed on."""
+    targets: list[bytes] = field(default_factory=list)
+    """The request targets (path and query) as they arrived, the first 1000."""
 
 
 class _Responder(asyncio.Protocol):
@@ -66,6 +86,8 @@ class _Responder(asyncio.Protocol):
         self.server = server
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
+        self.paused = False
+        self.endless = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -75,16 +97,40 @@ class _Responder(asyncio.Protocol):
         if ssl_object is not None:
             self.server.counts.alpn.add(ssl_object.selected_alpn_protocol())
         self.server.open.add(self)
+        self.server.changed()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         while b"\r\n\r\n" in self.buffer:
-            _, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            request, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            targets = self.server.counts.targets
+            if len(targets) < 1000:
+                targets.append(request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"")
             delay = self.server.next_delay()
+            if self.server.behaviour is Behaviour.INTERIM and self.transport is not None:
+                self.transport.write(
+                    b"HTTP/1.1 100 Continue\r\n\r\n"
+                    b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+                )
             if delay > 0:
                 asyncio.get_running_loop().call_later(delay, self.respond)
             else:
                 self.respond()
+            self.server.changed()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.endless:
+            self.flood()
+
+    def flood(self) -> None:
+        """ENDLESS_HEAD: more of the header value, until the transport's buffer is full."""
+        transport = self.transport
+        while not self.paused and transport is not None and not transport.is_closing():
+            transport.write(ENDLESS_CHUNK)
 
     def respond(self) -> None:
         transport = self.transport
@@ -100,6 +146,15 @@ class _Responder(asyncio.Protocol):
         counts = server.counts
         counts.requests += 1
         counts.peers.add(transport.get_extra_info("peername")[0])
+        server.changed()
+        if behaviour is Behaviour.ENDLESS_HEAD:
+            self.endless = True
+            transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX-Endless: ")
+            self.flood()
+            return
+        if behaviour is Behaviour.SWITCHING:
+            transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: nothing\r\n\r\n")
+            return
         body = server.body
         if behaviour is Behaviour.CHANGING_BODY:
             body = counts.requests.to_bytes(8, "big") + body[8:]
@@ -124,6 +179,11 @@ class _Responder(asyncio.Protocol):
             transport.write(head + body)
             transport.close()
             return
+        if behaviour is Behaviour.CLOSE_QUIETLY:
+            counts.body_bytes += len(body)
+            transport.write(head + body)
+            transport.close()
+            return
         if behaviour is Behaviour.CLOSE_MID_BODY:
             sent = body[: len(body) // 2]
             counts.body_bytes += len(sent)
@@ -137,6 +197,7 @@ class _Responder(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.server.open.discard(self)
+        self.server.changed()
 
 
 class ScriptedServer:
@@ -150,6 +211,8 @@ class ScriptedServer:
         delay: float = 0,
         delays: Sequence[float] = (),
         ssl: ssl.SSLContext | None = None,
+        accept_interval: float = 0.0,
+        backlog: int = 4096,
     ) -> None:
         self.behaviour = behaviour
         self.body = body
@@ -158,7 +221,11 @@ class ScriptedServer:
         """Seconds before answering the request that arrives i-th (from 0, over every
         connection); requests past the end wait `delay`."""
         self.ssl = ssl
+        self.accept_interval = accept_interval
+        """A slow acceptor: seconds between two accepts (0: accept at once)."""
+        self.backlog = backlog
         self.counts = Counts()
+        self._changed = threading.Condition()
         self.open: set[_Responder] = set()
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -166,6 +233,16 @@ class ScriptedServer:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="scripted-server", daemon=True)
         self._error: BaseException | None = None
+
+    def changed(self) -> None:
+        """The counts changed (on the server's loop): wake `wait_for`."""
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[Counts], bool], timeout: float = READY_TIMEOUT) -> bool:
+        """Wait (in the test's thread) until `predicate(counts)` holds; False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self.counts), timeout)
 
     def next_delay(self) -> float:
         """The delay of the request that just arrived (on the server's loop)."""
@@ -193,19 +270,22 @@ class ScriptedServer:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stop = asyncio.Event()
-        server = await loop.create_server(
-            lambda: _Responder(self),
-            "127.0.0.1",
-            0,
-            backlog=4096,
-            reuse_address=True,
-            ssl=self.ssl,
-        )
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        await self._stop.wait()
-        server.close()
-        await server.wait_closed()
+        if self.accept_interval > 0:
+            await self._serve_slowly(loop, self._stop)
+        else:
+            server = await loop.create_server(
+                lambda: _Responder(self),
+                "127.0.0.1",
+                0,
+                backlog=self.backlog,
+                reuse_address=True,
+                ssl=self.ssl,
+            )
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            await self._stop.wait()
+            server.close()
+            await server.wait_closed()
         for responder in list(self.open):
             if responder.transport is not None:
                 responder.transport.abort()
@@ -213,6 +293,29 @@ class ScriptedServer:
             if not self.open:
                 break
             await asyncio.sleep(0)
+
+    async def _serve_slowly(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+        """Accept one connection every `accept_interval` seconds from a `backlog` queue."""
+        listener = socket.socket()
+        listener.setblocking(False)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(self.backlog)
+        self.port = listener.getsockname()[1]
+
+        async def accept() -> None:
+            while True:
+                sock, _ = await loop.sock_accept(listener)
+                await loop.connect_accepted_socket(lambda: _Responder(self), sock, ssl=self.ssl)
+                await asyncio.sleep(self.accept_interval)  # the pace: behaviour, not a wait
+
+        acceptor = loop.create_task(accept())
+        self._ready.set()
+        try:
+            await stop.wait()
+        finally:
+            acceptor.cancel()
+            await asyncio.gather(acceptor, return_exceptions=True)
+            listener.close()
 
     def __enter__(self) -> ScriptedServer:
         self._thread.start()
@@ -239,6 +342,118 @@ def refused_port() -> Iterator[int]:
         yield sock.getsockname()[1]
     finally:
         sock.close()
+
+
+@contextmanager
+def stuck_listener() -> Iterator[int]:
+    """A port that takes one connection (the load generator's probe) into a backlog of
+    one and never accepts: every later connect hangs (its SYN is dropped)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(0)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+class TrickleServer:
+    """Accepts connections (one at a time) and sends each a byte every `interval`
+    seconds, `limit` bytes in all, then closes: a download that never ends in time
+    (but does end, so a client without a whole-transfer deadline still returns)."""
+
+    def __init__(self, *, interval: float = 0.05, limit: int = 100) -> None:
+        self.interval = interval
+        self.limit = limit
+        self.sent = 0
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.listener.settimeout(0.1)
+        self.port: int = self.listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="trickle-server", daemon=True)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                for _ in range(self.limit):
+                    if self._stop.wait(self.interval):  # the pace: behaviour, not a wait
+                        break
+                    try:
+                        conn.sendall(b"x")
+                    except OSError:
+                        break
+                    self.sent += 1
+
+    def __enter__(self) -> TrickleServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(READY_TIMEOUT)
+        self.listener.close()
+
+
+class StallingTLSServer:
+    """Completes the TLS handshake of the first connection (the load generator's
+    probe), then accepts every later one and never reads from it: their handshakes
+    stall. Counts the stalled connections; closes everything on exit."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context = context
+        self.stalled = 0
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4096)
+        self.listener.settimeout(0.1)
+        self.port: int = self.listener.getsockname()[1]
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stalling-tls", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/file"
+
+    def _run(self) -> None:
+        first = True
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            if not first:
+                self._held.append(conn)
+                self.stalled += 1
+                continue
+            first = False
+            conn.settimeout(READY_TIMEOUT)
+            try:
+                with self.context.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)  # the probe's close_notify (or its close)
+            except OSError:
+                pass
+
+    def __enter__(self) -> StallingTLSServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(READY_TIMEOUT)
+        for conn in self._held:
+            conn.close()
+        self.listener.close()
 
 
 @contextmanager

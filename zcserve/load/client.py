@@ -1,19 +1,36 @@
 """One process's share of a load run: its connections, their request loops, its counters.
 
 Everything on the hot path is a callback, not a coroutine: a response completes
-in `data_received`, the next request is written from there (closed model) or from
+in `buffer_updated`, the next request is written from there (closed model) or from
 a timer at its intended time (open model). Coroutines only connect.
+
+Receiving copies nothing after the kernel: each connection is an
+`asyncio.BufferedProtocol` that reads into the worker's one receive buffer (the
+loop reads one socket at a time and every byte is framed before the callback
+returns, so one buffer serves every connection, TLS ones included: asyncio's and
+uvloop's SSL transports decrypt straight into it). Body bytes are counted, and
+hashed from a memoryview only when verifying.
 
 Latency runs from `min(intended, sent)`: in the closed model the request is sent
 the moment it is intended; in the open model a request delayed by a busy
 connection still counts from its slot in the schedule (wrk2's correction for
 coordinated omission), while one that a coarse timer (uvloop's are in whole
-milliseconds) fires slightly early counts from when it really left.
+milliseconds) fires slightly early counts from when it really left. Slots are
+numbered over every connection (slot j is due at j / rate and belongs to
+connection j mod C), so which slots a window holds is exact integer arithmetic.
 
 A TLS handshake is timed on its own (`LiveStats.handshake`) and kept out of the
 request latency: a request that had to reconnect first counts from its start
 moved later by the handshake's duration (the TCP connect stays in, as without TLS).
 Initial connections' handshakes count in the measurement unless there is a warm-up.
+
+Nothing outlives the run's bounds. Opening the connections takes at most
+`timeout` (waiting for a connect slot included); with a duration nothing runs past
+the opening's start + warm-up + duration + timeout (`hard_end`): in-flight
+requests are then timed out, and in the open model the slots due in the window
+but never sent are counted as `unsent`, each charged the latency from its due time
+to the end of the run. `stop` (Ctrl-C) cancels connects and timers at once and
+gives requests in flight `STOP_GRACE` to finish.
 """
 
 from __future__ import annotations
@@ -28,20 +45,45 @@ from typing import Any, Protocol, cast
 
 from zcserve.load.http import ResponseError, ResponseReader
 from zcserve.load.plan import Route, WorkerPlan
-from zcserve.load.stats import LiveStats, LoadResult
+from zcserve.load.stats import LiveStats, LoadResult, record_spread
 from zcserve.load.tls import HandshakeError, client_context
 from zcserve.runtime import cpu_seconds
 
+RECEIVE_BUFFER = 64 * 1024
+"""Bytes of the worker's one receive buffer. Measured against nginx (interleaved,
+medians): 64 KiB read 1 MiB bodies 40 % faster than 256 KiB on one connection and
+as fast on 64 (smaller reads hand the socket back to the kernel sooner, so the
+sender keeps streaming), 64 MiB ones 13 % faster; 16 and 32 KiB cost more calls."""
 CONNECT_BACKOFF = 0.01
 """Seconds to wait after a failed connect before the next attempt, so a dead
 server costs a few hundred attempts a second per connection, not a busy loop."""
 PROGRESS_INTERVAL = 0.25
 """Seconds between progress reports, timeout sweeps and histogram flushes."""
-CLOSE_WAIT = 1.0
-"""Seconds to wait at the end for closed connections to release their sockets."""
+CLOSE_WAIT = 0.5
+"""Seconds to wait at the end for closed connections to release their sockets;
+those still open then are aborted."""
+STOP_GRACE = 0.5
+"""Seconds requests in flight get to finish after Ctrl-C before they are cut."""
+UNSENT_SPREAD = 100_000
+"""At most this many distinct latencies are recorded for a run's unsent slots
+(each slot still counts once; see `record_spread`)."""
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 _now = time.monotonic
+
+
+def connect_error_kind(exc: BaseException) -> str:
+    """The error count a failed connect goes to."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "tls" if isinstance(exc, HandshakeError) else "connect"
+
+
+def first_index_at(seconds: float, rate: float) -> int:
+    """The first slot due at or after `seconds` (slot j is due at j / rate); a slot
+    within a billionth of the edge counts as on it, whatever the float rounding."""
+    product = seconds * rate
+    return max(math.ceil(product - 1e-9 * max(1.0, abs(product))), 0)
 
 
 class WorkerLink(Protocol):
@@ -60,32 +102,38 @@ class WorkerLink(Protocol):
         """Totals of the current phase so far."""
 
 
-class _Wire(asyncio.Protocol):
+class _Wire(asyncio.BufferedProtocol):
     """One TCP connection's protocol; forwards to its `Connection` while current.
 
     A new `_Wire` per TCP connection, so late callbacks of a dropped connection are
-    told apart from the current one by identity. Plain `data_received`: a
-    BufferedProtocol reading into one reused bytearray measured the same (about
-    10-13 us of client CPU per 4 KiB response under uvloop, noise included), and
-    httptools copies each body piece into bytes either way.
+    told apart from the current one by identity. Every read lands in the worker's
+    receive buffer (`get_buffer`) and is framed in `buffer_updated`.
     """
 
-    __slots__ = ("owner", "transport", "closed")
+    __slots__ = ("owner", "transport", "closed", "buffer")
 
     def __init__(self, owner: Connection) -> None:
         self.owner = owner
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = owner.worker.loop.create_future()
+        self.buffer = owner.worker.view
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
 
-    def data_received(self, data: bytes) -> None:
-        self.owner.on_data(self, data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.owner.on_bytes(self, nbytes)
+
+    def eof_received(self) -> bool | None:
+        return None  # close; connection_lost says what the end meant
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed.set_result(None)
+        if not self.closed.done():
+            self.closed.set_result(None)
         self.owner.worker.wires.discard(self)
         self.owner.on_lost(self)
 
@@ -94,51 +142,69 @@ class Connection:
     """One client slot: a keep-alive connection to one origin and its request loop.
 
     One request is in flight at a time. After an error the TCP connection is
-    dropped and reopened before the next request.
+    dropped and reopened before the next request. A reused connection that closes
+    before any byte of the response (the server closed it as the request went
+    out) is reopened and the request sent once more: a `reconnect`, not a failure.
     """
 
     __slots__ = (
         "worker",
         "route",
         "source",
+        "index",
         "position",
+        "current",
         "wire",
         "reader",
         "in_flight",
         "stats",
+        "intended",
         "started_at",
         "sent_at",
         "expected",
-        "first_slot",
         "slot",
         "timer",
         "idle",
+        "task",
+        "retried",
+        "open_error",
     )
 
     def __init__(self, worker: Worker, index: int, route: Route, source: str | None) -> None:
         self.worker = worker
         self.route = route
         self.source = source
+        self.index = index
+        """This connection's number among every process's (open model: its slots)."""
         self.position = (index // len(worker.plan.routes)) % len(route.requests)
+        self.current = self.position
+        """The request (of `route.requests`) in flight."""
         self.wire: _Wire | None = None
         self.reader = ResponseReader(hash_bodies=worker.plan.hash_bodies)
         self.in_flight = False
         self.stats = worker.warmup_stats
-        self.started_at = 0.0
+        self.intended = 0.0
+        self.started_at = -1.0
+        """When the request in flight started, for its latency; -1 before it does."""
         self.sent_at = 0.0
+        """When the current attempt began, connect included: its timeout counts from here."""
         self.expected: bytes | None = None
-        self.first_slot = index * worker.interval / worker.plan.total_connections
-        """Open model: seconds after the start of this connection's first request."""
         self.slot = 0
         """Open model: how many of this connection's slots have been taken."""
         self.timer: asyncio.TimerHandle | None = None
         self.idle = True
+        self.task: asyncio.Task[None] | None = None
+        """The connect the next request waits for."""
+        self.retried = False
+        self.open_error: str | None = None
+        """Why opening this connection before the start failed, until it tries again."""
 
     # connecting ---------------------------------------------------------------
 
-    async def connect(self, stats: LiveStats) -> float:
-        """Open a new connection; return the seconds its TLS handshake took (0 without
-        TLS), counted in `stats`. Raises OSError: TimeoutError, HandshakeError, ..."""
+    async def connect(self, stats: LiveStats, deadline: float) -> float:
+        """Open a new connection by `deadline` (`time.monotonic`; the wait for a connect
+        slot included); return the seconds its TLS handshake took (0 without TLS),
+        counted in `stats`. Raises OSError: TimeoutError, HandshakeError, ..."""
         worker = self.worker
         loop = worker.loop
         route = self.route
@@ -151,7 +217,7 @@ class Connection:
                 # Let connect() pick the port per destination, not bind() per address.
                 sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                 sock.bind((self.source, 0))
-            async with worker.connect_slots, asyncio.timeout(worker.plan.timeout):
+            async with asyncio.timeout(max(deadline - _now(), 0.0)), worker.connect_slots:
                 await loop.sock_connect(sock, route.address)
                 if route.tls:
                     # Inside the slot and the timeout: a handshake is part of connecting.
@@ -184,19 +250,31 @@ class Connection:
             raise HandshakeError(str(exc)) from exc
         return wire
 
-    async def _connect_then_send(self, intended: float, stats: LiveStats) -> None:
+    async def _connect_then_send(self) -> None:
+        worker = self.worker
+        stats = self.stats
+        self.open_error = None  # this attempt's outcome is counted instead
         try:
-            handshake = await self.connect(stats)
-        except OSError as exc:
-            stats.failed += 1
-            if isinstance(exc, TimeoutError):
-                stats.error("timeout")
-            else:
-                stats.error("tls" if isinstance(exc, HandshakeError) else "connect")
-            await asyncio.sleep(CONNECT_BACKOFF)
-            self.next(_now())
-            return
-        self.send(intended + handshake, stats)
+            try:
+                deadline = min(self.sent_at + worker.timeout, worker.hard_end)
+                handshake = await self.connect(stats, deadline)
+            except OSError as exc:
+                self.task = None
+                stats.failed += 1
+                stats.error(connect_error_kind(exc))
+                await asyncio.sleep(CONNECT_BACKOFF)
+                self.next(_now())
+                return
+        except asyncio.CancelledError:
+            self.task = None
+            self._abandon()
+            raise
+        self.task = None
+        if self.started_at < 0:
+            self._transmit(self.intended + handshake, fresh=False)
+        else:  # a retry: its handshake stays out of the latency too
+            self.started_at += handshake
+            self._transmit(self.started_at, fresh=False)
 
     # the request loop ---------------------------------------------------------
 
@@ -207,6 +285,9 @@ class Connection:
     def next(self, now: float) -> None:
         """Take the next request from the worker's budget and send or schedule it."""
         worker = self.worker
+        if worker.halted:
+            self.go_idle()
+            return
         if worker.rate is None:
             stats = worker.take(now)
             if stats is None:
@@ -214,13 +295,17 @@ class Connection:
             else:
                 self.send(now, stats)
             return
-        # Multiplied, not summed, so the schedule does not drift over a long run.
-        intended = worker.origin + self.first_slot + self.slot * worker.interval
-        stats = worker.take(intended)
+        if now >= worker.hard_end:
+            self.go_idle()  # what is left of the window is unsent
+            return
+        index = self.index + self.slot * worker.total_connections
+        stats = worker.take_slot(index)
         if stats is None:
             self.go_idle()
             return
         self.slot += 1
+        # Multiplied, not summed, so the schedule does not drift over a long run.
+        intended = worker.origin + index * worker.spacing
         if intended > now:
             self.timer = worker.loop.call_later(intended - now, self._fire, intended, stats)
         else:
@@ -231,52 +316,63 @@ class Connection:
         self.send(intended, stats)
 
     def send(self, intended: float, stats: LiveStats) -> None:
+        """Send the next request (of the route's round robin), intended at `intended`."""
+        position = self.position
+        self.current = position
+        self.position = position + 1 if position + 1 < len(self.route.requests) else 0
+        self.stats = stats
+        self.intended = intended
+        self.started_at = -1.0
+        self.retried = False
+        self._transmit(intended)
+
+    def _transmit(self, start: float, *, fresh: bool = True) -> None:
+        """Write the current request, connecting first if need be; its latency counts
+        from `min(start, now)` unless it already started (a retry). A `fresh` attempt
+        starts its timeout now; after a connect, the connect's time is in it."""
         wire = self.wire
+        now = _now()
+        if fresh:
+            self.sent_at = now
         if wire is None or wire.transport is None or wire.transport.is_closing():
             self.wire = None
-            self.worker.spawn(self._connect_then_send(intended, stats))
+            self.task = self.worker.spawn(self._connect_then_send())
             return
-        route = self.route
-        position = self.position
-        self.expected = route.digests[position]
-        self.position = position + 1 if position + 1 < len(route.requests) else 0
-        self.stats = stats
-        now = _now()
-        self.sent_at = now
-        self.started_at = intended if intended < now else now
+        if self.started_at < 0:
+            self.started_at = start if start < now else now
+        self.expected = self.route.digests[self.current]
         self.in_flight = True
-        wire.transport.write(route.requests[position])
+        wire.transport.write(self.route.requests[self.current])
 
-    def on_data(self, wire: _Wire, data: bytes) -> None:
+    def on_bytes(self, wire: _Wire, nbytes: int) -> None:
         if wire is not self.wire:
             return
-        reader = self.reader
         if not self.in_flight:
             self.stats.error("long_body")
-            self.drop()
+            self.drop(abort=True)
             return
+        reader = self.reader
         before = reader.body_bytes
         try:
-            done = reader.feed(data)
+            stop = reader.receive(self.worker.buffer, nbytes)
         except ResponseError as exc:
             self._count_window(reader.body_bytes - before)
-            if not reader.done:
-                self._fail(exc.kind)
-                return
-            self._record(_now())
-            self.stats.error(exc.kind)
-            self.drop(abort=True)
-            self.next(_now())
+            self._fail(exc.kind)
             return
         self._count_window(reader.body_bytes - before)
-        if done:
-            now = _now()
-            self._record(now)
-            if not reader.keep_alive:
-                self.drop()
-            else:
-                reader.reset()
-            self.next(now)
+        if not reader.done:
+            return
+        now = _now()
+        self._record(now)
+        if stop < nbytes:
+            # Bytes after a complete response, none asked for: beyond its length.
+            self.stats.error("long_body")
+            self.drop(abort=True)
+        elif not reader.keep_alive:
+            self.drop()
+        else:
+            reader.reset()
+        self.next(now)
 
     def _count_window(self, arrived: int) -> None:
         worker = self.worker
@@ -313,7 +409,16 @@ class Connection:
         self.wire = None
         if not self.in_flight:
             return
-        kind = self.reader.eof_error()
+        reader = self.reader
+        if not reader.started and reader.completed and not self.retried and not self.worker.halted:
+            # A reused connection closed before any byte of the response: the server
+            # closed it (idle keep-alive) as the request went out. Once more, anew.
+            self.in_flight = False
+            self.retried = True
+            self.stats.reconnects += 1
+            self._transmit(self.started_at)
+            return
+        kind = reader.eof_error()
         if kind is not None:
             self._fail(kind)
             return
@@ -339,11 +444,28 @@ class Connection:
             self.idle = True
             self.worker.connection_idle()
 
+    # ending early ------------------------------------------------------------------
+
     def cancel_timer(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+            self.slot -= 1  # not sent: counted as unsent if it was due
             self.go_idle()
+
+    def cancel_connect(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def _abandon(self) -> None:
+        """The connect for the current request was cancelled (Ctrl-C)."""
+        if self.retried:
+            # Sent once already, and never answered.
+            self.stats.failed += 1
+            self.stats.error("interrupted")
+        elif self.worker.rate is not None:
+            self.slot -= 1  # never sent: counted as unsent if it was due
+        self.go_idle()
 
 
 class Worker:
@@ -353,16 +475,35 @@ class Worker:
         self.plan = plan
         self.loop = loop
         self.rate = plan.rate
-        self.interval = plan.total_connections / plan.rate if plan.rate else 0.0
+        self.timeout = plan.timeout
+        self.total_connections = plan.total_connections
+        self.spacing = 1 / plan.rate if plan.rate else 0.0
+        """Open model: seconds between two slots (over every connection)."""
+        self.first_index = 0
+        """Open model: the first slot of the measurement (before it: warm-up)."""
+        self.end_index = 0
+        """Open model: the first slot past the window."""
+        self.buffer = bytearray(RECEIVE_BUFFER)
+        self.view = memoryview(self.buffer)
         self.warmup_stats = LiveStats()
         """Counts of requests intended before the measurement starts; thrown away."""
         self.stats = LiveStats()
         """Counts of requests intended from the measurement start on: the result."""
-        self.remaining: int | None = plan.requests
+        self.remaining: int | None = plan.requests if plan.rate is None else None
+        self.open_start = 0.0
+        self.open_failures = 0
         self.measure_at = math.inf
         self.stop_at = math.inf
+        """No request intended from then on (closed model), the window's end."""
+        self.hard_end = math.inf
+        """Nothing runs past this: requests in flight then time out."""
         self.origin = 0.0
         """The common start time of every process (`time.monotonic`)."""
+        self.began = False
+        self.stopping = False
+        """Ctrl-C (or the parent) asked to stop."""
+        self.halted = False
+        """No request is sent or retried any more (stopped, or past `hard_end`)."""
         self.measuring = False
         self.measure_start = 0.0
         self.window_bytes = 0
@@ -371,6 +512,8 @@ class Worker:
         self.cpu_start = 0.0
         self.busy = 0
         self.done: asyncio.Future[None] = loop.create_future()
+        self.stopped: asyncio.Future[None] = loop.create_future()
+        self.opening: asyncio.Future[list[None]] | None = None
         self.connect_slots = asyncio.Semaphore(plan.connect_concurrency)
         self.ssl_context: ssl.SSLContext | None = None
         if any(route.tls for route in plan.routes):
@@ -378,6 +521,7 @@ class Worker:
         self.wires: set[_Wire] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.link: WorkerLink | None = None
+        self.tick_timer: asyncio.TimerHandle | None = None
         routes = plan.routes
         sources = plan.sources
         self.connections = [
@@ -390,18 +534,17 @@ class Worker:
             for index in range(plan.first_connection, plan.first_connection + plan.connections)
         ]
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = self.loop.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     # the budget -----------------------------------------------------------------
 
     def take(self, when: float) -> LiveStats | None:
-        """The stats to count a request intended at `when` in, or None: no more requests.
-
-        The phase follows the intended time, so in the open model exactly the slots
-        from the end of the warm-up to the deadline are measured."""
+        """Closed model: the stats to count a request sent at `when` in, or None: no
+        more requests."""
         if when >= self.stop_at:
             return None
         if when < self.measure_at:
@@ -413,17 +556,56 @@ class Worker:
             self.remaining = remaining - 1
         return self.stats
 
+    def take_slot(self, index: int) -> LiveStats | None:
+        """Open model: the stats slot `index` counts in, or None: past the window. The
+        phase follows the slot, so exactly the window's slots are measured."""
+        if index >= self.end_index:
+            return None
+        return self.warmup_stats if index < self.first_index else self.stats
+
     def connection_idle(self) -> None:
         self.busy -= 1
+        self._check_done()
+
+    def _check_done(self) -> None:
         if self.busy <= 0 and self.measuring and not self.done.done():
             self.measure_end = _now()
             self.done.set_result(None)
 
     def stop(self) -> None:
-        """End early: no new requests; those in flight finish."""
-        self.stop_at = -math.inf
+        """End early (Ctrl-C): no new requests, connects and timers cancelled at once,
+        requests in flight cut after `STOP_GRACE`."""
+        if self.stopping:
+            return
+        self.stopping = self.halted = True
+        if not self.stopped.done():
+            self.stopped.set_result(None)
+        if self.opening is not None:
+            self.opening.cancel()
+        if not self.began:
+            return
+        self.stop_at = min(self.stop_at, _now())
         if not self.measuring:
             self._measure()
+        for connection in self.connections:
+            connection.cancel_timer()
+            connection.cancel_connect()
+        if any(connection.in_flight for connection in self.connections):
+            self.loop.call_later(STOP_GRACE, self._cut, "interrupted")
+        self._check_done()
+
+    def _cut(self, kind: str) -> None:
+        """Fail every request still in flight."""
+        for connection in self.connections:
+            if connection.in_flight:
+                connection._fail(kind)
+
+    def _hard_end(self) -> None:
+        """The run may last no longer: requests in flight time out; connects in
+        progress time out by themselves (their deadline is this moment)."""
+        self.halted = True
+        self.hard_end = min(self.hard_end, _now())  # a timer may fire a little early
+        self._cut("timeout")
         for connection in self.connections:
             connection.cancel_timer()
 
@@ -432,38 +614,88 @@ class Worker:
     async def run(self, link: WorkerLink) -> LoadResult:
         self.link = link
         link.attach(self.stop)
+        self.open_start = _now()
+        self._tick()
+        if not self.stopping:
+            await self._open_all()
+        if not self.stopping:
+            link.ready()
+            go = self.loop.create_task(link.wait_go())
+            either: list[asyncio.Future[Any]] = [go, self.stopped]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if not go.done():
+                go.cancel()
+                await asyncio.gather(go, return_exceptions=True)
+            elif not self.stopping:
+                start = go.result()
+                # uvloop rounds timers to the millisecond and may wake early: wait it
+                # out, so the first requests are not taken for warm-up.
+                while (delay := start - _now()) > 0 and not self.stopping:
+                    await asyncio.sleep(delay)
+                if not self.stopping:
+                    self._begin(start)
+                    await self.done
+        if not self.done.done():
+            # Stopped before the measurement began: nothing was measured.
+            self.measure_start = self.measure_end = _now()
+            self.done.set_result(None)
+        return await self._finish()
+
+    async def _open_all(self) -> None:
+        """Open every connection, within `timeout` in all (waits for a slot included)."""
         # The first handshakes belong to the measurement unless a warm-up comes first.
         opening = self.warmup_stats if self.plan.warmup > 0 else self.stats
-        await asyncio.gather(*(self._open(c, opening) for c in self.connections))
-        link.ready()
-        start = await link.wait_go()
-        # uvloop rounds timers to the millisecond and may wake early: wait it out, so
-        # the first requests are not taken for warm-up (intended before the start).
-        while (delay := start - _now()) > 0:
-            await asyncio.sleep(delay)
+        deadline = self.open_start + self.timeout
+        self.opening = asyncio.gather(*(self._open(c, opening, deadline) for c in self.connections))
+        await asyncio.wait([self.opening])
+        try:
+            self.opening.result()
+        except asyncio.CancelledError:
+            if not self.stopping:  # stop() cancels the opening (Ctrl-C); nothing else does
+                raise
+        finally:
+            self.opening = None
+
+    async def _open(self, connection: Connection, stats: LiveStats, deadline: float) -> None:
+        try:
+            await connection.connect(stats, deadline)
+        except OSError as exc:
+            # Retried, and counted, when the connection first sends; counted at the end
+            # if it never does (Ctrl-C, or a budget smaller than the connections).
+            connection.open_error = connect_error_kind(exc)
+            self.open_failures += 1
+
+    def _begin(self, start: float) -> None:
+        """The common start: set the phases and the bounds, start every connection."""
         plan = self.plan
         now = _now()
+        self.began = True
         self.origin = start
         self.measure_at = start + plan.warmup
-        if plan.duration is not None and self.stop_at != -math.inf:
+        window = plan.duration
+        if plan.rate is not None:
+            self.first_index = first_index_at(plan.warmup, plan.rate)
+            if plan.duration is not None:
+                self.end_index = first_index_at(plan.warmup + plan.duration, plan.rate)
+            else:
+                total = plan.total_requests or 0
+                self.end_index = self.first_index + total
+                window = total * self.spacing
+        if window is not None:
             # From the common clock, so every process stops at the same moment.
-            self.stop_at = self.measure_at + plan.duration
+            self.stop_at = self.measure_at + window
+            # The opening counts against the bound too; never before the window ends.
+            bound = self.open_start + plan.warmup + window + plan.timeout
+            self.hard_end = max(bound, self.stop_at)
+            if self.hard_end < math.inf:
+                self.loop.call_later(max(self.hard_end - now, 0.0), self._hard_end)
         self.busy = len(self.connections)
-        self._tick()
         if plan.warmup > 0:
             self.loop.call_later(start + plan.warmup - now, self._measure)
         else:
             self._measure()
         for connection in self.connections:
             connection.begin(now)
-        await self.done
-        return await self._finish()
-
-    async def _open(self, connection: Connection, stats: LiveStats) -> None:
-        try:
-            await connection.connect(stats)
-        except OSError:
-            pass  # retried, and counted, when the connection first sends
 
     def _measure(self) -> None:
         """The measurement starts: note the time and the CPU used so far."""
@@ -473,16 +705,14 @@ class Worker:
         self.measure_start = min(_now(), self.measure_at)
         self.cpu_start = cpu_seconds()
         self.measuring = True
-        if self.busy <= 0 and not self.done.done():
-            self.measure_end = self.measure_start
-            self.done.set_result(None)
+        self._check_done()
 
     def _tick(self) -> None:
         """Sweep timeouts, flush latencies, report progress; every PROGRESS_INTERVAL."""
         if self.done.done():
             return
         now = _now()
-        limit = now - self.plan.timeout
+        limit = now - self.timeout
         for connection in self.connections:
             if connection.in_flight and connection.sent_at < limit:
                 connection.timed_out()
@@ -490,22 +720,25 @@ class Worker:
         stats = self.stats if self.measuring else self.warmup_stats
         stats.flush()
         if self.link is not None:
-            self.link.progress(stats.requests, stats.error_total)
-        interval = min(PROGRESS_INTERVAL, self.plan.timeout / 4)
-        self.loop.call_later(interval, self._tick)
+            if self.began:
+                self.link.progress(stats.requests, stats.error_total)
+            else:  # still opening: the connects that failed so far
+                self.link.progress(0, self.open_failures)
+        interval = min(PROGRESS_INTERVAL, self.timeout / 4)
+        self.tick_timer = self.loop.call_later(interval, self._tick)
 
     async def _finish(self) -> LoadResult:
-        cpu = cpu_seconds() - self.cpu_start
-        for connection in self.connections:
-            connection.drop()
-        closing = [wire.closed for wire in self.wires]
-        if closing:
-            await asyncio.wait(closing, timeout=CLOSE_WAIT)
-        tasks = list(self.tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        finished = _now()
+        cpu = cpu_seconds() - self.cpu_start if self.measuring else 0.0
+        wall = finished - self.measure_start if self.measuring else 0.0
+        if self.tick_timer is not None:
+            self.tick_timer.cancel()
         stats = self.stats
+        for connection in self.connections:
+            if connection.open_error is not None:
+                stats.error(connection.open_error)
+        unsent = self._charge_unsent() if self.began and self.rate is not None else 0
+        await self._close_all()
         stats.flush()
         plan = self.plan
         return LoadResult(
@@ -513,7 +746,7 @@ class Worker:
             model="closed" if plan.rate is None else "open",
             connections=plan.connections,
             processes=1,
-            duration=max(self.measure_end - self.measure_start, 0.0),
+            duration=self._duration(),
             requests=stats.requests,
             failed=stats.failed,
             body_bytes=stats.body_bytes,
@@ -528,10 +761,63 @@ class Worker:
             handshake_histogram=stats.handshake_histogram.encode().decode("ascii"),
             window_bytes=self.window_bytes,
             window_seconds=self._window_seconds(),
+            unsent=unsent,
+            reconnects=stats.reconnects,
+            wall_seconds=wall,
         )
 
+    def _charge_unsent(self) -> int:
+        """Count the window's slots that were never sent, each with the latency from
+        its due time to the end of the run (as if answered at the end: a lower bound)."""
+        rate = self.rate
+        assert rate is not None
+        end_index = self.end_index
+        if self.stopping:
+            # Stopped early: only what was due by then.
+            end_index = min(end_index, first_index_at(self.stop_at - self.origin, rate))
+        total = self.total_connections
+        spans = []
+        for connection in self.connections:
+            index = connection.index
+            first = max(connection.slot, -((index - self.first_index) // total))
+            last = -((index - end_index) // total)  # past the last
+            if last > first:
+                spans.append((index + first * total, index + (last - 1) * total, last - first))
+        unsent = sum(count for _, _, count in spans)
+        if unsent:
+            end = self.measure_end
+            share = max(1, UNSENT_SPREAD // len(spans))
+            for first_index, last_index, count in spans:
+                # Earlier slots waited longer: from the first one's latency down.
+                oldest = int((end - (self.origin + first_index * self.spacing)) * 1_000_000)
+                newest = int((end - (self.origin + last_index * self.spacing)) * 1_000_000)
+                record_spread(self.stats.pending, newest, oldest, count, share)
+            self.stats.unsent += unsent
+        return unsent
+
+    async def _close_all(self) -> None:
+        for connection in self.connections:
+            connection.drop()
+        closing = [wire.closed for wire in self.wires]
+        if closing:
+            await asyncio.wait(closing, timeout=CLOSE_WAIT)
+        for wire in list(self.wires):
+            if wire.transport is not None:
+                wire.transport.abort()
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _duration(self) -> float:
+        """Closed model: to the last response. Open model: the window asked for (cut
+        short by Ctrl-C): rates divide by the schedule's length, not the tail's."""
+        if self.rate is None or not self.began:
+            return max(self.measure_end - self.measure_start, 0.0)
+        return max(self.stop_at - self.measure_start, 0.0)
+
     def _window_seconds(self) -> float:
-        end = min(self.stop_at, self.measure_end) if self.stop_at > 0 else self.measure_end
+        end = min(self.stop_at, self.measure_end)
         return max(end - self.measure_start, 0.0)
 
 
@@ -541,12 +827,16 @@ class LocalLink:
     def __init__(self, on_progress: Callable[[int, int], None] | None = None) -> None:
         self.on_progress = on_progress
         self.stop: Callable[[], None] | None = None
+        self.stop_requested = False
 
     def attach(self, stop: Callable[[], None]) -> None:
         self.stop = stop
+        if self.stop_requested:
+            stop()
 
     def request_stop(self) -> None:
         """End the run early; what was measured is still returned."""
+        self.stop_requested = True
         if self.stop is not None:
             self.stop()
 

@@ -96,6 +96,8 @@ def parse_target(url: str) -> Target:
     A path or query with characters beyond ASCII is sent percent-encoded (UTF-8),
     as a browser does; spaces and control characters are refused."""
     expected = "expected http://host[:port]/path or https://host[:port]/path"
+    if not _CONTROL.isdisjoint(url):  # urlsplit would drop tabs and line breaks silently
+        raise ConfigError(f"bad URL {url!r}: control characters; {expected}")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -111,8 +113,8 @@ def parse_target(url: str) -> Target:
     target = parts.path or "/"
     if parts.query:
         target = f"{target}?{parts.query}"
-    if " " in target or not _CONTROL.isdisjoint(target):
-        raise ConfigError(f"bad URL {url!r}: spaces or control characters in the path; {expected}")
+    if " " in target:
+        raise ConfigError(f"bad URL {url!r}: spaces in the path; {expected}")
     if not target.isascii():
         target = quote(target, safe=_SAFE_IN_TARGET)
     tls = scheme == "https"
@@ -136,6 +138,16 @@ class ResponseError(Exception):
         super().__init__(kind)
         self.kind = kind
 
+
+KNOWN_HEAD_SIZE = 1024
+KNOWN_HEADS = 256
+_Head = tuple[int, bool, int, int]
+"""What a head says: status, keep-alive, what follows (a mode below: `_HEAD` for an
+interim response) and the Content-Length (-1: none)."""
+_KNOWN_HEADS: dict[bytes, _Head] = {}
+"""Heads llhttp accepted (up to `KNOWN_HEAD_SIZE` bytes, at most `KNOWN_HEADS` of
+them), and what they said: a server sends the same head again and again (nginx's
+changes with its Date, once a second), and one seen before needs no parsing."""
 
 # What the reader expects next.
 _HEAD = 0
@@ -180,8 +192,6 @@ class ResponseReader:
         "partial",
         "trailer_bytes",
         "_parser",
-        "_length",
-        "_codings",
     )
 
     def __init__(self, *, hash_bodies: bool = False) -> None:
@@ -211,8 +221,6 @@ class ResponseReader:
         self.partial: bytearray | None = None
         """The start of a head (or of a chunk line) that ended with the last buffer."""
         self.trailer_bytes = 0
-        self._length = -1
-        self._codings = b""
 
     # feeding -----------------------------------------------------------------
 
@@ -351,10 +359,38 @@ class ResponseReader:
 
     def _parse_head(self, head: bytes | bytearray) -> None:
         """Parse one complete head and set up the framing of what follows it."""
+        key = bytes(head) if len(head) <= KNOWN_HEAD_SIZE else None
+        known = _KNOWN_HEADS.get(key) if key is not None else None
+        if known is None:
+            known = self._judge_head(head)
+            if key is not None:
+                if len(_KNOWN_HEADS) >= KNOWN_HEADS:
+                    _KNOWN_HEADS.clear()
+                _KNOWN_HEADS[key] = known
+        status, keep_alive, mode, length = known
+        if mode == _HEAD:
+            # Interim (100 Continue, 103 Early Hints, ...): the final response follows.
+            self.interim += 1
+            self.head_done = False
+            self.status = 0
+            return
+        self.head_done = True
+        self.status = status
+        self.keep_alive = keep_alive
+        self.mode = mode
+        self.remaining = length
+        self.chunked = mode == _CHUNK_SIZE
+        self.framed = length >= 0 or self.chunked
+
+    def _judge_head(self, head: bytes | bytearray) -> _Head:
+        """What a head says (see `_Head`), or `ResponseError`.
+
+        llhttp checks the whole head, without a Python call per header (that alone
+        would cost a third more); the framing headers are then found by hand, which is
+        safe because llhttp refused duplicate or conflicting ones."""
         parser = httptools.HttpResponseParser(self)
         self._parser = parser
-        self._length = -1
-        self._codings = b""
+        self.status = 0
         try:
             parser.feed_data(head)
         except httptools.HttpParserUpgrade:
@@ -367,37 +403,30 @@ class ResponseReader:
         finally:
             self._parser = None
         status = self.status
+        keep_alive = self.keep_alive
         if 100 <= status < 200 and status != 101:
-            # Interim (100 Continue, 103 Early Hints, ...): the final response follows.
-            self.interim += 1
-            self.head_done = False
-            self.status = 0
-            self.mode = _HEAD
-            return
+            return (status, keep_alive, _HEAD, -1)
         if status < 200 or status in (204, 304):
             # 101: the connection now speaks another protocol; it cannot be reused.
-            self.keep_alive = self.keep_alive and status != 101
-            self.mode = _DONE
-            return
-        codings = self._codings
-        if codings:
-            self.framed = self.chunked = codings.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-            self.mode = _CHUNK_SIZE if self.chunked else _UNTIL_CLOSE
-        elif self._length >= 0:
-            self.framed = True
-            self.remaining = self._length
-            self.mode = _COUNTED if self._length else _DONE
-        else:
-            self.mode = _UNTIL_CLOSE
+            return (status, keep_alive and status != 101, _DONE, -1)
+        at = head.find(b"\r\nContent-Length:")  # as nearly every server spells it
+        if at < 0:
+            head = head.lower()  # header names are case-insensitive
+            at = head.find(b"\r\ncontent-length:")
+        if at >= 0:
+            length = int(head[at + 17 : head.index(b"\r\n", at + 17)])
+            return (status, keep_alive, _COUNTED if length else _DONE, length)
+        codings = []
+        at = head.find(b"\r\ntransfer-encoding:")
+        while at >= 0:
+            end = head.index(b"\r\n", at + 20)
+            codings.append(bytes(head[at + 20 : end]))
+            at = head.find(b"\r\ntransfer-encoding:", end)
+        final = b",".join(codings).rsplit(b",", 1)[-1].strip() if codings else b""
+        # A body in chunks; with any other coding, or none, the close ends it.
+        return (status, keep_alive, _CHUNK_SIZE if final == b"chunked" else _UNTIL_CLOSE, -1)
 
     # httptools callbacks (the head only) ---------------------------------------------
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) == 14:
-            if name.lower() == b"content-length":
-                self._length = int(value)  # llhttp checked: digits, no duplicate
-        elif len(name) == 17 and name.lower() == b"transfer-encoding":
-            self._codings = self._codings + b"," + value if self._codings else value
 
     def on_headers_complete(self) -> None:
         parser = self._parser

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 
 from zcserve.errors import ConfigError
@@ -20,6 +21,9 @@ DEFAULT_CONNECTIONS = 10
 """wrk's default."""
 CONNECT_CONCURRENCY = 256
 """Connects in flight per process, so a 10k burst fits a listen backlog of 4096."""
+CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
+"""Seconds the schedule's clock tells apart: a rate with slots closer than this
+cannot be kept (or even counted), so it is refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +94,16 @@ class LoadOptions:
             raise ConfigError(f"requests must be at least 1, not {self.requests}")
 
     def _check_rate(self) -> None:
-        if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
+        """More than 0 requests/s, and slots no closer than the clock resolves."""
+        if self.rate is None:
+            return
+        if not (self.rate > 0 and math.isfinite(self.rate)):
             raise ConfigError(f"rate must be more than 0 requests/s, not {self.rate:g}")
+        if self.rate * CLOCK_RESOLUTION > 1:
+            raise ConfigError(
+                f"rate {self.rate:g}/s is beyond the clock: it resolves {CLOCK_RESOLUTION:g} s, "
+                f"so at most {1 / CLOCK_RESOLUTION:g} requests/s"
+            )
 
     def _check_times(self) -> None:
         """The warm-up may be 0; the per-request timeout may not."""

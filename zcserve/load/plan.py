@@ -1,7 +1,9 @@
 """Worker planning: the routes a run cycles through and one plan per worker process.
 
 `plan_workers` splits connections and the request budget between processes,
-exactly, and spreads very many loopback connections over extra source addresses.
+exactly and alike (a process's share of `-n` is its share of the connections, as
+its share of `--rate` is), and spreads very many loopback connections over extra
+source addresses.
 The routes come from `zcserve.load.probe.prepare_routes`.
 """
 
@@ -62,6 +64,8 @@ class WorkerPlan:
     insecure: bool = False
     cacert: str | None = None
     """A worker builds its own `ssl.SSLContext` from these: contexts do not pickle."""
+    total_requests: int | None = None
+    """-n over every process: with a rate, the schedule's window holds that many slots."""
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
@@ -79,12 +83,25 @@ def source_addresses(options: LoadOptions, routes: Sequence[Route]) -> tuple[str
     return tuple(f"127.0.0.{2 + index}" for index in range(count))
 
 
+def budgets_by_connection(total: int, connections: Sequence[int]) -> list[int]:
+    """`total` requests split per connection (evenly, in connection order), summed per
+    process: each process's share follows its connections, as its share of a rate does
+    (in the open model, slot j belongs to connection j mod C)."""
+    per_connection = split_evenly(total, sum(connections))
+    budgets = []
+    first = 0
+    for share in connections:
+        budgets.append(sum(per_connection[first : first + share]))
+        first += share
+    return budgets
+
+
 def plan_workers(options: LoadOptions, routes: tuple[Route, ...]) -> list[WorkerPlan]:
     """One plan per process: connections and the request budget split exactly."""
     workers = options.worker_count
     connections = split_evenly(options.connections, workers)
     budgets: list[int | None] = (
-        list(split_evenly(options.requests, workers))
+        list(budgets_by_connection(options.requests, connections))
         if options.requests is not None
         else [None] * workers
     )
@@ -116,6 +133,7 @@ def plan_workers(options: LoadOptions, routes: tuple[Route, ...]) -> list[Worker
                 connect_concurrency=options.connect_concurrency,
                 insecure=options.insecure,
                 cacert=options.cacert,
+                total_requests=options.requests,
             )
         )
         first += share

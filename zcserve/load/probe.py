@@ -46,6 +46,7 @@ async def prepare_routes(options: LoadOptions) -> tuple[Route, ...]:
             timeout=options.timeout,
             context=context if tls else None,
             server_hostname=host if tls else None,
+            cacert=options.cacert,
         )
         await _probe(origin)
         if options.verify and options.expect is None:
@@ -75,6 +76,7 @@ class _Origin:
     timeout: float
     context: ssl.SSLContext | None
     server_hostname: str | None
+    cacert: str | None = None
 
 
 async def _resolve(host: str, port: int) -> tuple[int, tuple[Any, ...]]:
@@ -120,7 +122,7 @@ async def _open_stream(origin: _Origin) -> tuple[asyncio.StreamReader, asyncio.S
     except OSError as exc:
         sock.close()
         if origin.context is not None:
-            why = describe_handshake_error(exc)
+            why = describe_handshake_error(exc, origin.cacert)
         else:  # pragma: no cover - wrapping a plain socket that just connected
             why = os.strerror(exc.errno) if exc.errno else str(exc)
         raise ConfigError(f"cannot connect to {origin.label}: {why}") from None

@@ -5,7 +5,11 @@ locks, the same on every platform) running its own event loop. Parent and worker
 talk over one pipe each: the worker says "ready" once its connections are open,
 the parent answers "go" with a common start time so every process starts (and
 warms up, and stops) on the same clock, and the worker sends progress and finally
-its `LoadResult` (histogram encoded) for the parent to merge.
+its `LoadResult` (histogram encoded) for the parent to merge. The parent's "stop"
+reaches a worker at any time, while its connections are still opening too.
+
+A worker that dies (or fails) costs only its own share: the others' results are
+kept, and the death is counted as an error (`worker_died`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 from zcserve.errors import ZcserveError
 from zcserve.load.client import run_worker
 from zcserve.load.plan import WorkerPlan
-from zcserve.load.stats import LoadResult
+from zcserve.load.stats import LoadResult, new_histogram
 from zcserve.runtime import loop_factory, raise_nofile_limit
 
 START_MARGIN = 0.05
@@ -35,7 +39,7 @@ ProgressCallback = Callable[[int, int], None]
 
 
 class PipeLink:
-    """A worker's end of its pipe to the parent (see `loadclient.WorkerLink`)."""
+    """A worker's end of its pipe to the parent (see `client.WorkerLink`)."""
 
     def __init__(self, pipe: Pipe) -> None:
         self.pipe = pipe
@@ -44,20 +48,29 @@ class PipeLink:
         self.reading = False
 
     def attach(self, stop: Callable[[], None]) -> None:
+        """Listen to the parent from now on: a "stop" may come while connections open."""
         self.stop = stop
+        loop = asyncio.get_running_loop()
+        self.go = loop.create_future()
+        loop.add_reader(self.pipe.fileno(), self._readable)
+        self.reading = True
+        try:
+            loop.add_signal_handler(signal.SIGTERM, stop)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not on Unix
+            pass
 
     def ready(self) -> None:
         self.pipe.send(("ready",))
 
     async def wait_go(self) -> float:
-        loop = asyncio.get_running_loop()
-        self.go = loop.create_future()
-        loop.add_reader(self.pipe.fileno(), self._readable)
-        self.reading = True
+        assert self.go is not None, "attach first"
         return await self.go
 
     def progress(self, requests: int, errors: int) -> None:
-        self.pipe.send(("progress", requests, errors))
+        try:
+            self.pipe.send(("progress", requests, errors))
+        except OSError:
+            pass  # the parent is gone; _readable stops the worker
 
     def close(self) -> None:
         if self.reading:
@@ -90,6 +103,7 @@ async def _work(plan: WorkerPlan, link: PipeLink) -> LoadResult:
 def worker_main(plan: WorkerPlan, pipe: Pipe) -> None:
     """Entry point of a worker process."""
     # Ctrl-C reaches the whole process group; the parent asks workers to stop instead.
+    # SIGTERM (to the worker itself) stops it as the parent's "stop" does.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_nofile_limit()
     link = PipeLink(pipe)
@@ -106,6 +120,29 @@ def worker_main(plan: WorkerPlan, pipe: Pipe) -> None:
         pipe.close()
 
 
+def dead_worker_result(plan: WorkerPlan) -> LoadResult:
+    """What a worker that died without a result adds: its connections, one error."""
+    empty = new_histogram().encode().decode("ascii")
+    return LoadResult(
+        urls=plan.urls,
+        model="closed" if plan.rate is None else "open",
+        connections=plan.connections,
+        processes=1,
+        duration=0.0,
+        requests=0,
+        failed=0,
+        body_bytes=0,
+        errors={"worker_died": 1},
+        histogram=empty,
+        cpu_seconds=0.0,
+        target_rate=plan.rate,
+        warmup=plan.warmup,
+        loop=plan.loop,
+        verified=plan.hash_bodies,
+        handshake_histogram=empty,
+    )
+
+
 class WorkerPool:
     """The parent's side: one spawned process and one pipe per plan."""
 
@@ -114,10 +151,23 @@ class WorkerPool:
         self.processes: list[BaseProcess] = []
         self.pipes: list[Pipe] = []
         self.inbox: asyncio.Queue[tuple[int, Message]] = asyncio.Queue()
+        self.stopping = False
+        self.failures: dict[int, str] = {}
+        """Workers that ended without a result, and why."""
 
     def stop(self) -> None:
-        """Ask every worker to end early (Ctrl-C)."""
+        """Ask every worker to end early (Ctrl-C); a worker started later is asked too."""
+        self.stopping = True
         self._send_all(("stop",))
+
+    def kill(self) -> None:
+        """End every worker now (a second Ctrl-C): only our own children, by PID."""
+        for process in self.processes:
+            try:
+                if process.is_alive():
+                    process.kill()
+            except ValueError:  # already closed
+                pass
 
     async def run(self, on_progress: ProgressCallback | None) -> list[LoadResult]:
         loop = asyncio.get_running_loop()
@@ -137,6 +187,8 @@ class WorkerPool:
                 self.processes.append(process)
                 self.pipes.append(parent_end)
                 loop.add_reader(parent_end.fileno(), self._drain, index)
+                if self.stopping:
+                    self._send(index, ("stop",))
             results = await self._collect(on_progress)
             finished = True
             return results
@@ -153,17 +205,20 @@ class WorkerPool:
             self.inbox.put_nowait((index, ("eof",)))
 
     async def _collect(self, on_progress: ProgressCallback | None) -> list[LoadResult]:
+        """Every worker's result, in order; a worker that ended without one counts as
+        `dead_worker_result`. Raises only when none of them returned a result."""
         count = len(self.plans)
-        ready = 0
+        ready: set[int] = set()
         results: dict[int, LoadResult] = {}
         progress = [(0, 0)] * count
-        while len(results) < count:
+        went = False
+        while len(results) + len(self.failures) < count:
             index, message = await self.inbox.get()
             kind = message[0]
+            if index in results or index in self.failures:
+                continue
             if kind == "ready":
-                ready += 1
-                if ready == count:
-                    self._send_all(("go", time.monotonic() + START_MARGIN))
+                ready.add(index)
             elif kind == "progress":
                 progress[index] = (int(message[1]), int(message[2]))
                 if on_progress is not None:
@@ -171,11 +226,20 @@ class WorkerPool:
             elif kind == "result":
                 results[index] = message[1]
             elif kind == "error":
-                raise ZcserveError(f"load worker {index} failed: {message[1]}")
-            elif kind == "eof" and index not in results:
+                self.failures[index] = f"load worker {index} failed: {message[1]}"
+            elif kind == "eof":
                 code = await asyncio.to_thread(self._exit_code, index)
-                raise ZcserveError(f"load worker {index} exited (code {code}) without a result")
-        return [results[index] for index in range(count)]
+                self.failures[index] = f"load worker {index} exited (code {code}) without a result"
+            # The living start together once each is ready (a dead one waits for nobody).
+            if not went and len(ready) + len(self.failures) == count and ready:
+                went = True
+                self._send_all(("go", time.monotonic() + START_MARGIN))
+        if not results:
+            raise ZcserveError(next(iter(self.failures.values())))
+        return [
+            results[index] if index in results else dead_worker_result(self.plans[index])
+            for index in range(count)
+        ]
 
     def _exit_code(self, index: int) -> int | None:
         process = self.processes[index]
@@ -183,11 +247,17 @@ class WorkerPool:
         return process.exitcode
 
     def _send_all(self, message: Message) -> None:
-        for pipe in self.pipes:
-            try:
-                pipe.send(message)
-            except OSError:
-                pass  # that worker is gone; its EOF is reported by _drain
+        for index in range(len(self.pipes)):
+            self._send(index, message)
+
+    def _send(self, index: int, message: Message) -> None:
+        pipe = self.pipes[index]
+        if pipe.closed or index in self.failures:
+            return
+        try:
+            pipe.send(message)
+        except OSError:
+            pass  # that worker is gone; its EOF is reported by _drain
 
     async def _close(self, loop: asyncio.AbstractEventLoop, *, finished: bool) -> None:
         for pipe in self.pipes:

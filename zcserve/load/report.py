@@ -61,6 +61,16 @@ def summary_lines(result: LoadResult) -> list[str]:
     if result.target_rate is not None:
         rate += f" (target {result.target_rate:,.1f}/s, sent {result.achieved_rate:,.1f}/s)"
     lines.append(f"  requests    {result.requests:,} in {result.duration:.2f} s: {rate}")
+    if result.model == "open" or result.unsent:
+        lines.append(
+            f"  unsent      {result.unsent:,} (due in the window, never sent; "
+            "in the latency from their due time to the end)"
+        )
+    if result.reconnects:
+        lines.append(
+            f"  reconnects  {result.reconnects:,} (a reused connection closed before the "
+            "response; sent again)"
+        )
     lines.append(
         f"  body        {result.body_bytes / 1e6:,.2f} MB: {result.megabytes_per_second:,.2f} MB/s"
     )
@@ -78,6 +88,13 @@ def summary_lines(result: LoadResult) -> list[str]:
             + "  ".join(f"{name} {format_ms(handshake[name])}" for name in ("p50", "p99", "max"))
         )
     lines.append(f"  client CPU  {result.cpu_seconds:.2f} s")
+    if result.client_saturated:
+        processes = f"{result.processes} process{'es' if result.processes != 1 else ''}"
+        lines.append(
+            f"[bold yellow]  WARNING     client saturated: CPU busy {result.client_cpu_share:.0%} "
+            f"of the time on {processes}; these figures may measure zcserve load, not the "
+            "server (add --processes)[/]"
+        )
     if result.verified:
         lines.append("  verified    SHA-256 of every body")
     errors = describe_errors(result.errors)

@@ -24,6 +24,11 @@ Before any load, each host is resolved and connected to once, so a refused port
 or unknown host fails fast with one line; with `verify` each URL is fetched once
 for the reference SHA-256 (or `expect` names a local file holding the body).
 
+The first Ctrl-C (SIGINT; for `zcserve load`, SIGTERM too) ends the run at once:
+connects and timers are cancelled, requests in flight get half a second, and what
+was measured is returned (and printed, and saved), errors included. A second one
+exits immediately (code 130 or 143), ending the worker processes first.
+
 https:// URLs speak TLS (ALPN http/1.1, SNI from the URL's host), verified
 against the system's CAs, or only `cacert`'s, or not at all with `insecure`. An
 untrusted certificate on that first connect fails fast too. Handshakes are
@@ -35,12 +40,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rich.console import Console
 
@@ -60,49 +66,127 @@ __all__ = ["LoadOptions", "LoadResult", "add_command", "run_command", "run_load"
 
 # the run ------------------------------------------------------------------------
 
+API_STOP_SIGNALS = (signal.SIGINT,)
+"""Signals that stop a run made through the Python API: Ctrl-C only, so a program
+that runs several (the bench) still ends on SIGTERM."""
+CLI_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""`zcserve load` stops on SIGTERM as on Ctrl-C, and still prints and saves the run."""
 
-def run_load(options: LoadOptions, *, on_progress: ProgressCallback | None = None) -> LoadResult:
+
+def run_load(
+    options: LoadOptions,
+    *,
+    on_progress: ProgressCallback | None = None,
+    stop_signals: Collection[int] = API_STOP_SIGNALS,
+) -> LoadResult:
     """Run the load and return the merged result; blocks. Call from no running loop."""
     with asyncio.Runner(loop_factory=loop_factory(options.loop)) as runner:
-        return runner.run(run_load_async(options, on_progress=on_progress))
+        return runner.run(
+            run_load_async(options, on_progress=on_progress, stop_signals=stop_signals)
+        )
 
 
 async def run_load_async(
-    options: LoadOptions, *, on_progress: ProgressCallback | None = None
+    options: LoadOptions,
+    *,
+    on_progress: ProgressCallback | None = None,
+    stop_signals: Collection[int] = API_STOP_SIGNALS,
 ) -> LoadResult:
     """Run the load from a running loop. With one process the connections share this
-    loop; with more, this loop only waits for the workers. Ctrl-C ends the run early
-    (in the main thread) and still returns what was measured."""
+    loop; with more, this loop only waits for the workers. Ctrl-C (and the other
+    `stop_signals`) ends the run early (in the main thread) and still returns what was
+    measured; a second one exits the process."""
     raise_nofile_limit()
-    routes = await prepare_routes(options)
-    plans = plan_workers(options, routes)
-    if len(plans) == 1:
-        link = LocalLink(on_progress)
-        with _interrupt_calls(link.request_stop):
+    with _interrupts(stop_signals) as interrupts:
+        routes = await interrupts.before_the_run(prepare_routes(options))
+        plans = plan_workers(options, routes)
+        if len(plans) == 1:
+            link = LocalLink(on_progress)
+            interrupts.on_stop(link.request_stop)
             return await run_worker(plans[0], link)
-    pool = WorkerPool(plans)
-    with _interrupt_calls(pool.stop):
+        pool = WorkerPool(plans)
+        interrupts.on_stop(pool.stop, kill=pool.kill)
         results = await pool.run(on_progress)
     return LoadResult.merge(results)
 
 
-@contextmanager
-def _interrupt_calls(stop: Callable[[], None]) -> Iterator[None]:
-    """While the run lasts, Ctrl-C calls `stop` (which still reports) instead of raising.
-    Only the main thread can take signals; elsewhere Ctrl-C keeps its default."""
-    loop = asyncio.get_running_loop()
-    installed = False
-    if threading.current_thread() is threading.main_thread():
+R = TypeVar("R")
+
+
+class _Interrupts:
+    """What SIGINT and SIGTERM do while a run lasts: the first stops it (the run still
+    reports), a second exits at once."""
+
+    def __init__(self) -> None:
+        self.stop: Callable[[], None] | None = None
+        self.kill: Callable[[], None] | None = None
+        self.signalled = False
+        self.waiting: asyncio.Future[Any] | None = None
+
+    def on_stop(self, stop: Callable[[], None], kill: Callable[[], None] | None = None) -> None:
+        """From now on the first signal calls `stop`; `kill` ends any children first
+        when a second one exits."""
+        self.stop = stop
+        self.kill = kill
+        if self.signalled:
+            stop()
+
+    async def before_the_run(self, work: Awaitable[R]) -> R:
+        """Await `work` (resolving, probing); a signal meanwhile ends it with an error."""
+        waiting: asyncio.Future[R] = asyncio.ensure_future(work)
+        self.waiting = waiting
         try:
-            loop.add_signal_handler(signal.SIGINT, stop)
-            installed = True
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - not on Unix
-            pass
+            return await waiting
+        except asyncio.CancelledError:
+            if self.signalled:
+                raise ZcserveError("interrupted before the load started") from None
+            raise
+        finally:
+            self.waiting = None
+
+    def signal(self, signum: int) -> None:
+        if self.signalled:
+            self.exit_now(signum)
+        self.signalled = True
+        name = signal.Signals(signum).name
+        os.write(2, f"zcserve load: {name}: stopping; once more exits at once\n".encode())
+        if self.waiting is not None:
+            self.waiting.cancel()
+        if self.stop is not None:
+            self.stop()
+
+    def exit_now(self, signum: int) -> None:
+        """The second signal: no summary, no waiting; our worker processes end first."""
+        if self.kill is not None:
+            self.kill()
+        name = signal.Signals(signum).name
+        os.write(2, f"zcserve load: {name} again; exiting without a summary\n".encode())
+        os._exit(128 + signum)
+
+
+@contextmanager
+def _interrupts(stop_signals: Collection[int]) -> Iterator[_Interrupts]:
+    """While the run lasts, SIGINT and SIGTERM stop it (it still reports) instead of
+    killing the process. Only the main thread can take signals; elsewhere they keep
+    their defaults."""
+    loop = asyncio.get_running_loop()
+    interrupts = _Interrupts()
+    installed = []
+    if threading.current_thread() is threading.main_thread():
+        for signum in stop_signals:
+            previous = signal.getsignal(signum)
+            try:
+                loop.add_signal_handler(signum, interrupts.signal, signum)
+                installed.append((signum, previous))
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - not on Unix
+                pass
     try:
-        yield
+        yield interrupts
     finally:
-        if installed:
-            loop.remove_signal_handler(signal.SIGINT)
+        for signum, previous in installed:
+            loop.remove_signal_handler(signum)
+            if previous is not None:  # the caller's own handler, as it was
+                signal.signal(signum, previous)
 
 
 # the command ----------------------------------------------------------------------
@@ -203,7 +287,8 @@ def add_command(sub: argparse._SubParsersAction[P]) -> None:
         type=_rate,
         default=None,
         help="open model: R requests/s in all, on a fixed schedule; latency counts from "
-        "each request's intended send time (default: closed model)",
+        "each request's intended send time; slots never sent by the end are counted as "
+        "unsent (default: closed model)",
     )
     p.add_argument(
         "--warmup",
@@ -225,7 +310,9 @@ def add_command(sub: argparse._SubParsersAction[P]) -> None:
         metavar="SECONDS",
         type=_duration,
         default=10.0,
-        help="per request, connect included; the connection is then reopened",
+        help="per request, connect included (the connection is then reopened); also "
+        "bounds the opening of the connections, and how long a run may go on past -d; "
+        "with --raw, per whole download",
     )
     p.add_argument(
         "--verify",
@@ -285,7 +372,7 @@ def run_command(args: argparse.Namespace) -> int:
     seconds = options.warmup + (options.duration or 0.0)
     try:
         with LiveProgress(console, total_requests=options.requests, seconds=seconds) as live:
-            result = run_load(options, on_progress=live.update)
+            result = run_load(options, on_progress=live.update, stop_signals=CLI_STOP_SIGNALS)
     except ConfigError:
         raise
     except ZcserveError as exc:

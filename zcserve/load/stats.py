@@ -29,6 +29,9 @@ PERCENTILES: tuple[tuple[str, float], ...] = (
 
 
 Model = Literal["closed", "open"]
+CLIENT_SATURATED = 0.9
+"""Client CPU share (of wall time x processes) from which a run warns that the
+client, not the server, may have set the pace."""
 
 
 def new_histogram() -> HdrHistogram:
@@ -62,6 +65,23 @@ def _clamp(micros: int) -> int:
     return min(max(micros, LOWEST_MICROS), HIGHEST_MICROS)
 
 
+def record_spread(pending: dict[int, int], low: int, high: int, count: int, points: int) -> None:
+    """Count `count` latencies spread evenly from `low` to `high` microseconds (the
+    unsent slots of one connection: an arithmetic sequence) in `pending`, using at
+    most `points` distinct values, each weighted; the total is exactly `count`."""
+    if count <= 0:
+        return
+    points = max(1, min(points, count))
+    if points == 1:
+        pending[high] = pending.get(high, 0) + count
+        return
+    each, extra = divmod(count, points)
+    span = high - low
+    for point in range(points):
+        micros = low + span * point // (points - 1)
+        pending[micros] = pending.get(micros, 0) + each + (1 if point < extra else 0)
+
+
 class LiveStats:
     """One worker's counters for one phase (warm-up or measurement).
 
@@ -78,6 +98,8 @@ class LiveStats:
         "histogram",
         "handshakes",
         "handshake_histogram",
+        "reconnects",
+        "unsent",
     )
 
     def __init__(self) -> None:
@@ -92,6 +114,11 @@ class LiveStats:
         self.handshakes = 0
         """Completed TLS handshakes; each one's duration is in `handshake_histogram`."""
         self.handshake_histogram = new_histogram()
+        self.reconnects = 0
+        """Requests sent again on a new connection: the reused one closed before any
+        byte of the response (not failures)."""
+        self.unsent = 0
+        """Open model: slots due in the window that were never sent."""
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -120,7 +147,9 @@ class LoadResult:
     `requests` counts complete responses of any status; `failed` counts requests
     that got none. With `-n N`, requests + failed == N. A non-2xx, a body over its
     Content-Length or a hash mismatch is both a request and an error. A failed TLS
-    handshake is a failed request (error kind "tls").
+    handshake is a failed request (error kind "tls"). In the open model, the slots
+    due in the window are requests + failed + `unsent`, and the latency histogram
+    holds the unsent ones too, each charged from its due time to the end of the run.
     """
 
     urls: tuple[str, ...]
@@ -128,7 +157,8 @@ class LoadResult:
     connections: int
     processes: int
     duration: float
-    """Seconds measured, from the end of the warm-up to the last response."""
+    """Seconds measured: closed model, from the end of the warm-up to the last
+    response; open model, the window of the schedule (-d, or -n / rate)."""
     requests: int
     failed: int
     body_bytes: int
@@ -151,6 +181,16 @@ class LoadResult:
     window, yet its bytes still moved."""
     window_seconds: float = 0.0
     """Length of that window: the duration asked for, or the whole run with -n."""
+    unsent: int = 0
+    """Open model: slots due in the window that were never sent, because the server
+    (or the client) fell behind; each is in the latency histogram, from its due time
+    to the end of the run (wrk2's correction carried to the end)."""
+    reconnects: int = 0
+    """Requests sent a second time on a new connection because the reused one closed
+    before any byte of the response (an idle keep-alive close): not failures."""
+    wall_seconds: float = 0.0
+    """Wall-clock seconds over which `cpu_seconds` was counted, summed over the
+    processes: `cpu_seconds / wall_seconds` is how busy the client was."""
 
     # derived figures -----------------------------------------------------------
 
@@ -167,6 +207,18 @@ class LoadResult:
         """Requests sent per second, answered or not: compare with `target_rate`."""
         sent = self.requests + self.failed
         return sent / self.duration if self.duration > 0 else 0.0
+
+    @property
+    def client_cpu_share(self) -> float:
+        """Client CPU over the wall time it was counted in (1.0: every process was
+        busy all the time); from the duration for results saved without it."""
+        wall = self.wall_seconds or self.duration * self.processes
+        return self.cpu_seconds / wall if wall > 0 else 0.0
+
+    @property
+    def client_saturated(self) -> bool:
+        """The client used 90 % or more of its CPUs: it, not the server, may be the limit."""
+        return self.client_cpu_share >= CLIENT_SATURATED
 
     @property
     def megabytes_per_second(self) -> float:
@@ -229,6 +281,9 @@ class LoadResult:
             handshake_histogram=handshakes.encode().decode("ascii"),
             window_bytes=sum(result.window_bytes for result in results),
             window_seconds=max(result.window_seconds for result in results),
+            unsent=sum(result.unsent for result in results),
+            reconnects=sum(result.reconnects for result in results),
+            wall_seconds=sum(result.wall_seconds for result in results),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -242,6 +297,8 @@ class LoadResult:
             achieved_rate=self.achieved_rate,
             megabytes_per_second=self.megabytes_per_second,
             window_megabytes_per_second=self.window_megabytes_per_second,
+            client_cpu_share=self.client_cpu_share,
+            client_saturated=self.client_saturated,
             latency_ms=self.latency_ms(),
             handshake_ms=self.handshake_ms(),
         )
@@ -274,4 +331,7 @@ class LoadResult:
             handshake_histogram=str(data.get("handshake_histogram", "")),
             window_bytes=int(data.get("window_bytes", 0)),
             window_seconds=float(data.get("window_seconds", 0.0)),
+            unsent=int(data.get("unsent", 0)),
+            reconnects=int(data.get("reconnects", 0)),
+            wall_seconds=float(data.get("wall_seconds", 0.0)),
         )

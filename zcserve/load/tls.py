@@ -16,6 +16,8 @@ from zcserve.errors import ConfigError
 ALPN_PROTOCOLS = ("http/1.1",)
 """What the client offers; the load generator speaks HTTP/1.1 and nothing else."""
 UNTRUSTED_HINT = "trust it with --cacert FILE, or skip the check with --insecure"
+NOT_FROM_CACERT_HINT = "no CA in --cacert {cacert} signed it; skip the check with --insecure"
+"""The hint when --cacert was given: trusting it is what was tried."""
 
 
 class HandshakeError(OSError):
@@ -45,12 +47,14 @@ def client_context(*, insecure: bool, cacert: str | None) -> ssl.SSLContext:
     return context
 
 
-def describe_handshake_error(exc: BaseException) -> str:
-    """Why a handshake failed, for the one-line error of the first connection."""
+def describe_handshake_error(exc: BaseException, cacert: str | None = None) -> str:
+    """Why a handshake failed, for the one-line error of the first connection; the
+    hint for an untrusted certificate depends on whether `cacert` was given."""
     if isinstance(exc, HandshakeError) and exc.__cause__ is not None:
         exc = exc.__cause__
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate verify failed: {exc.verify_message}; {UNTRUSTED_HINT}"
+        hint = UNTRUSTED_HINT if cacert is None else NOT_FROM_CACERT_HINT.format(cacert=cacert)
+        return f"TLS certificate verify failed: {exc.verify_message}; {hint}"
     if isinstance(exc, ssl.SSLError):
         return f"TLS handshake failed: {exc.reason or exc}"
     if isinstance(exc, TimeoutError):
