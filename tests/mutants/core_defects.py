@@ -11,8 +11,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="close-without-linger-after-last-response",
         path=CONNECTION,
-        old="            self._linger()\n        else:\n            self._advance()\n",
-        new="            self.close()\n        else:\n            self._advance()\n",
+        old="            if self._client_sent_more():\n                self._linger()\n",
+        new="            if False:\n                self._linger()\n",
         tests=("tests/test_graceful_close.py",),
     ),
     Mutant(

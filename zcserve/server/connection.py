@@ -405,9 +405,21 @@ class HttpConnection:
         if not reply.keep_alive or server.closing:
             # Pipelined requests may already be in our receive queue: a plain close
             # would answer them with a reset that destroys this response in flight.
-            self._linger()
+            # As nginx's lingering_close, linger only when the client sent more.
+            if self._client_sent_more():
+                self._linger()
+            else:
+                self.close()
         else:
             self._advance()
+
+    def _client_sent_more(self) -> bool:
+        if self.pending or self.parser.in_head:
+            return True
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # BlockingIOError: nothing waiting; anything else: gone
+            return False
 
     def _release_body(self) -> int:
         """Close the transfer and count its bytes; return them."""
