@@ -44,4 +44,11 @@ MUTANTS: list[Mutant] = [
         new="        self._pause_reading()\n        self.deadline = math.inf\n",
         tests=("tests/test_hardening.py",),
     ),
+    Mutant(
+        name="http-date-past-9999-not-clamped",
+        path="zcserve/server/http.py",
+        old="    return formatdate(min(max(second, 0), LAST_HTTP_SECOND), usegmt=True)\n",
+        new="    return formatdate(second, usegmt=True)\n",
+        tests=("tests/test_dates.py",),
+    ),
 ]

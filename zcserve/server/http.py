@@ -297,9 +297,14 @@ def http_date(timestamp: float | None = None) -> str:
     return _format_second(int(timestamp))
 
 
+LAST_HTTP_SECOND = 253402300799
+"""9999-12-31 23:59:59 UTC: IMF-fixdate has four year digits, and tmpfs accepts
+modification times past it."""
+
+
 @functools.lru_cache(maxsize=4096)
 def _format_second(second: int) -> str:
-    return formatdate(second, usegmt=True)
+    return formatdate(min(max(second, 0), LAST_HTTP_SECOND), usegmt=True)
 
 
 def parse_http_date(value: str) -> float | None:
