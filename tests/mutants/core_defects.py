@@ -39,9 +39,9 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="send-stall-deadline-never-set",
         path=CONNECTION,
-        old="        self._pause_reading()\n"
+        old="            self._writing = True\n"
         "        self.deadline = self.loop.time() + self.server.config.send_timeout\n",
-        new="        self._pause_reading()\n        self.deadline = math.inf\n",
+        new="            self._writing = True\n        self.deadline = math.inf\n",
         tests=("tests/test_hardening.py",),
     ),
     Mutant(
