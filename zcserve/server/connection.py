@@ -52,6 +52,7 @@ then cost about 80 MiB here rather than 640 MiB. Longer heads take several reads
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 64 * 1024
 
+_DONE = Progress.DONE  # enum members bound once: each lookup costs on the hot path
 PEER_GONE = (TransferError, OSError)
 """A peer that left, stalled or broke: TimeoutError and ConnectionError are OSErrors."""
 
@@ -89,6 +90,9 @@ class After(enum.Enum):
     LINGER = "linger"
     """An error answer went out: stop sending, drain what the client still sends."""
     CLOSE = "close"
+
+
+_FINISH = After.FINISH
 
 
 class HttpConnection:
@@ -130,6 +134,7 @@ class HttpConnection:
         "_body_start",
         "_task",
         "_drained",
+        "_advancing",
     )
 
     def __init__(
@@ -169,6 +174,7 @@ class HttpConnection:
         self._body_start = 0
         self._task: asyncio.Task[None] | None = None
         self._drained = -1  # bytes discarded while lingering; -1: not lingering
+        self._advancing = False
 
     def start(self) -> None:
         self._resume_reading()
@@ -226,12 +232,16 @@ class HttpConnection:
 
     def _advance(self) -> None:
         """Answer pending requests in order until one has to wait for the socket."""
-        while self.pending and not self.busy and not self.closed:
-            item = self.pending.popleft()
-            if isinstance(item, HttpError):
-                self._answer_error(item)
-            else:
-                self._respond(item)
+        self._advancing = True
+        try:
+            while self.pending and not self.busy and not self.closed:
+                item = self.pending.popleft()
+                if isinstance(item, HttpError):
+                    self._answer_error(item)
+                else:
+                    self._respond(item)
+        finally:
+            self._advancing = False
         if self.busy or self.closed:
             return
         if self.server.closing:
@@ -241,13 +251,15 @@ class HttpConnection:
             self.deadline = self._head_deadline
         else:
             self.deadline = self.loop.time() + self.server.config.keepalive_timeout
-        self._resume_reading()
+        if not self._reading:
+            self._resume_reading()
 
     # responding ------------------------------------------------------------------
 
     def _respond(self, request: Request) -> None:
         server = self.server
-        self._started = self.loop.time()
+        if server.metrics_on:
+            self._started = self.loop.time()
         if server.closing:  # say so, rather than drop the connection unannounced
             request = without_keep_alive(request)
         self._request = request
@@ -261,7 +273,7 @@ class HttpConnection:
             self._answer_500()
             return
         self._reply = reply
-        self._after = After.FINISH
+        self._after = _FINISH
         if reply.file is None:
             self._send(reply.head + reply.body if reply.body else reply.head, 0)
             return
@@ -293,8 +305,16 @@ class HttpConnection:
         self._send(error_response(500, keep_alive=False), 0)
 
     def _send(self, data: bytes, flags: int) -> None:
-        self._unsent = memoryview(data)
-        self._flags = flags
+        try:
+            sent = self.sock.send(data, flags)
+        except BlockingIOError:
+            sent = 0
+        except PEER_GONE as exc:
+            self._end(exc)
+            return
+        if sent < len(data):  # the socket is full: keep the rest for _pump
+            self._unsent = memoryview(data)[sent:]
+            self._flags = flags
         self._pump()
 
     def _pump(self) -> None:
@@ -305,7 +325,7 @@ class HttpConnection:
                 while self._unsent:
                     self._unsent = self._unsent[send(self._unsent, flags) :]
             reply = self._reply
-            if self._after is not After.FINISH or reply is None:
+            if self._after is not _FINISH or reply is None:
                 self._after_sent()
                 return
             if reply.file is not None:
@@ -321,17 +341,8 @@ class HttpConnection:
                         return
                     transfer = self._transfer = found
                 progress = transfer.advance()
-                if progress is Progress.WAIT:
-                    self._wait_writable()
-                    return
-                if progress is Progress.YIELD:  # let other connections run
-                    self._stop_writing()
-                    self.deadline = math.inf
-                    self.loop.call_soon(self._pump)
-                    return
-                if progress is Progress.HANDOFF:
-                    assert transfer.rest is not None
-                    self._await(transfer.rest(transfer.offset, transfer.end - transfer.offset))
+                if progress is not _DONE:
+                    self._transfer_waits(transfer, progress)
                     return
             self._finish()
         except BlockingIOError:
@@ -340,6 +351,17 @@ class HttpConnection:
             self._end(exc)
         except Exception:
             self._internal_error()
+
+    def _transfer_waits(self, transfer: Transfer, progress: Progress) -> None:
+        if progress is Progress.WAIT:
+            self._wait_writable()
+        elif progress is Progress.YIELD:  # let other connections run
+            self._stop_writing()
+            self.deadline = math.inf
+            self.loop.call_soon(self._pump)
+        else:  # HANDOFF
+            assert transfer.rest is not None
+            self._await(transfer.rest(transfer.offset, transfer.end - transfer.offset))
 
     def _wait_writable(self) -> None:
         if not self._writing:
@@ -388,7 +410,8 @@ class HttpConnection:
 
     def _finish(self) -> None:
         """The response is in the kernel: count it, then go on to the next request."""
-        self._stop_writing()
+        if self._writing:
+            self._stop_writing()
         reply, request = self._reply, self._request
         assert reply is not None and request is not None
         server = self.server
@@ -410,7 +433,7 @@ class HttpConnection:
                 self._linger()
             else:
                 self.close()
-        else:
+        elif not self._advancing:  # else the `_advance` below us goes on
             self._advance()
 
     def _client_sent_more(self) -> bool:

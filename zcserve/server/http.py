@@ -112,7 +112,7 @@ class RequestParser:
         self._reset_message()
 
     def _reset_message(self) -> None:
-        self._url = bytearray()
+        self._url = b""
         self._headers: dict[str, str] = {}
         self._header_bytes = 0
         self._header_count = 0
@@ -180,11 +180,16 @@ class RequestParser:
     # httptools callbacks -------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._reset_message()
+        # `_reset_message`, inlined: this runs once per request.
+        self._url = b""
+        self._headers = {}
+        self._header_bytes = 0
+        self._header_count = 0
+        self._head = None
         self._in_head = True
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        self._url = self._url + url if self._url else url  # llhttp may split a long one
         if len(self._url) > self._limits.max_request_line:
             raise _Reject(HttpError(414, "request target too long"))
 
@@ -215,7 +220,7 @@ class RequestParser:
         version = parser.get_http_version()
         if version not in ("1.0", "1.1"):
             raise _Reject(HttpError(505, f"HTTP/{version} is not supported"))
-        target = bytes(self._url)
+        target = self._url
         if target.startswith(b"/"):
             try:
                 parsed = httptools.parse_url(target)
@@ -229,14 +234,15 @@ class RequestParser:
             path, query = _absolute_form_path(target)
         if version == "1.1" and "host" not in self._headers:
             raise _Reject(HttpError(400, "HTTP/1.1 request without Host"))
+        # Positional: a NamedTuple builds faster without keywords, once per request.
         self._head = Request(
-            method=parser.get_method().decode("ascii", "replace"),
-            target=target,
-            path=path,
-            query=query,
-            version=version,
-            headers=self._headers,
-            keep_alive=parser.should_keep_alive(),
+            parser.get_method().decode("ascii", "replace"),
+            target,
+            path,
+            query,
+            version,
+            self._headers,
+            parser.should_keep_alive(),
         )
 
     def on_message_complete(self) -> None:
@@ -287,6 +293,8 @@ class _DateCache:
 
 
 _date_cache = _DateCache()
+current_http_date = _date_cache.now
+"""The Date header's value for now: `http_date()` without its argument check."""
 
 
 def http_date(timestamp: float | None = None) -> str:

@@ -14,6 +14,7 @@ from zcserve.server.files import (
     Kind,
     OpenedFile,
     RangeKind,
+    Resolved,
     Resolver,
     if_range_matches,
     not_modified,
@@ -22,6 +23,7 @@ from zcserve.server.files import (
 from zcserve.server.http import (
     ALLOWED_METHODS,
     Request,
+    current_http_date,
     error_body,
     error_response,
     http_date,
@@ -72,20 +74,9 @@ def _plan(request: Request, root: Resolver) -> Reply:
     resolved = root.resolve(request.path)
     keep = request.keep_alive
     head_only = request.method == "HEAD"
-    if resolved.kind is Kind.REDIRECT:
-        body = f"Moved to {resolved.location}\n".encode("utf-8", "replace")
-        headers = [
-            ("Location", resolved.location),
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(body))),
-        ]
-        return _simple(301, headers, body, request)
-    if resolved.kind is Kind.LISTING:
-        body = resolved.listing
-        headers = [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))]
-        return _simple(200, headers, body, request)
     file = resolved.file
-    assert file is not None
+    if file is None:
+        return _not_a_file(resolved, request)
     asked = request.headers
     if file.heads is not None and not (
         "range" in asked or "if-none-match" in asked or "if-modified-since" in asked
@@ -136,10 +127,25 @@ def _plan(request: Request, root: Resolver) -> Reply:
         raise
 
 
+def _not_a_file(resolved: Resolved, request: Request) -> Reply:
+    """A slash redirect or a directory listing."""
+    if resolved.kind is Kind.REDIRECT:
+        body = f"Moved to {resolved.location}\n".encode("utf-8", "replace")
+        headers = [
+            ("Location", resolved.location),
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+        ]
+        return _simple(301, headers, body, request)
+    body = resolved.listing
+    headers = [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))]
+    return _simple(200, headers, body, request)
+
+
 def _whole_file_head(
     file: OpenedFile, heads: dict[tuple[bool, str], tuple[str, bytes]], keep: bool, version: str
 ) -> bytes:
-    date = http_date()
+    date = current_http_date()
     cached = heads.get((keep, version))
     if cached is not None and cached[0] is date:
         return cached[1]

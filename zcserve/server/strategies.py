@@ -212,10 +212,10 @@ class SendfileStrategy(SteppedStrategy):
 
         # Under asyncio a body that one sendfile(2) does not finish goes on through
         # the loop's own sock_sendfile, the path the standard library offers.
-        rest = None
         if _has_native_sock_sendfile(stream.loop):
             rest = functools.partial(self._sock_sendfile, stream, file)
-        return Transfer(stream, file, offset, count, step, rest=rest)
+            return Transfer(stream, file, offset, count, step, None, rest)
+        return Transfer(stream, file, offset, count, step)
 
     async def _sock_sendfile(
         self, stream: SocketStream, file: OpenedFile, offset: int, count: int
