@@ -18,7 +18,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="small-file-goes-through-a-task",
         path=STRATEGIES,
-        old="        return Transfer(stream, file, offset, count, step, rest=rest)\n",
+        old="        return Transfer(stream, file, offset, count, step)\n",
         new="        return None  # type: ignore[return-value]\n",
         tests=("tests/test_event_core.py",),
     ),
