@@ -1,0 +1,91 @@
+"""CPU µs per keep-alive request inside the connection core, without a load generator.
+
+One TCP connection on loopback; for each request the client writes a GET, the
+connection's readable callback runs once (timed with the thread's CPU clock, so a
+busy machine stretches it less than a wall clock), and the client reads the answer.
+The same is done for the floor server's callback (`floor_server.py`): the difference
+is the Python zcserve runs per request. Run: `python benchmarks/request_cost.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from floor_server import FloorConnection  # noqa: E402
+
+from zcserve.server.config import ServerConfig  # noqa: E402
+from zcserve.server.connection import HttpConnection  # noqa: E402
+from zcserve.server.server import Server  # noqa: E402
+
+REQUEST = b"GET /body.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: request_cost\r\n\r\n"
+
+
+def connected_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server_side, _ = listener.accept()
+    server_side.setblocking(False)
+    server_side.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return client, server_side
+
+
+def cost_per_request(
+    client: socket.socket, on_readable: Callable[[], None], size: int, n: int
+) -> float:
+    buffer = bytearray(size + 4096)
+    spent = 0.0
+    for _ in range(n):
+        client.sendall(REQUEST)
+        started = time.thread_time()
+        on_readable()
+        spent += time.thread_time() - started
+        received = client.recv_into(buffer)
+        head_end = buffer.find(b"\r\n\r\n", 0, received)
+        while head_end < 0 or received < head_end + 4 + size:
+            received += client.recv_into(memoryview(buffer)[received:])
+            head_end = buffer.find(b"\r\n\r\n", 0, received)
+    return 1e6 * spent / n
+
+
+async def measure(root: str, strategy: str, size: int, n: int) -> None:
+    loop = asyncio.get_running_loop()
+    client, server_side = connected_pair()
+    server = Server(ServerConfig(root=root, strategy=strategy))  # type: ignore[arg-type]
+    connection = HttpConnection(server, server_side, loop, lambda _: None, "127.0.0.1")
+    zcserve = cost_per_request(client, connection._on_readable, size, n)
+    client.close()
+    connection.close()
+    client, server_side = connected_pair()
+    floor = FloorConnection(server_side, os.fsencode(root), loop)
+    loop.remove_reader(floor.fd)
+    floor_cost = cost_per_request(client, floor.on_readable, size, n)
+    client.close()
+    print(f"zcserve {strategy}: {zcserve:.1f} µs CPU per request; floor: {floor_cost:.1f} µs")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--strategy", default="sendfile")
+    parser.add_argument("--size", type=int, default=4096, help="body bytes")
+    parser.add_argument("-n", type=int, default=30_000, help="requests")
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory() as root:
+        Path(root, "body.bin").write_bytes(os.urandom(options.size))
+        uvloop.run(measure(root, options.strategy, options.size, options.n))
+
+
+if __name__ == "__main__":
+    main()
