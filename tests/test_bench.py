@@ -39,7 +39,13 @@ from zcserve.bench.results import (
     load_results,
     plot_figure,
 )
-from zcserve.bench.sweep import BenchOptions, Placement, ServerProcess, run_seed_experiment
+from zcserve.bench.sweep import (
+    SEED_STRATEGIES,
+    BenchOptions,
+    Placement,
+    ServerProcess,
+    run_seed_experiment,
+)
 from zcserve.demo import write_file
 from zcserve.load.run import LoadOptions
 from zcserve.load.run import run_load as real_run_load
@@ -484,14 +490,42 @@ def test_bench_bad_flags_exit_2(argv: list[str], message: str) -> None:
     assert message in lines[0]
 
 
-def test_seed_experiment_with_every_strategy() -> None:
+def test_seed_experiment_with_every_strategy(tmp_path: Path) -> None:
     strategies = list(STRATEGY_NAMES)
     console = Console(record=True, width=200)
-    figures = run_seed_experiment(strategies, 8 * 1024 * 1024, 3, "uvloop", console)
+    size, downloads = 8 * 1024 * 1024, 3
+    figures = run_seed_experiment(strategies, size, downloads, "uvloop", console, out=str(tmp_path))
     assert [f.strategy for f in figures] == strategies
     for figure in figures:
-        assert figure.total_seconds > 0 and figure.megabytes_per_second > 0
+        assert figure.seconds > 0 and figure.megabytes_per_second > 0
+        assert figure.server_cpu_seconds >= 0 and figure.peak_rss_bytes > 1024 * 1024
     assert "x readwrite" in console.export_text()
+    seed = json.loads((tmp_path / "seed.json").read_text())
+    assert (seed["size"], seed["downloads"]) == (size, downloads)
+    assert [row["strategy"] for row in seed["rows"]] == strategies
+    assert set(seed["rows"][0]) == {
+        "strategy",
+        "seconds",
+        "megabytes_per_second",
+        "server_cpu_seconds",
+        "peak_rss_bytes",
+    }
+
+
+def test_seed_experiment_cli_writes_its_rows(tmp_path: Path) -> None:
+    result = subprocess.run(
+        zcserve_command(
+            "bench", "--seed-experiment", "--seed-size", "2MiB", "--seed-downloads", "2",
+            "--out", str(tmp_path),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "seed.json").read_text())["rows"]
+    assert [row["strategy"] for row in rows] == list(SEED_STRATEGIES)
+    assert "sendfile is" in result.stdout
 
 
 def test_ceiling_measures_every_path(tmp_path: os.PathLike[str]) -> None:

@@ -16,6 +16,7 @@ each copy path's plain blocking loop beside the server's figure.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -24,7 +25,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import psutil
@@ -39,6 +40,7 @@ from zcserve.bench.results import (
     print_table,
     write_results,
 )
+from zcserve.bench.syscalls import run_syscalls
 from zcserve.demo import write_file
 from zcserve.errors import ConfigError, RunError
 from zcserve.load.raw import RawOptions, run_raw
@@ -408,18 +410,42 @@ def machine_description() -> str:
 # The seed experiment -------------------------------------------------------------
 
 
+SEED_STRATEGIES: tuple[str, ...] = tuple(
+    s for s in ("readall", "readwrite", "sendfile") if s in STRATEGY_NAMES
+)
+LAB_RATIO = 1.93
+"""The lab's reference run: its read-whole-file server over its sendfile server."""
+
+
 @dataclass(frozen=True)
 class SeedFigure:
     strategy: str
-    total_seconds: float
+    seconds: float
     megabytes_per_second: float
     server_cpu_seconds: float
+    peak_rss_bytes: int
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The process's high-water resident set (VmHWM), in bytes."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def run_seed_experiment(
-    strategies: Sequence[str], size: int, downloads: int, loop: str, console: Console
+    strategies: Sequence[str],
+    size: int,
+    downloads: int,
+    loop: str,
+    console: Console,
+    *,
+    out: str | None = None,
 ) -> list[SeedFigure]:
-    """`zcserve serve --raw FILE` against `zcserve load --raw`: N sequential downloads."""
+    """The lab's experiment: `zcserve serve --raw FILE` against `zcserve load --raw`,
+    N sequential downloads per strategy, each from a fresh server."""
     placement = Placement.detect()
     figures = []
     with tempfile.TemporaryDirectory(prefix="zcserve-seed-") as folder:
@@ -432,27 +458,52 @@ def run_seed_experiment(
                 before = server.cpu_seconds()
                 result = run_raw(RawOptions(address, downloads=downloads, timeout=60))
                 cpu = server.cpu_seconds() - before
+                peak = peak_rss_bytes(server.child.pid)
             if result.total_bytes != size * downloads:
                 raise RunError(
                     f"{strategy}: received {result.total_bytes} of {size * downloads} bytes"
                 )
-            figures.append(
-                SeedFigure(strategy, result.total_seconds, result.megabytes_per_second, cpu)
+            figure = SeedFigure(
+                strategy, result.total_seconds, result.megabytes_per_second, cpu, peak
             )
+            figures.append(figure)
             console.print(
-                f"  {strategy:9} {downloads} x {format_size(size)}: "
-                f"{result.total_seconds:.2f} s, {result.megabytes_per_second:,.0f} MB/s, "
-                f"server CPU {cpu:.2f} s"
+                f"  {strategy:9} {downloads} x {format_size(size)}: {figure.seconds:.2f} s, "
+                f"{figure.megabytes_per_second:,.0f} MB/s, server CPU {cpu:.2f} s, "
+                f"peak RSS {peak / 2**20:,.0f} MiB"
             )
-    baseline = next((f for f in figures if f.strategy == "readwrite"), None)
-    for figure in figures:
-        if baseline is not None and figure is not baseline and figure.total_seconds:
-            console.print(
-                f"{figure.strategy} is {baseline.total_seconds / figure.total_seconds:.2f}x "
-                f"readwrite (total time {baseline.total_seconds:.2f} s / "
-                f"{figure.total_seconds:.2f} s)"
-            )
+    for name in ("readall", "readwrite"):
+        baseline = next((f for f in figures if f.strategy == name), None)
+        for figure in figures:
+            if baseline is not None and figure is not baseline and figure.seconds:
+                console.print(
+                    f"{figure.strategy} is {baseline.seconds / figure.seconds:.2f}x {name} "
+                    f"(total time {baseline.seconds:.2f} s / {figure.seconds:.2f} s)"
+                )
+    naive = next((f for f in figures if f.strategy == "readall"), None)
+    zero_copy = next((f for f in figures if f.strategy == "sendfile"), None)
+    if naive is not None and zero_copy is not None and zero_copy.seconds:
+        console.print(
+            f"The lab measured readall / sendfile = {LAB_RATIO}x (its reference run); "
+            f"this run: {naive.seconds / zero_copy.seconds:.2f}x."
+        )
     console.print(placement.describe())
+    if out is not None:
+        os.makedirs(out, exist_ok=True)
+        seed_path = os.path.join(out, "seed.json")
+        with open(seed_path, "w") as handle:
+            json.dump(
+                {
+                    "size": size,
+                    "downloads": downloads,
+                    "loop": loop,
+                    "lab_ratio": LAB_RATIO,
+                    "rows": [asdict(figure) for figure in figures],
+                },
+                handle,
+                indent=2,
+            )
+        console.print(f"wrote {seed_path}")
     return figures
 
 
@@ -507,7 +558,26 @@ def add_command(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--seed-experiment",
         action="store_true",
-        help="1 GiB file, 10 sequential raw downloads, readwrite against sendfile",
+        help="the lab's experiment: 10 sequential raw downloads of a 1 GiB file, "
+        "readall (the lab's naive server), readwrite and sendfile",
+    )
+    p.add_argument(
+        "--seed-size",
+        type=lambda t: _list_of(parse_size, t, "size")[0],
+        default=format_size(SEED_SIZE),
+        help="file size for --seed-experiment",
+    )
+    p.add_argument(
+        "--seed-downloads",
+        type=int,
+        default=SEED_DOWNLOADS,
+        help="sequential downloads for --seed-experiment",
+    )
+    p.add_argument(
+        "--syscalls",
+        action="store_true",
+        help="each strategy's syscalls, file bytes read and context switches per request, "
+        "under strace",
     )
     p.add_argument(
         "--ceiling",
@@ -529,9 +599,25 @@ def run_command(args: argparse.Namespace) -> int:
     # A pipe or a CI log gets the whole table rather than 80 squeezed columns.
     console = Console(width=None if sys.stdout.isatty() else 180)
     if args.seed_experiment:
+        strategies = SEED_STRATEGIES
+        if args.strategies != tuple(DEFAULT_STRATEGIES):
+            strategies = tuple(dict.fromkeys((*SEED_STRATEGIES, *args.strategies)))
+        if args.seed_downloads < 1:
+            raise ConfigError("--seed-downloads must be 1 or more")
         run_seed_experiment(
-            ("readwrite", "sendfile"), SEED_SIZE, SEED_DOWNLOADS, args.loop, console
+            strategies,
+            args.seed_size,
+            args.seed_downloads,
+            args.loop,
+            console,
+            out=output_folder(args.out),
         )
+        return 0
+    if args.syscalls:
+        strategies = args.strategies
+        if strategies == tuple(DEFAULT_STRATEGIES):
+            strategies = tuple(name for name in STRATEGY_NAMES if name != "auto")
+        run_syscalls(strategies, args.sizes, args.loop, output_folder(args.out), console)
         return 0
     if args.ceiling:
         return _run_ceiling_command(args, console)
