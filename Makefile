@@ -14,7 +14,7 @@ all: test
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[bench,test]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -43,7 +43,7 @@ $(DEMO)/.made: $(STAMP)
 	touch $@
 
 serve: $(DEMO)/.made
-	$(BIN)/zcserve serve $(DEMO) --port $(PORT)
+	$(BIN)/zcserve serve $(DEMO) --port $(PORT) --listing
 
 bench: $(STAMP)
 	$(BIN)/zcserve bench

@@ -34,9 +34,16 @@ def make_demo(folder: str, sizes: tuple[int, ...] = DEMO_SIZES) -> list[str]:
         if not os.path.exists(path) or os.path.getsize(path) != size:
             write_file(path, size, seed=size)
         names.append(name)
-    links = "\n".join(f'<li><a href="{n}">{n}</a></li>' for n in names)
+    folders = sorted(
+        entry.name + "/" for entry in os.scandir(folder) if entry.is_dir() and entry.name[0] != "."
+    )
+    links = "\n".join(f'<li><a href="{n}">{n}</a></li>' for n in (*folders, *names))
     with open(os.path.join(folder, "index.html"), "w", encoding="utf-8") as out:
-        out.write(f"<!DOCTYPE html>\n<title>zcserve demo</title>\n<ul>\n{links}\n</ul>\n")
+        out.write(
+            "<!DOCTYPE html>\n<meta charset=utf-8>\n"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>zcserve demo</title>\n<h1>zcserve demo</h1>\n<ul>\n{links}\n</ul>\n"
+        )
     with open(os.path.join(folder, "docs", "hello.txt"), "w", encoding="utf-8") as out:
         out.write("Hello from zcserve.\n")
     return names
