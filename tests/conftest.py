@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -101,3 +102,24 @@ def default_live(request: pytest.FixtureRequest, site: Site) -> Iterator[Live]:
     thread = start_server(root=site.root, strategy=DEFAULT_STRATEGY, loop=loop)
     yield Live(thread.port, DEFAULT_STRATEGY, loop, thread)
     thread.stop()
+
+
+@dataclass(frozen=True)
+class Pem:
+    """A self-signed certificate (CN=localhost, IP 127.0.0.1) and its key, as paths."""
+
+    cert: str
+    key: str
+
+
+@pytest.fixture(scope="module")
+def pem(tmp_path_factory: pytest.TempPathFactory) -> Pem:
+    folder = tmp_path_factory.mktemp("pem")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", key, "-out", cert, "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return Pem(cert, key)

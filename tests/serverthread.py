@@ -14,7 +14,8 @@ from typing import Any
 
 from zcserve.runtime import loop_factory
 from zcserve.server.config import ServerConfig
-from zcserve.server.server import Server, bind
+from zcserve.server.server import Server
+from zcserve.server.sockio import bind
 
 READY_TIMEOUT = 10.0
 

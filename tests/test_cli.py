@@ -84,6 +84,7 @@ def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "--strategy {auto,sendfile,readwrite,fallback,mmap,splice}" in out
     assert "(default: auto)" in out and "0 picks a free one" in out
+    assert "--hidden" in out and "names starting with '.'" in " ".join(out.split())
 
 
 def test_listing_flag(site: Site) -> None:

@@ -22,6 +22,7 @@ from zcserve.server.files import (
     if_range_matches,
     not_modified,
     parse_range,
+    split_url_path,
     url_segments,
 )
 
@@ -41,6 +42,24 @@ from zcserve.server.files import (
 )
 def test_url_segments(path: bytes, segments: list[str]) -> None:
     assert url_segments(path) == segments
+
+
+@pytest.mark.parametrize(
+    ("path", "as_folder"),
+    [
+        (b"/", True),
+        (b"/a", False),
+        (b"/a/", True),
+        (b"/a/.", True),
+        (b"/a/./", True),
+        (b"/a%2f", True),
+        (b"/a/%2e", True),
+        (b"/a/.b", False),
+        (b"/a/...", False),
+    ],
+)
+def test_split_url_path_says_when_a_path_names_a_folder(path: bytes, as_folder: bool) -> None:
+    assert split_url_path(path) == (url_segments(path), as_folder)
 
 
 DOT_DOT_SPELLINGS = [
@@ -130,6 +149,8 @@ def test_url_segments_rejects(path: bytes) -> None:
         ("bytes=10-", 10, UNSATISFIABLE),
         ("bytes=-0", 10, UNSATISFIABLE),
         ("bytes=0-0", 0, UNSATISFIABLE),  # nothing to give from an empty file
+        ("bytes=-5", 0, FULL),  # a suffix of an empty file is all of it: 200 (14.1.3)
+        ("bytes=-0", 0, UNSATISFIABLE),
         ("bytes=0-1,3-4", 10, FULL),  # several ranges: whole file
         ("bytes=4-1", 10, FULL),  # invalid: ignored
         ("bytes=a-b", 10, FULL),
@@ -179,12 +200,15 @@ def test_root_resolve(site: Site) -> None:
     assert caught.value.status == 403
 
 
-def test_listing_survives_names_that_are_not_utf8(tmp_path: Path) -> None:
+def test_listing_leaves_out_names_that_are_not_utf8(tmp_path: Path) -> None:
+    """The server refuses such a name with 404, so the listing does not link it."""
     os.makedirs(tmp_path / "up")
     with open(os.path.join(os.fsencode(tmp_path / "up"), b"\xff<b>.txt"), "w") as f:
         f.write("x")
+    (tmp_path / "up" / "ok.txt").write_text("x")
     page = Root(str(tmp_path), listing=True).resolve(b"/up/").listing.decode()
-    assert 'href="%FF%3Cb%3E.txt"' in page and "\ufffd&lt;b&gt;.txt" in page
+    assert "%FF" not in page and "\ufffd" not in page and "&lt;b&gt;" not in page
+    assert 'href="ok.txt"' in page
 
 
 def test_listing_escapes_names(site: Site) -> None:

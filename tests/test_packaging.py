@@ -40,7 +40,8 @@ def test_serving_needs_no_matplotlib(tmp_path: Path) -> None:
     script = BLOCK_MATPLOTLIB + (
         "import threading, urllib.request, asyncio\n"
         "from zcserve.server.config import ServerConfig\n"
-        "from zcserve.server.server import Server, bind\n"
+        "from zcserve.server.server import Server\n"
+        "from zcserve.server.sockio import bind\n"
         "listener = bind('127.0.0.1', 0, 16)\n"
         "port = listener.getsockname()[1]\n"
         "server = Server(ServerConfig(root=sys.argv[1]))\n"

@@ -9,36 +9,16 @@ import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import LOOPS, Site
+from tests.conftest import LOOPS, Pem, Site
 from tests.procs import zcserve_command
 from tests.serverthread import ServerThread, start_server
 
 pytestmark = pytest.mark.skipif(
     shutil.which("openssl") is None, reason="the openssl command makes the test certificate"
 )
-
-
-@dataclass(frozen=True)
-class Pem:
-    cert: str
-    key: str
-
-
-@pytest.fixture(scope="module")
-def pem(tmp_path_factory: pytest.TempPathFactory) -> Pem:
-    folder = tmp_path_factory.mktemp("pem")
-    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", key, "-out", cert, "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return Pem(cert, key)
 
 
 @pytest.fixture(
@@ -115,14 +95,14 @@ def test_tls_never_calls_sendfile(site: Site, pem: Pem, monkeypatch: pytest.Monk
     assert calls == [], "auto must pick the fallback under TLS"
 
 
-def test_plain_http_on_a_tls_port_is_dropped(tls_server: ServerThread, pem: Pem) -> None:
+def test_plain_http_on_a_tls_port_is_refused_in_clear(tls_server: ServerThread, pem: Pem) -> None:
     with socket.create_connection(("127.0.0.1", tls_server.port), timeout=10) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         try:
             reply = sock.recv(100)
         except ConnectionResetError:
             reply = b""
-    assert b"HTTP/1.1 200" not in reply
+    assert reply.startswith(b"HTTP/1.1 400 "), reply
     data, _ = https_get(
         tls_server.port, pem, b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     )

@@ -167,6 +167,13 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--loop", choices=LOOP_NAMES, default=default["loop"], help="event loop")
     p.add_argument("--listing", action="store_true", help="list folders without index.html")
     p.add_argument(
+        "--hidden",
+        action="store_true",
+        default=default["hidden"],
+        help="serve and list names starting with '.' (.env, .git/); without it they are 404, "
+        "except /.well-known/",
+    )
+    p.add_argument(
         "--cork",
         action=argparse.BooleanOptionalAction,
         default=default["cork"],

@@ -28,6 +28,8 @@ class ServerConfig:
     strategy: StrategyName = "auto"
     loop: LoopName = "uvloop"
     listing: bool = False
+    hidden: bool = False
+    """Serve and list dot-names (`.env`, `.git/`); `/.well-known/` is served anyway."""
     chunk_size: int | None = None
     sendfile_chunk: int = SENDFILE_MAX_CHUNK
     backlog: int = DEFAULT_BACKLOG

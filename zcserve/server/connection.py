@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import logging
 import math
 import os
@@ -34,12 +35,19 @@ from zcserve.server.http import (
     RequestParser,
     error_body,
     error_response,
+    plain_http_on_tls_port,
     without_keep_alive,
 )
 from zcserve.server.metrics import Metrics
-from zcserve.server.respond import Reply, plan_reply
-from zcserve.server.sockio import MSG_MORE, SocketStream
-from zcserve.server.strategies import CopyStrategy, FallbackStrategy, Progress, Transfer
+from zcserve.server.respond import Reply, error_reply, plan_reply
+from zcserve.server.sockio import MSG_MORE, SocketStream, wait_readable
+from zcserve.server.strategies import (
+    CopyStrategy,
+    FallbackStrategy,
+    Progress,
+    Transfer,
+    pump,
+)
 from zcserve.server.tls import TlsStream
 
 log = logging.getLogger("zcserve")
@@ -55,6 +63,10 @@ LINGER_BYTES = 64 * 1024
 _DONE = Progress.DONE  # enum members bound once: each lookup costs on the hot path
 PEER_GONE = (TransferError, OSError)
 """A peer that left, stalled or broke: TimeoutError and ConnectionError are OSErrors."""
+OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM))
+"""What a strategy's `start` may run out of (a descriptor, a pipe, a mapping): 503."""
+HTTP_METHOD_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+"""First bytes of a plain HTTP request; a TLS ClientHello starts with 0x16."""
 
 
 class ServerState(Protocol):
@@ -274,13 +286,31 @@ class HttpConnection:
             return
         self._reply = reply
         self._after = _FINISH
-        if reply.file is None:
+        file = reply.file
+        if file is None:
             self._send(reply.head + reply.body if reply.body else reply.head, 0)
             return
         strategy = server.strategy.choose(self.stream)
         if strategy is not server.strategy and strategy.name == FallbackStrategy.name:
             server.metrics.fallbacks += 1  # auto could not use its zero-copy path
+        # What the body needs (a pipe, a descriptor of its own) is taken before the
+        # head goes out: after a 200 and its length, a missing one could only cut
+        # the body short.
+        try:
+            self._transfer = strategy.start(self.stream, file, reply.offset, reply.count)
+        except Exception as exc:
+            reply.close()
+            self._reply = None
+            if isinstance(exc, OSError) and exc.errno in OUT_OF_RESOURCES:
+                log.debug("answering %s with 503: %s", self.peer, exc)
+                reply = self._reply = error_reply(HttpError(503, str(exc)), request)
+                self._send(reply.head + reply.body, 0)
+                return
+            log.exception("unexpected error answering %s %r", request.method, request.target)
+            self._answer_500()
+            return
         self._strategy = strategy
+        self._body_start = self.stream.bytes_sent
         self._send(reply.head, MSG_MORE if server.config.cork else 0)
 
     def _answer_error(self, error: HttpError) -> None:
@@ -288,7 +318,7 @@ class HttpConnection:
         status = error.status
         self.server.metrics.response(status, 0.0)
         if self.server.access_log.on:
-            self.server.access_log.write(self.peer, None, status, len(error_body(status)))
+            log_access(self.server, self.peer, None, status, len(error_body(status)))
         self.busy = True
         self._after = After.LINGER
         self._send(error_response(status, keep_alive=False), 0)
@@ -298,7 +328,7 @@ class HttpConnection:
         metrics.error("internal")
         metrics.response(500, 0.0)
         if self.server.access_log.on:
-            self.server.access_log.write(self.peer, self._request, 500, len(error_body(500)))
+            log_access(self.server, self.peer, self._request, 500, len(error_body(500)))
         self.busy = True
         self._reply = None
         self._after = After.CLOSE
@@ -330,16 +360,12 @@ class HttpConnection:
                 return
             if reply.file is not None:
                 transfer = self._transfer
-                if transfer is None:
+                if transfer is None:  # a strategy that only knows how to be awaited
                     assert self._strategy is not None
-                    self._body_start = self.stream.bytes_sent
-                    found = self._strategy.start(self.stream, reply.file, reply.offset, reply.count)
-                    if found is None:  # an awaited strategy: readwrite
-                        self._await(
-                            self._strategy.send(self.stream, reply.file, reply.offset, reply.count)
-                        )
-                        return
-                    transfer = self._transfer = found
+                    self._await(
+                        self._strategy.send(self.stream, reply.file, reply.offset, reply.count)
+                    )
+                    return
                 progress = transfer.advance()
                 if progress is not _DONE:
                     self._transfer_waits(transfer, progress)
@@ -421,7 +447,7 @@ class HttpConnection:
         if server.metrics_on:
             server.metrics.response(reply.status, self.loop.time() - self._started)
         if server.access_log.on:
-            server.access_log.write(self.peer, request, reply.status, body)
+            log_access(server, self.peer, request, reply.status, body)
         reply.close()
         self._reply = None
         self.busy = False
@@ -494,7 +520,7 @@ class HttpConnection:
             server.metrics.response(500, 0.0)
             body = self._release_body()
             if server.access_log.on:
-                server.access_log.write(self.peer, request, 500, body)
+                log_access(server, self.peer, request, 500, body)
             self.close()
             return
         if reply is not None:
@@ -544,19 +570,33 @@ async def serve_http(server: ServerState, sock: socket.socket, state: Connection
     their records are read and written through awaitable calls."""
     loop = asyncio.get_running_loop()
     config = server.config
+    peer = peer_host(sock)
+    # One header deadline, counted from the accept, covers the first byte, the TLS
+    # handshake and the first head: a slow handshake earns no second allowance.
+    head_deadline: float | None = loop.time() + config.header_timeout
     try:
-        stream = await _open_stream(server, sock, loop)
-    except PEER_GONE as exc:  # ssl.SSLError is an OSError
-        log.debug("TLS handshake with %s failed: %s", peer_host(sock), exc)
+        async with asyncio.timeout_at(head_deadline):
+            stream = await _open_stream(server, sock, loop)
+    except TimeoutError:
+        server.metrics.error("timeout")
+        log.debug("connection from %s timed out before its first request", peer)
         close_socket(sock)
         return
+    except PEER_GONE as exc:  # ssl.SSLError is an OSError
+        log.debug("TLS handshake with %s failed: %s", peer, exc)
+        close_socket(sock)
+        return
+    except BaseException:  # cancelled by shutdown before the first request
+        close_socket(sock)
+        raise
+    if stream is None:
+        await _refuse_plain_http(server, sock, peer)
+        return
+    # Allocated once the handshake is done: an idle TLS connection costs no buffer.
     parser = RequestParser(server.limits)
     buffer = bytearray(RECV_BUFFER)
     view = memoryview(buffer)
     pending: deque[Request | HttpError] = deque()
-    peer = peer_host(sock)
-    # The first head must arrive within the header timeout of the accept.
-    head_deadline: float | None = loop.time() + config.header_timeout
     try:
         while not server.closing or pending:
             if not pending:
@@ -580,13 +620,17 @@ async def serve_http(server: ServerState, sock: socket.socket, state: Connection
             if isinstance(item, HttpError):
                 server.metrics.response(item.status, 0.0)
                 await stream.send_all(error_response(item.status, keep_alive=False))
-                server.access_log.write(peer, None, item.status, len(error_body(item.status)))
-                await _linger(stream, buffer)
+                log_access(server, peer, None, item.status, len(error_body(item.status)))
+                await _close_lingering(stream, buffer)
                 return
             state.busy = True
             keep_alive = await _respond(server, stream, item, peer)
             state.busy = False
             if not keep_alive:
+                # As on plain TCP: unread requests behind the last response would
+                # turn the close into a reset that destroys the response in flight.
+                if pending or parser.in_head or _unread_input(sock):
+                    await _close_lingering(stream, buffer)
                 return
     except TimeoutError:
         server.metrics.error("timeout")
@@ -610,14 +654,45 @@ async def serve_http(server: ServerState, sock: socket.socket, state: Connection
 
 async def _open_stream(
     server: ServerState, sock: socket.socket, loop: asyncio.AbstractEventLoop
-) -> SocketStream:
+) -> SocketStream | None:
+    """The connection's stream, TLS handshake done; None when a TLS port received
+    plain HTTP. Nothing of TLS (an SSLObject, its buffers) exists before the
+    client's first byte, so a connection that sends nothing costs a socket and
+    this coroutine only."""
     send_timeout = server.config.send_timeout
     if server.tls is None:
         return SocketStream(sock, loop, send_timeout=send_timeout)
+    sock.setblocking(False)
+    while True:
+        try:
+            first = sock.recv(1, socket.MSG_PEEK)
+            break
+        except BlockingIOError:
+            await wait_readable(loop, sock.fileno())
+    if not first:
+        raise ConnectionResetError("peer closed before the TLS handshake")
+    if first[0] in HTTP_METHOD_START:
+        return None
     stream = TlsStream(sock, loop, server.tls, send_timeout=send_timeout)
-    async with asyncio.timeout(server.config.header_timeout):
-        await stream.handshake()
+    await stream.handshake()
     return stream
+
+
+async def _refuse_plain_http(server: ServerState, sock: socket.socket, peer: str) -> None:
+    """Answer plain HTTP on the TLS port as nginx does, with a 400 in clear text,
+    rather than a handshake failure the client cannot read; then close."""
+    loop = asyncio.get_running_loop()
+    stream = SocketStream(sock, loop, send_timeout=server.config.send_timeout)
+    response = plain_http_on_tls_port()
+    try:
+        await stream.send_all(response)
+        server.metrics.response(400, 0.0)
+        log_access(server, peer, None, 400, len(response.partition(b"\r\n\r\n")[2]))
+        await _linger(sock, bytearray(4096))
+    except PEER_GONE as exc:
+        log.debug("connection from %s ended: %s", peer, exc)
+    finally:
+        close_socket(sock)
 
 
 async def _respond(server: ServerState, stream: SocketStream, request: Request, peer: str) -> bool:
@@ -632,28 +707,44 @@ async def _respond(server: ServerState, stream: SocketStream, request: Request, 
         # Nothing is sent yet, so any failure, an OSError from the file system
         # included, is the server's own: a 500, not the silence of a lost peer.
         return await _fail(server, stream, request, peer, sent_before)
+    transfer: Transfer | None = None
     try:
-        if reply.file is not None:
+        file = reply.file
+        if file is None:
+            await stream.send_all(reply.head + reply.body if reply.body else reply.head)
+        else:
             strategy = server.strategy.choose(stream)
             if strategy is not server.strategy and strategy.name == FallbackStrategy.name:
                 server.metrics.fallbacks += 1  # auto could not use its zero-copy path
-            await stream.send_all(reply.head, more=server.config.cork)
-            body_start = stream.bytes_sent
-            try:
-                await strategy.send(stream, reply.file, reply.offset, reply.count)
-            finally:
-                server.metrics.sent(strategy.name, stream.bytes_sent - body_start)
-        else:
-            await stream.send_all(reply.head + reply.body if reply.body else reply.head)
+            try:  # what the body needs is taken before the head goes out
+                transfer = strategy.start(stream, file, reply.offset, reply.count)
+            except Exception as exc:
+                if not isinstance(exc, OSError) or exc.errno not in OUT_OF_RESOURCES:
+                    return await _fail(server, stream, request, peer, sent_before)
+                reply.close()
+                reply = error_reply(HttpError(503, str(exc)), request)
+                await stream.send_all(reply.head + reply.body)
+            else:
+                await stream.send_all(reply.head, more=server.config.cork)
+                body_start = stream.bytes_sent
+                try:
+                    if transfer is None:
+                        await strategy.send(stream, file, reply.offset, reply.count)
+                    else:
+                        await pump(transfer)
+                finally:
+                    server.metrics.sent(strategy.name, stream.bytes_sent - body_start)
     except PEER_GONE:
         raise
     except Exception:
         return await _fail(server, stream, request, peer, sent_before, len(reply.head))
     finally:
+        if transfer is not None:
+            transfer.close()  # a no-op once `pump` closed it
         reply.close()
     body_sent = stream.bytes_sent - sent_before - len(reply.head)
     server.metrics.response(reply.status, stream.loop.time() - started)
-    server.access_log.write(peer, request, reply.status, body_sent)
+    log_access(server, peer, request, reply.status, body_sent)
     return reply.keep_alive and not server.closing
 
 
@@ -672,9 +763,9 @@ async def _fail(
     server.metrics.response(500, 0.0)
     if stream.bytes_sent == sent_before:
         await stream.send_all(error_response(500, keep_alive=False))
-        server.access_log.write(peer, request, 500, len(error_body(500)))
+        log_access(server, peer, request, 500, len(error_body(500)))
     else:
-        server.access_log.write(peer, request, 500, stream.bytes_sent - sent_before - head)
+        log_access(server, peer, request, 500, stream.bytes_sent - sent_before - head)
     return False
 
 
@@ -699,19 +790,46 @@ async def serve_raw(server: ServerState, sock: socket.socket, state: ConnectionS
         close_socket(sock)
 
 
-async def _linger(stream: SocketStream, buffer: bytearray) -> None:
+def log_access(
+    server: ServerState, peer: str, request: Request | None, status: int, size: int
+) -> None:
+    """One access-log line; a line the log cannot take is counted, never raised."""
+    if not server.access_log.write(peer, request, status, size):
+        server.metrics.access_log_errors += 1
+
+
+def _unread_input(sock: socket.socket) -> bool:
+    """Whether the client's bytes wait unread in the kernel."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # BlockingIOError: nothing waiting; anything else: gone
+        return False
+
+
+async def _close_lingering(stream: SocketStream, buffer: bytearray) -> None:
+    """The last words on a connection, then `_linger`. TLS says close_notify first,
+    while the socket can still send it."""
+    if isinstance(stream, TlsStream):
+        stream.close_notify()
+    await _linger(stream.sock, buffer)
+
+
+async def _linger(sock: socket.socket, buffer: bytearray) -> None:
     """Close the way nginx's lingering_close does: after an error the client may
     still be sending; closing with unread input makes the kernel send a reset that
     can destroy the error response in flight (RFC 9112 9.6). Stop sending, then
-    read and discard for a short, capped while."""
+    read and discard for a short, capped while. Raw bytes: under TLS too, since
+    only what stays unread in the kernel matters."""
+    loop = asyncio.get_running_loop()
     try:
-        stream.sock.shutdown(socket.SHUT_WR)
+        sock.shutdown(socket.SHUT_WR)
         drained = 0
         async with asyncio.timeout(LINGER_SECONDS):
             while drained < LINGER_BYTES:
-                received = stream.recv_ready(buffer)
-                if received is None:
-                    received = await stream.recv_into(buffer)
+                try:
+                    received = sock.recv_into(buffer)
+                except BlockingIOError:
+                    received = await loop.sock_recv_into(sock, buffer)
                 if not received:
                     return
                 drained += received

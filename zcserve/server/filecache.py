@@ -79,7 +79,12 @@ def _identity(info: os.stat_result) -> tuple[int, ...]:
 
 
 class OpenFileCache:
-    """Resolves like `Root.resolve`, keeping up to `capacity` regular files open."""
+    """Resolves like `Root.resolve`, keeping up to `capacity` regular files open.
+
+    Keys are the raw URL paths, so "/f", "/f/" and "/%2ef" are separate keys, and an
+    entry is made only for what `Root.resolve` served: its refusals (dot-names, a
+    file named as a folder) hold on every hit without being checked again there.
+    """
 
     def __init__(self, root: Root, capacity: int, *, inactive: float = DEFAULT_INACTIVE) -> None:
         self.root = root

@@ -15,7 +15,7 @@ import mimetypes
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import quote, unquote_to_bytes
@@ -26,6 +26,8 @@ from zcserve.server.http import parse_http_date
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK  # no FIFO hangs
 _PROC_FD = os.path.isdir("/proc/self/fd")
 INDEX_FILE = "index.html"
+WELL_KNOWN = ".well-known"
+"""The one dot-named folder served without `--hidden` (RFC 8615: ACME, security.txt)."""
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 mimetypes.init()
@@ -47,7 +49,13 @@ def content_type(name: str) -> str:
 
 
 def url_segments(url_path: bytes) -> list[str]:
-    """Decode a URL path into safe segments, or raise 404.
+    """Decode a URL path into safe segments, or raise 404 (see `split_url_path`)."""
+    return split_url_path(url_path)[0]
+
+
+def split_url_path(url_path: bytes) -> tuple[list[str], bool]:
+    """Decode a URL path into safe segments, and whether it ends as a directory does
+    (a slash or a "." segment, raw or encoded), or raise 404.
 
     Rejected: NUL bytes, invalid UTF-8 (overlong forms included), '..' segments
     (raw or percent-encoded, after decoding), backslashes, and '*'.
@@ -62,13 +70,24 @@ def url_segments(url_path: bytes) -> list[str]:
     if not text.startswith("/"):
         raise HttpError(404, "path is not absolute")
     segments = []
-    for segment in text.split("/"):
+    pieces = text.split("/")
+    for segment in pieces:
         if segment in ("", "."):
             continue
         if segment == "..":
             raise HttpError(404, "path leaves the root")
         segments.append(segment)
-    return segments
+    return segments, pieces[-1] in ("", ".")
+
+
+def _refuse_hidden(segments: list[str]) -> None:
+    """404 for a segment starting with "." (`.env`, `.git/`), as nginx setups deny
+    them: such files are rarely meant for the web. `/.well-known/` (RFC 8615) is
+    the exception, at the top of the path only."""
+    named = segments[1:] if segments[:1] == [WELL_KNOWN] else segments
+    for segment in named:
+        if segment.startswith("."):
+            raise HttpError(404, "hidden path segment")
 
 
 @dataclass(slots=True)
@@ -128,9 +147,11 @@ class Resolver(Protocol):
 class Root:
     """The served folder. Resolves URL paths to open files without leaving it."""
 
-    def __init__(self, path: str, *, listing: bool = False) -> None:
+    def __init__(self, path: str, *, listing: bool = False, hidden: bool = False) -> None:
         self.path = os.path.realpath(path)
         self.listing = listing
+        self.hidden = hidden
+        """Serve and list names starting with "." too (`--hidden`)."""
         self._prefix = self.path.rstrip(os.sep) + os.sep
 
     def _inside(self, real: str) -> bool:
@@ -151,6 +172,8 @@ class Root:
         except PermissionError as exc:
             raise HttpError(403, "permission denied") from exc
         except OSError as exc:
+            if exc.errno in (errno.ENXIO, errno.ENODEV):  # a UNIX socket, a device
+                raise HttpError(403, "not a regular file") from exc
             if exc.errno in (errno.ELOOP, errno.ENAMETOOLONG):
                 raise HttpError(404, "unresolvable path") from exc
             if exc.errno in (errno.EMFILE, errno.ENFILE):
@@ -164,8 +187,13 @@ class Root:
             raise
 
     def resolve(self, url_path: bytes) -> Resolved:
-        """Open what `url_path` names inside the root, or raise `HttpError` (403/404)."""
-        segments = url_segments(url_path)
+        """Open what `url_path` names inside the root, or raise `HttpError` (403/404).
+
+        A regular file named as a directory (`/file/`, `/file/.`) is 404, as
+        open("file/") is ENOTDIR; every other non-directory, non-regular file is 403."""
+        segments, as_directory = split_url_path(url_path)
+        if not self.hidden:
+            _refuse_hidden(segments)
         joined = os.path.join(self.path, *segments)
         fd, info = self._open(joined)
         if stat.S_ISDIR(info.st_mode):
@@ -176,6 +204,9 @@ class Root:
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
             raise HttpError(403, "not a regular file")
+        if as_directory:
+            os.close(fd)
+            raise HttpError(404, "a file named as a directory")
         name = segments[-1] if segments else ""
         return Resolved(Kind.FILE, file=_opened(fd, name, info))
 
@@ -196,29 +227,49 @@ class Root:
             os.close(index_fd)
         if not self.listing:
             raise HttpError(404, "directory without index")
-        return Resolved(Kind.LISTING, listing=render_listing("/" + "/".join(segments), fd))
+        page = render_listing("/" + "/".join(segments), fd, hidden=self.hidden)
+        return Resolved(Kind.LISTING, listing=page)
 
 
 def _opened(fd: int, name: str, info: os.stat_result) -> OpenedFile:
     return OpenedFile(fd, name, info.st_size, info.st_mtime, info.st_mtime_ns)
 
 
-def render_listing(url_dir: str, dir_fd: int) -> bytes:
-    """An HTML index of a directory; every name is escaped for HTML and for URLs."""
+def render_listing(url_dir: str, dir_fd: int, *, hidden: bool = False) -> bytes:
+    """An HTML index of a directory; every name is escaped for HTML and for URLs.
+
+    Only names the server would serve are listed: names that are not UTF-8 or hold
+    a backslash (refused with 404), dot-names unless `hidden` (but `.well-known` at
+    the root), and anything neither a folder nor a regular file (403), dangling
+    symlinks included, are left out, rather than listed as links that fail.
+    """
+    at_root = url_dir in ("", "/")
     entries = []
     with os.scandir(dir_fd) as scan:
         for entry in scan:
-            is_dir = entry.is_dir(follow_symlinks=False)
-            entries.append((not is_dir, entry.name, is_dir))
+            name = entry.name
+            try:
+                os.fsencode(name).decode("utf-8")  # strict: undoes surrogateescape
+            except UnicodeDecodeError:
+                continue
+            if "\\" in name:
+                continue
+            if name.startswith(".") and not (hidden or (at_root and name == WELL_KNOWN)):
+                continue
+            try:
+                is_dir = entry.is_dir()
+                if not is_dir and not entry.is_file():
+                    continue
+            except OSError:
+                continue
+            entries.append((not is_dir, name, is_dir))
     entries.sort()
     title = html.escape(url_dir if url_dir.endswith("/") else url_dir + "/")
-    rows = ['<li><a href="../">../</a></li>'] if url_dir not in ("", "/") else []
+    rows = [] if at_root else ['<li><a href="../">../</a></li>']
     for _, name, is_dir in entries:
         suffix = "/" if is_dir else ""
-        raw = os.fsencode(name)  # names need not be UTF-8: link the bytes, show a repair
-        href = quote(raw, safe="") + suffix
-        shown = html.escape(raw.decode("utf-8", "replace"))
-        rows.append(f'<li><a href="{html.escape(href)}">{shown}{suffix}</a></li>')
+        href = quote(name, safe="") + suffix
+        rows.append(f'<li><a href="{html.escape(href)}">{html.escape(name)}{suffix}</a></li>')
     page = (
         f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Index of {title}</title>"
         f"</head>\n<body><h1>Index of {title}</h1>\n<ul>\n"
@@ -284,8 +335,10 @@ def parse_range(header: str | None, size: int) -> ByteRange:
         if last == "":
             return FULL
         suffix = _bounded_int(last)
-        if suffix == 0 or size == 0:
+        if suffix == 0:
             return UNSATISFIABLE
+        if size == 0:
+            return FULL  # satisfiable (14.1.3), yet no 206 can say "0 bytes": 200, as nginx
         return ByteRange(RangeKind.PARTIAL, max(0, size - suffix), size - 1)
     start = _bounded_int(first)
     end = _bounded_int(last) if last else size - 1
@@ -299,12 +352,51 @@ def parse_range(header: str | None, size: int) -> ByteRange:
 # Conditionals (RFC 9110 13) -----------------------------------------------------------
 
 
+class Precondition(enum.Enum):
+    """The outcome of a GET or HEAD's preconditions (RFC 9110 13.2.2, steps 1-4)."""
+
+    PASSED = "passed"
+    FAILED = "failed"  # 412 Precondition Failed
+    NOT_MODIFIED = "not modified"  # 304
+
+
 def _etag_list(value: str) -> list[str]:
     return [tag.strip() for tag in value.split(",") if tag.strip()]
 
 
 def _weak_equal(a: str, b: str) -> bool:
     return a.removeprefix("W/") == b.removeprefix("W/")
+
+
+def _date(value: str) -> float | None:
+    """`parse_http_date`, also ignoring numbers too large for a C long (a 30-digit
+    year), which it lets escape as OverflowError."""
+    try:
+        return parse_http_date(value)
+    except OverflowError:
+        return None
+
+
+def preconditions(headers: Mapping[str, str], file: OpenedFile) -> Precondition:
+    """Evaluate If-Match, If-Unmodified-Since, If-None-Match and If-Modified-Since
+    in RFC 9110 13.2.2's order; If-Range (step 5) is `if_range_matches`.
+
+    If-Match compares strongly and `*` matches any file (13.1.1); an
+    If-Unmodified-Since that is not a valid date is ignored (13.1.4)."""
+    if_match = headers.get("if-match")
+    if if_match is not None:
+        tags = _etag_list(if_match)
+        if "*" not in tags and file.etag not in tags:  # ours is strong: W/ never equals
+            return Precondition.FAILED
+    else:
+        if_unmodified_since = headers.get("if-unmodified-since")
+        if if_unmodified_since is not None:
+            since = _date(if_unmodified_since)
+            if since is not None and int(file.mtime) > since:
+                return Precondition.FAILED
+    if not_modified(headers.get("if-none-match"), headers.get("if-modified-since"), file):
+        return Precondition.NOT_MODIFIED
+    return Precondition.PASSED
 
 
 def not_modified(
@@ -315,7 +407,7 @@ def not_modified(
         tags = _etag_list(if_none_match)
         return "*" in tags or any(_weak_equal(tag, file.etag) for tag in tags)
     if if_modified_since is not None:
-        since = parse_http_date(if_modified_since)
+        since = _date(if_modified_since)
         return since is not None and int(file.mtime) <= since
     return False
 
@@ -329,5 +421,5 @@ def if_range_matches(if_range: str | None, file: OpenedFile) -> bool:
         return value == file.etag
     if value.startswith("W/"):
         return False
-    date = parse_http_date(value)
+    date = _date(value)
     return date is not None and int(file.mtime) == int(date)

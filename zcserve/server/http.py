@@ -10,6 +10,7 @@ the limits a public server needs and the mapping of every failure to a status.
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -34,6 +35,12 @@ MAX_BODY = 64 * 1024
 MAX_PIPELINED = 128
 """Most parsed-but-unanswered requests held per connection (wrk pipelines 16)."""
 
+_host_match = re.compile(
+    r"(?:\[[0-9A-Za-z:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?"
+).fullmatch
+"""A Host value (RFC 9112 3.2, RFC 3986 3.2.2): uri-host [":" port]. Spaces, "@",
+"/", "?", "#" and "\\" have no place in it (nginx answers 400 to them too)."""
+
 SERVER_NAME = "zcserve"
 
 REASONS: dict[int, str] = {
@@ -46,6 +53,7 @@ REASONS: dict[int, str] = {
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
+    412: "Precondition Failed",
     414: "URI Too Long",
     413: "Content Too Large",
     416: "Range Not Satisfiable",
@@ -86,9 +94,10 @@ class Limits:
 
 
 class _Reject(Exception):
-    """Raised inside an httptools callback to stop parsing with a status."""
+    """Raised inside an httptools callback to stop parsing: with a status, or with
+    a request to answer as it is (its body unread) before the connection closes."""
 
-    def __init__(self, error: HttpError) -> None:
+    def __init__(self, error: HttpError | Request) -> None:
         self.error = error
 
 
@@ -96,7 +105,8 @@ class RequestParser:
     """Incremental request parser: `feed` bytes, get back complete requests in order.
 
     After the first `HttpError` the parser is finished: the connection should answer
-    the requests before it, then the error, then close.
+    the requests before it, then the error, then close. So it is after a request
+    answered before its body (`Expect: 100-continue`), which is not keep-alive.
     """
 
     def __init__(self, limits: Limits | None = None) -> None:
@@ -106,8 +116,12 @@ class RequestParser:
         self._failed = False
         self._in_head = False
         self._in_body = False
+        self._in_trailer = False
         self._body_bytes = 0
         self._head_tail = 0
+        self._valid_host = ""
+        """The last Host value found valid: a keep-alive client repeats it, and one
+        string comparison is cheaper than the pattern."""
         self._max_head = self._limits.max_request_line + self._limits.max_header_bytes + 1024
         self._reset_message()
 
@@ -162,18 +176,28 @@ class RequestParser:
 
     def _guard_incomplete_head(self, data: bytes | bytearray | memoryview) -> None:
         # httptools buffers a header's name and value until both are complete, so a
-        # head that never ends would grow without bound inside it. Everything after
-        # the last CRLFCRLF is an upper bound on the unfinished head.
-        if not self._in_head:
+        # head that never ends would grow without bound inside it, copied whole at
+        # every feed. Everything after the last CRLFCRLF is an upper bound on the
+        # unfinished head. Trailer fields after a chunked body are buffered the same
+        # way and get the same limit: complete ones count in `on_header`, and since
+        # llhttp refuses folded lines, everything after the last LF bounds the one
+        # unfinished trailer line.
+        if self._in_head:
+            end, mark = bytes(data).rfind(b"\r\n\r\n"), 4
+        elif self._in_trailer:
+            end, mark = bytes(data).rfind(b"\n"), 1
+        else:
             self._head_tail = 0
             return
-        end = bytes(data).rfind(b"\r\n\r\n")
-        self._head_tail = len(data) - end - 4 if end >= 0 else self._head_tail + len(data)
+        self._head_tail = len(data) - end - mark if end >= 0 else self._head_tail + len(data)
         if self._head_tail > self._max_head:
+            if self._in_trailer:
+                self._fail(HttpError(431, "request trailer too large"))
+                return
             status = 414 if self._header_count == 0 and not self._headers else 431
             self._fail(HttpError(status, "request head too large"))
 
-    def _fail(self, error: HttpError) -> None:
+    def _fail(self, error: HttpError | Request) -> None:
         self._failed = True
         self._ready.append(error)
 
@@ -205,12 +229,26 @@ class RequestParser:
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         previous = self._headers.get(key)
-        self._headers[key] = text if previous is None else f"{previous}, {text}"
+        if previous is None:
+            self._headers[key] = text
+        elif key == "host":  # RFC 9112 3.2: exactly one Host
+            raise _Reject(HttpError(400, "more than one Host header"))
+        else:
+            self._headers[key] = f"{previous}, {text}"
 
     def on_body(self, body: bytes) -> None:
+        self._in_trailer = False
         self._body_bytes += len(body)
         if self._body_bytes > MAX_BODY:
             raise _Reject(HttpError(413, "request body too large"))
+
+    def on_chunk_header(self) -> None:
+        # Either a chunk whose data follows (on_body clears this) or the last, empty
+        # chunk, after which come the trailer fields.
+        self._in_trailer = True
+
+    def on_chunk_complete(self) -> None:
+        self._in_trailer = False
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -232,8 +270,15 @@ class RequestParser:
         else:
             # absolute-form (RFC 9112 3.2.2) is accepted; its path is what we serve.
             path, query = _absolute_form_path(target)
-        if version == "1.1" and "host" not in self._headers:
-            raise _Reject(HttpError(400, "HTTP/1.1 request without Host"))
+        headers = self._headers
+        host = headers.get("host")
+        if host is None:
+            if version == "1.1":
+                raise _Reject(HttpError(400, "HTTP/1.1 request without Host"))
+        elif host != self._valid_host:
+            if _host_match(host) is None:
+                raise _Reject(HttpError(400, f"invalid Host {host!r}"))
+            self._valid_host = host
         # Positional: a NamedTuple builds faster without keywords, once per request.
         self._head = Request(
             parser.get_method().decode("ascii", "replace"),
@@ -241,9 +286,46 @@ class RequestParser:
             path,
             query,
             version,
-            self._headers,
+            headers,
             parser.should_keep_alive(),
         )
+        if "transfer-encoding" in headers or "content-length" in headers:
+            self._check_body(self._head)
+
+    def _check_body(self, head: Request) -> None:
+        """The framing of a request that announces a body (RFC 9112 6).
+
+        Only plain `chunked` is understood (501 otherwise, 6.1); HTTP/1.0 has no
+        Transfer-Encoding (400, 6.1); a Content-Length past `MAX_BODY` is 413 at
+        once, not after 64 KiB were read.
+
+        `Expect: 100-continue` (RFC 9110 10.1.1): the client waits for a word before
+        it sends its body. zcserve answers only GET and HEAD and throws bodies away,
+        so it never asks for one: the request is answered at once with its final
+        status (its file, 405, 413 ...), without its body, and the connection then
+        closes, since the body the client may still send would otherwise be read as
+        the next request. Sending "100 Continue" instead would only invite bytes to
+        discard. The close lingers (the connection drains what the client sends),
+        so it does not reset the answer."""
+        headers, version = head.headers, head.version
+        coding = headers.get("transfer-encoding")
+        if coding is not None:
+            if version == "1.0":
+                raise _Reject(HttpError(400, "Transfer-Encoding in an HTTP/1.0 request"))
+            if coding.strip().lower() != "chunked":
+                raise _Reject(HttpError(501, f"Transfer-Encoding {coding!r}: only chunked"))
+            # Trailer fields must not join the request's own fields: a fresh dict.
+            self._headers = {}
+            announced = True
+        else:
+            length = int(headers["content-length"])  # llhttp checked its digits
+            if length > MAX_BODY:
+                raise _Reject(HttpError(413, f"request body of {length} bytes"))
+            announced = length > 0
+        expect = headers.get("expect")
+        if announced and expect is not None and version == "1.1":
+            if expect.strip().lower() == "100-continue":
+                raise _Reject(without_keep_alive(head))
 
     def on_message_complete(self) -> None:
         self._in_body = False
@@ -347,6 +429,18 @@ def render_head(
 def error_body(status: int) -> bytes:
     """The one-line plain-text body of an error response."""
     return f"{status} {REASONS.get(status, 'Error')}\n".encode("ascii")
+
+
+PLAIN_HTTP_ON_TLS_PORT = b"400 Bad Request: a plain HTTP request was sent to the HTTPS port\n"
+
+
+def plain_http_on_tls_port() -> bytes:
+    """The clear-text 400 a TLS port answers to plain HTTP (nginx's answer too)."""
+    headers = [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(PLAIN_HTTP_ON_TLS_PORT))),
+    ]
+    return render_head(400, headers, keep_alive=False) + PLAIN_HTTP_ON_TLS_PORT
 
 
 def error_response(

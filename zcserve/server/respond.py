@@ -8,17 +8,19 @@ This is where HTTP semantics meet the file system; it opens files (through
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from zcserve.errors import HttpError
 from zcserve.server.files import (
     Kind,
     OpenedFile,
+    Precondition,
     RangeKind,
     Resolved,
     Resolver,
     if_range_matches,
-    not_modified,
     parse_range,
+    preconditions,
 )
 from zcserve.server.http import (
     ALLOWED_METHODS,
@@ -29,6 +31,15 @@ from zcserve.server.http import (
     http_date,
     render_head,
 )
+
+_RANGE_OR_CONDITIONAL = frozenset(
+    ("range", "if-match", "if-unmodified-since", "if-none-match", "if-modified-since")
+)
+"""Request headers that can change a whole-file 200 (If-Range matters only with Range)."""
+
+_QUERY_SAFE = "/?:@!$&'()*+,;=-._~%"
+"""Kept as sent in a redirect's query (RFC 3986 query characters, escapes included);
+anything else, a space or a byte past ASCII, is percent-encoded, never echoed raw."""
 
 
 @dataclass(slots=True)
@@ -49,9 +60,9 @@ class Reply:
 
 
 def error_reply(error: HttpError, request: Request | None = None) -> Reply:
-    """A short plain-text error. The connection stays open only for a 404 or 405,
-    where the request itself was well-formed."""
-    keep = request is not None and request.keep_alive and error.status in (403, 404, 405)
+    """A short plain-text error. The connection stays open only for a 403, 404, 405
+    or 412, where the request itself was well-formed."""
+    keep = request is not None and request.keep_alive and error.status in (403, 404, 405, 412)
     version = request.version if request is not None else "1.1"
     head = error_response(error.status, keep_alive=keep, head_only=True, version=version)
     body = b"" if request is not None and request.method == "HEAD" else error_body(error.status)
@@ -67,33 +78,38 @@ def plan_reply(request: Request, root: Resolver) -> Reply:
 
 
 def _plan(request: Request, root: Resolver) -> Reply:
-    if request.method not in ALLOWED_METHODS:
-        raise HttpError(405, f"method {request.method} not allowed")
-    if not request.path.startswith(b"/"):
+    # Each field read once (a NamedTuple read goes through a descriptor): the reads
+    # saved pay for the header check below.
+    method = request.method
+    path = request.path
+    if method not in ALLOWED_METHODS:
+        raise HttpError(405, f"method {method} not allowed")
+    if not path.startswith(b"/"):
         raise HttpError(400, "request target must be a path")
-    resolved = root.resolve(request.path)
+    resolved = root.resolve(path)
     keep = request.keep_alive
-    head_only = request.method == "HEAD"
+    head_only = method == "HEAD"
     file = resolved.file
     if file is None:
         return _not_a_file(resolved, request)
     asked = request.headers
-    if file.heads is not None and not (
-        "range" in asked or "if-none-match" in asked or "if-modified-since" in asked
-    ):
+    version = request.version
+    if file.heads is not None and _RANGE_OR_CONDITIONAL.isdisjoint(asked):
         # The common case, a whole cached file: its head is rendered once per second.
-        head = _whole_file_head(file, file.heads, keep, request.version)
+        # isdisjoint walks the request's (few) header names, not the five it holds.
+        head = _whole_file_head(file, file.heads, keep, version)
         if head_only or file.size == 0:
             file.close()
             return Reply(200, head, keep)
         return Reply(200, head, keep, file=file, offset=0, count=file.size)
     try:
         validators = [("Last-Modified", http_date(file.mtime)), ("ETag", file.etag)]
-        if not_modified(asked.get("if-none-match"), asked.get("if-modified-since"), file):
+        precondition = preconditions(asked, file)
+        if precondition is Precondition.FAILED:
+            raise HttpError(412, "precondition failed")
+        if precondition is Precondition.NOT_MODIFIED:
             file.close()
-            return Reply(
-                304, render_head(304, validators, keep_alive=keep, version=request.version), keep
-            )
+            return Reply(304, render_head(304, validators, keep_alive=keep, version=version), keep)
         byte_range = parse_range(asked.get("range"), file.size)
         if byte_range.kind is not RangeKind.FULL and not if_range_matches(
             asked.get("if-range"), file
@@ -117,7 +133,7 @@ def _plan(request: Request, root: Resolver) -> Reply:
         else:
             status, offset, count = 200, 0, file.size
         common.append(("Content-Length", str(count)))
-        head = render_head(status, common, keep_alive=keep, version=request.version)
+        head = render_head(status, common, keep_alive=keep, version=version)
         if head_only or count == 0:
             file.close()
             return Reply(status, head, keep)
@@ -128,11 +144,14 @@ def _plan(request: Request, root: Resolver) -> Reply:
 
 
 def _not_a_file(resolved: Resolved, request: Request) -> Reply:
-    """A slash redirect or a directory listing."""
+    """A slash redirect, keeping the query, or a directory listing."""
     if resolved.kind is Kind.REDIRECT:
-        body = f"Moved to {resolved.location}\n".encode("utf-8", "replace")
+        location = resolved.location
+        if request.query:
+            location += "?" + quote(request.query, safe=_QUERY_SAFE)
+        body = f"Moved to {location}\n".encode("utf-8", "replace")
         headers = [
-            ("Location", resolved.location),
+            ("Location", location),
             ("Content-Type", "text/plain; charset=utf-8"),
             ("Content-Length", str(len(body))),
         ]

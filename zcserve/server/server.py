@@ -39,6 +39,7 @@ from zcserve.server.metrics import (
     SnapshotWriter,
     parse_address,
 )
+from zcserve.server.sockio import bind, url_of
 from zcserve.server.strategies import CopyOptions, make_strategy
 from zcserve.server.tls import server_context
 
@@ -53,41 +54,21 @@ ACCEPT_BATCH = 64
 """Connections accepted per wake-up at most, so a flood cannot starve the others."""
 ACCEPT_BACKOFF = 0.1
 """Seconds to wait before accepting again when the process is out of descriptors."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Each one stops accepting and drains. SIGHUP too: its default action would kill
+the process mid-response (a closed terminal, or a supervisor told to reload), and
+zcserve has no configuration to reload. See `stop_signals`."""
 EMFILE_LOG_INTERVAL = 60.0
 """Seconds between two "backing off" warnings: a server hovering at its descriptor
 limit fails and succeeds alternately, and must not log once per failure."""
 
 
-def bind(
-    host: str, port: int, backlog: int, *, reuse_port: bool = False, listen: bool = True
-) -> socket.socket:
-    """A non-blocking listening socket, or `ConfigError` saying why not. Without
-    `listen` the socket only holds the port (the supervisor's placeholder)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ConfigError(f"cannot resolve host {host!r}: {exc.strerror}") from None
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-        if listen:
-            sock.listen(backlog)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.setblocking(False)
-    return sock
-
-
-def url_of(sock: socket.socket, scheme: str = "http") -> str:
-    host, port = sock.getsockname()[:2]
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{scheme}://{host}:{port}"
+def stop_signals() -> tuple[int, ...]:
+    """The `STOP_SIGNALS` to handle: all of them, except SIGHUP when it was ignored
+    when the process started (`nohup`), which means "keep running after a hangup"."""
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        return tuple(s for s in STOP_SIGNALS if s != signal.SIGHUP)
+    return STOP_SIGNALS
 
 
 class Server:
@@ -96,7 +77,7 @@ class Server:
     def __init__(self, config: ServerConfig, *, snapshot_dir: str | None = None) -> None:
         self.config = config
         self.snapshot_dir = snapshot_dir
-        self.root = Root(config.root, listing=config.listing)
+        self.root = Root(config.root, listing=config.listing, hidden=config.hidden)
         # A tenth of the descriptor limit at most, so the cache never starves accept.
         capacity = min(config.open_file_cache, raise_nofile_limit() // 10)
         self.files = OpenFileCache(self.root, capacity)
@@ -125,19 +106,26 @@ class Server:
 
     # lifecycle ------------------------------------------------------------------
 
-    async def serve(self, listener: socket.socket) -> None:
-        """Accept until `shutdown`, then drain in-flight responses for `grace` seconds."""
+    async def serve(
+        self, listener: socket.socket, *, ready: Callable[[], object] | None = None
+    ) -> None:
+        """Accept until `shutdown`, then drain in-flight responses for `grace` seconds.
+
+        `ready` is called once the stop signals are handled, so whoever hears of it
+        may signal at once: the signal is never lost to a default action."""
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._loop = loop
         self._listener = listener
         self._all_closed = asyncio.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in stop_signals():
             try:
                 loop.add_signal_handler(signum, self.shutdown)
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
                 pass
         self._accept_when_ready()
+        if ready is not None:
+            ready()
         snapshots = self._start_snapshots()
         sweeper = asyncio.create_task(self._sweep())
         await self._stop.wait()
@@ -183,10 +171,6 @@ class Server:
                 writer.write()
 
         return asyncio.create_task(keep_writing())
-
-    async def exposition(self) -> str:
-        """The metrics page, rendered on the loop that owns the counters."""
-        return self.metrics.exposition()
 
     def shutdown(self) -> None:
         """Stop accepting; idle connections close now, busy ones after their response."""
@@ -321,30 +305,50 @@ def run(
     announce: Announce | None = None,
     reuse_port: bool = False,
     snapshot_dir: str | None = None,
+    supervisor_pipe: int | None = None,
 ) -> int:
-    """Bind, serve until SIGINT/SIGTERM, return 0. `announce` hears the URLs once
-    listening; `snapshot_dir` is where a supervised worker leaves its metrics."""
+    """Bind, serve until SIGINT/SIGTERM/SIGHUP, return 0. `announce` hears the URLs
+    once listening; `snapshot_dir` is where a supervised worker leaves its metrics;
+    end of file on `supervisor_pipe` means the supervisor is gone: drain and exit."""
     raise_nofile_limit()
     factory = loop_factory(config.loop)
     listener = bind(config.host, config.port, config.backlog, reuse_port=reuse_port)
     server = Server(config, snapshot_dir=snapshot_dir)
-    started = time.monotonic()
-    with asyncio.Runner(loop_factory=factory) as runner:
-        endpoint = None
-        if config.metrics is not None:
-            loop = runner.get_loop()
-            endpoint = MetricsEndpoint(
-                parse_address(config.metrics),
-                lambda: asyncio.run_coroutine_threadsafe(server.exposition(), loop).result(10),
-            ).start()
+    endpoint = None
+    if config.metrics is not None:
+        # Served on the server's own loop, which owns the counters it reads.
+        endpoint = MetricsEndpoint(parse_address(config.metrics), server.metrics.exposition)
+    scheme = "https" if config.tls else "http"
+
+    def listening() -> None:
         if announce is not None:
-            scheme = "https" if config.tls else "http"
             announce(url_of(listener, scheme), endpoint.url if endpoint is not None else None)
+
+    async def serve() -> None:
+        if endpoint is not None:
+            await endpoint.open()
+        if supervisor_pipe is not None:
+            _shutdown_on_eof(supervisor_pipe, server)
         try:
-            runner.run(server.serve(listener))
+            await server.serve(listener, ready=listening)
         finally:
             if endpoint is not None:
-                endpoint.stop()
+                await endpoint.close()
+
+    started = time.monotonic()
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve())
     log.info("stopped after %.1fs", time.monotonic() - started)
     sys.stdout.flush()
     return 0
+
+
+def _shutdown_on_eof(fd: int, server: Server) -> None:
+    """Shut `server` down when `fd` (a pipe nobody writes to) reaches end of file."""
+    loop = asyncio.get_running_loop()
+
+    def gone() -> None:
+        loop.remove_reader(fd)
+        server.shutdown()
+
+    loop.add_reader(fd, gone)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from zcserve.errors import SendStalledError
+from zcserve.errors import ConfigError, SendStalledError
 
 MSG_MORE = getattr(socket, "MSG_MORE", 0)
 
@@ -21,6 +21,16 @@ MSG_MORE = getattr(socket, "MSG_MORE", 0)
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+async def wait_readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Wait until `fd` has bytes (or an EOF) to read, reading none of them."""
+    waiter: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, _wake, waiter)
+    try:
+        await waiter
+    finally:
+        loop.remove_reader(fd)
 
 
 class SocketStream:
@@ -91,3 +101,44 @@ class SocketStream:
                 await self.wait_writable()
                 continue
             view = view[sent:]
+
+
+def bind(
+    host: str,
+    port: int,
+    backlog: int,
+    *,
+    reuse_port: bool = False,
+    listen: bool = True,
+    purpose: str = "",
+) -> socket.socket:
+    """A non-blocking listening socket, or `ConfigError` saying why not. Without
+    `listen` the socket only holds the port (the supervisor's placeholder);
+    `purpose` ("metrics") names the listener in the error."""
+    what = f"{purpose} host" if purpose else "host"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot resolve {what} {host!r}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        if listen:
+            sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        where = f"for {purpose} on" if purpose else "on"
+        raise ConfigError(f"cannot listen {where} {host}:{port}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def url_of(sock: socket.socket, scheme: str = "http") -> str:
+    host, port = sock.getsockname()[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"

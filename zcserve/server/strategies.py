@@ -264,16 +264,29 @@ class ReadWriteStrategy:
     def choose(self, stream: SocketStream) -> CopyStrategy:
         return self
 
-    def start(
-        self, stream: SocketStream, file: OpenedFile, offset: int, count: int
-    ) -> Transfer | None:
-        return None  # file reads are awaitable by nature: always `send`
+    def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
+        """A transfer that hands everything to a coroutine (file reads are awaitable
+        by nature), holding the descriptor it reads through: taken now, before the
+        head is sent, so that running out of descriptors is a 503, not a 200 whose
+        body never comes."""
+        owned = [_own_description(file.fd)]
+
+        async def rest(offset: int, count: int) -> None:
+            await self._copy(stream, file, owned.pop(), offset, count)
+
+        def release(complete: bool) -> None:
+            if owned:  # the copy never began: the descriptor is still ours
+                os.close(owned.pop())
+
+        return Transfer(stream, file, offset, count, _hand_off, release, rest)
 
     async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
-        # The descriptor may be shared (open-file cache) and this path moves a file
-        # offset, so read through a description of its own, as the classic server's
-        # own open() would.
-        async with aiofiles.open(_own_description(file.fd), "rb", buffering=0) as afile:
+        await pump(self.start(stream, file, offset, count))
+
+    async def _copy(
+        self, stream: SocketStream, file: OpenedFile, fd: int, offset: int, count: int
+    ) -> None:
+        async with aiofiles.open(fd, "rb", buffering=0) as afile:  # closes `fd`
             await afile.seek(offset)
             chunk, left = self.chunk_size, count
             reading = asyncio.ensure_future(afile.read(min(chunk, left)))
@@ -292,10 +305,19 @@ class ReadWriteStrategy:
                     await asyncio.gather(reading, return_exceptions=True)
 
 
-def _own_description(fd: int) -> str | int:
-    """A path that opens the same file anew (with its own offset), where /proc has one."""
-    proc = f"/proc/self/fd/{fd}"
-    return proc if os.path.exists(proc) else os.dup(fd)
+def _hand_off(offset: int, size: int) -> int:
+    """The step of a transfer whose bytes all move in its `rest` coroutine."""
+    raise BlockingIOError
+
+
+def _own_description(fd: int) -> int:
+    """The same file with an offset of its own: the descriptor may be shared (open-file
+    cache) and this path moves a file offset, as the classic server's own open()
+    would. Reopened through /proc (no path lookup, no disk I/O); a dup elsewhere."""
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return os.dup(fd)
 
 
 class FallbackStrategy(SteppedStrategy):

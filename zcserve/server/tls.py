@@ -17,6 +17,10 @@ from zcserve.server.sockio import SocketStream
 
 FLUSH_BYTES = 256 * 1024
 """Plaintext encrypted before the ciphertext is flushed to the socket."""
+RECEIVE_BYTES = 64 * 1024
+"""Most ciphertext read per call. Read into a new bytes object that lives only until
+the incoming BIO has copied it: a resident buffer per connection would cost its
+size on every idle one."""
 
 
 def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -29,9 +33,12 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
 
 
 class TlsStream(SocketStream):
-    """A `SocketStream` whose bytes are TLS records. Call `handshake()` first."""
+    """A `SocketStream` whose bytes are TLS records. Call `handshake()` first.
 
-    __slots__ = ("_incoming", "_outgoing", "_tls", "_raw", "_unsent")
+    Build one once the client has sent its first byte: the SSLObject and its
+    buffers are most of what a TLS connection costs."""
+
+    __slots__ = ("_incoming", "_outgoing", "_tls", "_unsent", "_notified")
 
     def __init__(
         self,
@@ -45,9 +52,9 @@ class TlsStream(SocketStream):
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
-        self._raw = bytearray(64 * 1024)
         self._unsent = memoryview(b"")
         """Ciphertext `send_some` encrypted that the kernel has not taken yet."""
+        self._notified = False
 
     def _sendfile_capable(self) -> bool:
         return False
@@ -69,11 +76,11 @@ class TlsStream(SocketStream):
         await self._flush()
 
     async def _fill(self) -> bool:
-        received = await self.loop.sock_recv_into(self.sock, self._raw)
-        if received == 0:
+        received = await self.loop.sock_recv(self.sock, RECEIVE_BYTES)
+        if not received:
             self._incoming.write_eof()
             return False
-        self._incoming.write(memoryview(self._raw)[:received])
+        self._incoming.write(received)
         return True
 
     async def _flush(self) -> None:
@@ -132,7 +139,10 @@ class TlsStream(SocketStream):
 
     def close_notify(self) -> None:
         """Send TLS close_notify before the socket closes: best effort, never waiting,
-        so a peer that stopped reading cannot hold the close."""
+        so a peer that stopped reading cannot hold the close. Said once."""
+        if self._notified:
+            return
+        self._notified = True
         try:
             self._tls.unwrap()
         except ssl.SSLError:  # want-read: the peer's close_notify is not awaited

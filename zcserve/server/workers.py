@@ -8,6 +8,8 @@ address with SO_REUSEPORT and runs an ordinary single-process server.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import json
 import logging
@@ -15,9 +17,11 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
+import sys
 import tempfile
 import time
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -25,6 +29,7 @@ from typing import TYPE_CHECKING
 from zcserve.errors import ConfigError
 from zcserve.server.config import ServerConfig
 from zcserve.server.metrics import Metrics, MetricsEndpoint, parse_address, read_snapshots
+from zcserve.server.sockio import bind, url_of
 
 if TYPE_CHECKING:
     from zcserve.server.server import Announce
@@ -37,6 +42,10 @@ RESTART_BACKOFF_MAX = 10.0
 """Longest wait before restarting a worker that keeps dying."""
 STABLE_AFTER = 5.0
 """A worker that lived this long resets the back-off."""
+EXIT_START_FAILED = 2
+"""A worker's exit code when it could not start (and said why on its pipe)."""
+PR_SET_PDEATHSIG = 1
+"""prctl(2): the signal to receive when the parent dies (linux/prctl.h)."""
 
 
 def worker_count(text: str) -> int:
@@ -58,19 +67,61 @@ def worker_count(text: str) -> int:
     return count
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class StartReport:
+    """What a worker tells the supervisor once: listening, or why it could not."""
+
+    error: str | None = None
+
+
 def _worker_main(
-    config: ServerConfig, ready: multiprocessing.synchronize.Event, snapshot_dir: str | None
+    config: ServerConfig,
+    report: Connection,
+    supervisor_pid: int,
+    supervisor_pipe: int,
+    inherited: tuple[int, ...],
+    snapshot_dir: str | None,
 ) -> None:
     from zcserve.server import server  # imported in the child: its loop is created there
 
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    server.run(
-        config,
-        announce=lambda url, metrics: ready.set(),
-        reuse_port=True,
-        snapshot_dir=snapshot_dir,
-    )
+    for fd in inherited:  # the supervisor's: held here they would outlive it
+        os.close(fd)
+    for signum in server.stop_signals():  # the supervisor's handlers; an ignored SIGHUP stays
+        signal.signal(signum, signal.SIG_DFL)
+    _exit_with_parent()
+    if os.getppid() != supervisor_pid:  # it died before the request above took effect
+        return
+    try:
+        server.run(
+            config,
+            announce=lambda url, metrics: report.send(StartReport()),
+            reuse_port=True,
+            snapshot_dir=snapshot_dir,
+            supervisor_pipe=supervisor_pipe,
+        )
+    except ConfigError as exc:
+        # The supervisor prints it, once: a worker prints nothing, not even a traceback.
+        with contextlib.suppress(OSError):
+            report.send(StartReport(str(exc)))
+        sys.exit(EXIT_START_FAILED)
+
+
+def _exit_with_parent() -> None:
+    """Ask Linux to send this worker SIGTERM (a graceful drain) when its parent dies,
+    even by SIGKILL; elsewhere the supervisor pipe's end of file does the same."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(
+            ctypes.c_int(PR_SET_PDEATHSIG),
+            ctypes.c_ulong(signal.SIGTERM),
+            ctypes.c_ulong(0),
+            ctypes.c_ulong(0),
+            ctypes.c_ulong(0),
+        )
+    except (OSError, AttributeError):  # no libc, no prctl: the pipe still works
+        pass
 
 
 @dataclasses.dataclass
@@ -79,13 +130,31 @@ class _Slot:
 
     index: int
     process: BaseProcess | None = None
+    report: Connection | None = None
+    """The read end of the pipe the worker sends its `StartReport` on."""
     started: float = 0.0
     backoff: float = 0.0
     restart_at: float = 0.0
 
+    def read_report(self) -> StartReport | None:
+        """The worker's report if one has arrived; None if not (yet, or ever)."""
+        try:
+            if self.report is not None and self.report.poll():
+                sent = self.report.recv()
+                return sent if isinstance(sent, StartReport) else None
+        except (EOFError, OSError):  # it exited without a word
+            pass
+        return None
+
+    def close_report(self) -> None:
+        if self.report is not None:
+            self.report.close()
+            self.report = None
+
 
 class Supervisor:
-    """Starts `workers` servers, restarts the ones that die, drains them all on SIGTERM."""
+    """Starts `workers` servers, restarts the ones that die, drains them all on
+    SIGTERM, SIGINT or SIGHUP. A worker that cannot start fails the whole start-up."""
 
     def __init__(self, config: ServerConfig, workers: int) -> None:
         self.config = config
@@ -94,62 +163,114 @@ class Supervisor:
         self._stopping = False
         self._slots = [_Slot(i) for i in range(workers)]
         self._metrics_dir: str | None = None
+        self._inherited: tuple[int, ...] = ()
+        """Descriptors of this process that a worker closes first thing."""
+        self._pipe_read = -1
+        """The read end of a pipe only this process writes to: workers see its end of
+        file when this process is gone, however it died."""
 
-    def _start(self, slot: _Slot, config: ServerConfig) -> multiprocessing.synchronize.Event:
-        ready = self._context.Event()
+    def _start(self, slot: _Slot, config: ServerConfig) -> None:
+        slot.close_report()
+        reader, writer = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker_main,
-            args=(config, ready, self._metrics_dir),
+            args=(
+                config,
+                writer,
+                os.getpid(),
+                self._pipe_read,
+                self._inherited,
+                self._metrics_dir,
+            ),
             name=f"zcserve-worker-{slot.index}",
         )
         process.start()
-        slot.process, slot.started = process, time.monotonic()
-        return ready
+        writer.close()  # the worker's copy is the only one: later workers must not hold it
+        slot.process, slot.report, slot.started = process, reader, time.monotonic()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
 
     def run(self, announce: Announce) -> int:
         """Bind, start every worker, tell `announce` the real URLs, supervise."""
-        from zcserve.server.server import bind, url_of
+        from zcserve.server.server import stop_signals
 
-        # Bound but never listening: it holds the port (port 0 picks one for all the
-        # workers) while the workers listen on it with SO_REUSEPORT.
-        placeholder = bind(self.config.host, self.config.port, 1, reuse_port=True, listen=False)
-        config = dataclasses.replace(self.config, port=placeholder.getsockname()[1])
-        endpoint = None
-        if self.config.metrics is not None:
-            # Workers write snapshots; this process serves their sum.
-            folder = self._metrics_dir = tempfile.mkdtemp(prefix="zcserve-metrics-")
-            config = dataclasses.replace(config, metrics=None)
-            endpoint = MetricsEndpoint(
-                parse_address(self.config.metrics),
-                lambda: Metrics.merged(read_snapshots(folder)).exposition(self.workers),
-            )
-        previous = {
-            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
-        }
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in stop_signals()}
+        self._pipe_read, pipe_write = os.pipe()
+        placeholder = endpoint = None
         try:
-            events = [self._start(slot, config) for slot in self._slots]
-            deadline = time.monotonic() + READY_TIMEOUT
-            for event in events:
-                if not event.wait(max(0.0, deadline - time.monotonic())):
-                    raise ConfigError("a worker did not start listening in time")
-            scheme = "https" if self.config.tls else "http"
+            # Bound but never listening: it holds the port (port 0 picks one for all
+            # the workers) while the workers listen on it with SO_REUSEPORT.
+            placeholder = bind(self.config.host, self.config.port, 1, reuse_port=True, listen=False)
+            config = dataclasses.replace(self.config, port=placeholder.getsockname()[1])
+            if self.config.metrics is not None:
+                # Workers write snapshots; this process serves their sum.
+                folder = self._metrics_dir = tempfile.mkdtemp(prefix="zcserve-metrics-")
+                config = dataclasses.replace(config, metrics=None)
+                endpoint = MetricsEndpoint(
+                    parse_address(self.config.metrics),
+                    lambda: Metrics.merged(read_snapshots(folder)).exposition(self.workers),
+                )
+                _refuse_serving_address(endpoint, placeholder)
+            # A worker closes these first: the pipe's write end above all, or the
+            # supervisor's death would never reach the workers as end of file.
+            self._inherited = (pipe_write, placeholder.fileno()) + (
+                (endpoint.fileno(),) if endpoint is not None else ()
+            )
+            for slot in self._slots:
+                self._start(slot, config)
+            if not self._wait_until_listening():
+                return 0  # told to stop while starting: nothing was announced
             if endpoint is not None:
                 endpoint.start()
+            scheme = "https" if self.config.tls else "http"
             announce(url_of(placeholder, scheme), endpoint.url if endpoint is not None else None)
             self._supervise(config)
         finally:
             self._stop_all()
-            placeholder.close()
+            if placeholder is not None:
+                placeholder.close()
             if endpoint is not None:
                 endpoint.stop()
             if self._metrics_dir is not None:
                 shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            for slot in self._slots:
+                slot.close_report()
+            os.close(pipe_write)
+            os.close(self._pipe_read)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 0
+
+    def _wait_until_listening(self) -> bool:
+        """Wait for every worker's report; False if told to stop meanwhile. A worker
+        that reports an error, or dies first, is a `ConfigError` with its reason."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        waiting = list(self._slots)
+        while waiting:
+            if self._stopping:
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ConfigError(f"a worker did not start listening within {READY_TIMEOUT:g} s")
+            handles: list[Connection | int] = []
+            for slot in waiting:
+                assert slot.report is not None and slot.process is not None
+                handles += [slot.report, slot.process.sentinel]
+            wait(handles, timeout=min(left, 0.2))
+            for slot in list(waiting):
+                assert slot.report is not None and slot.process is not None
+                report = slot.read_report()
+                if report is not None:
+                    if report.error is not None:
+                        raise ConfigError(report.error)
+                    waiting.remove(slot)
+                elif not slot.process.is_alive():
+                    raise ConfigError(
+                        f"worker {slot.index} exited with code {slot.process.exitcode}"
+                        " before it was listening"
+                    )
+        return True
 
     def _supervise(self, config: ServerConfig) -> None:
         while not self._stopping:
@@ -167,11 +288,14 @@ class Supervisor:
                         if lived > STABLE_AFTER
                         else min(RESTART_BACKOFF_MAX, max(0.1, slot.backoff * 2))
                     )
+                    report = slot.read_report()  # a restarted worker's, if it failed
+                    error = report.error if report is not None else None
                     log.warning(
-                        "worker %d (pid %s) exited with %s; restarting in %.1fs",
+                        "worker %d (pid %s) exited with %s%s; restarting in %.1fs",
                         slot.index,
                         process.pid,
                         process.exitcode,
+                        f" ({error})" if error else "",
                         slot.backoff,
                     )
                     slot.process, slot.restart_at = None, now + slot.backoff
@@ -203,3 +327,15 @@ class Supervisor:
             if process.is_alive():
                 process.kill()
                 process.join()
+
+
+def _refuse_serving_address(endpoint: MetricsEndpoint, placeholder: socket.socket) -> None:
+    """Metrics on the serving address would take the workers' port (the placeholder
+    does not listen, so binding there succeeds): refuse it as a single process does."""
+    host, port = endpoint.address
+    serving_host, serving_port = placeholder.getsockname()[:2]
+    wildcard = ("0.0.0.0", "::")
+    if port == serving_port and (
+        host == serving_host or host in wildcard or serving_host in wildcard
+    ):
+        raise ConfigError(f"cannot listen for metrics on {host}:{port}: that is the serving port")
