@@ -43,9 +43,9 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
 
-from zcserve.load.http import ResponseError, ResponseReader
+from zcserve.load.http import STATUS_KEYS, ResponseError, ResponseReader, unexpected_statuses
 from zcserve.load.plan import Route, WorkerPlan
-from zcserve.load.stats import LiveStats, LoadResult, record_spread
+from zcserve.load.stats import LiveStats, LoadResult, record_spread, status_counts
 from zcserve.load.tls import HandshakeError, client_context
 from zcserve.runtime import cpu_seconds
 
@@ -64,6 +64,11 @@ CLOSE_WAIT = 0.5
 those still open then are aborted."""
 STOP_GRACE = 0.5
 """Seconds requests in flight get to finish after Ctrl-C before they are cut."""
+LATE_GRACE = 0.25
+"""Open model: seconds after the window's end during which slots due in it may still
+be sent late, so a brief stall at the edge (a busy CPU, a collection) does not turn
+them into unsent. A schedule further behind is not drained: the client or the server
+is saturated, and what is left is counted as unsent."""
 UNSENT_SPREAD = 100_000
 """At most this many distinct latencies are recorded for a run's unsent slots
 (each slot still counts once; see `record_spread`)."""
@@ -168,6 +173,8 @@ class Connection:
         "task",
         "retried",
         "open_error",
+        "url_of",
+        "status_base",
     )
 
     def __init__(self, worker: Worker, index: int, route: Route, source: str | None) -> None:
@@ -180,7 +187,7 @@ class Connection:
         self.current = self.position
         """The request (of `route.requests`) in flight."""
         self.wire: _Wire | None = None
-        self.reader = ResponseReader(hash_bodies=worker.plan.hash_bodies)
+        self.reader = ResponseReader(hash_bodies=worker.plan.hash_bodies, no_body=worker.no_body)
         self.in_flight = False
         self.stats = worker.warmup_stats
         self.intended = 0.0
@@ -198,6 +205,10 @@ class Connection:
         self.retried = False
         self.open_error: str | None = None
         """Why opening this connection before the start failed, until it tries again."""
+        self.url_of = route.url_indices or (0,) * len(route.requests)
+        """Each request's URL (its index in the run's URLs)."""
+        self.status_base = tuple(url * STATUS_KEYS for url in self.url_of)
+        """Each request's key base in `LiveStats.statuses`."""
 
     # connecting ---------------------------------------------------------------
 
@@ -235,7 +246,7 @@ class Connection:
             stats.handshake(handshake)
         worker.wires.add(wire)
         self.wire = wire
-        self.reader = ResponseReader(hash_bodies=worker.plan.hash_bodies)
+        self.reader = ResponseReader(hash_bodies=worker.plan.hash_bodies, no_body=worker.no_body)
         return handshake
 
     async def _handshake(self, sock: socket.socket) -> _Wire:
@@ -260,7 +271,7 @@ class Connection:
                 handshake = await self.connect(stats, deadline)
             except OSError as exc:
                 self.task = None
-                stats.failed += 1
+                self._count_failed(stats)
                 stats.error(connect_error_kind(exc))
                 await asyncio.sleep(CONNECT_BACKOFF)
                 self.next(_now())
@@ -295,7 +306,7 @@ class Connection:
             else:
                 self.send(now, stats)
             return
-        if now >= worker.hard_end:
+        if now >= worker.send_until:
             self.go_idle()  # what is left of the window is unsent
             return
         index = self.index + self.slot * worker.total_connections
@@ -356,13 +367,16 @@ class Connection:
         try:
             stop = reader.receive(self.worker.buffer, nbytes)
         except ResponseError as exc:
-            self._count_window(reader.body_bytes - before)
+            self._count_window(reader.body_bytes - before, _now())
             self._fail(exc.kind)
             return
-        self._count_window(reader.body_bytes - before)
+        # One clock read per buffer, for the window's bytes and the latency alike.
+        now = _now()
+        arrived = reader.body_bytes - before
+        if arrived:
+            self._count_window(arrived, now)
         if not reader.done:
             return
-        now = _now()
         self._record(now)
         if stop < nbytes:
             # Bytes after a complete response, none asked for: beyond its length.
@@ -374,9 +388,9 @@ class Connection:
             reader.reset()
         self.next(now)
 
-    def _count_window(self, arrived: int) -> None:
+    def _count_window(self, arrived: int, now: float) -> None:
         worker = self.worker
-        if arrived and worker.measuring and _now() < worker.stop_at:
+        if arrived and worker.measuring and now < worker.stop_at:
             worker.window_bytes += arrived
 
     def _record(self, now: float) -> None:
@@ -388,17 +402,31 @@ class Connection:
         micros = int((now - self.started_at) * 1_000_000)
         pending[micros] = pending.get(micros, 0) + 1
         stats.requests += 1
-        stats.body_bytes += reader.body_bytes
+        body_bytes = reader.body_bytes
+        stats.body_bytes += body_bytes
+        stats.header_bytes += reader.head_bytes
         status = reader.status
-        if status < 200 or status >= 300:
-            stats.error(f"status_{status}")
+        statuses = stats.statuses
+        key = self.status_base[self.current] + status
+        statuses[key] = statuses.get(key, 0) + 1
+        by_url = stats.by_url
+        if by_url is not None:
+            one = by_url[self.url_of[self.current]]
+            one.pending[micros] = one.pending.get(micros, 0) + 1
+            one.body_bytes += body_bytes
         if self.expected is not None and reader.digest() != self.expected:
             stats.error("verify")
+
+    def _count_failed(self, stats: LiveStats) -> None:
+        """Count the current request as failed (no complete response)."""
+        stats.failed += 1
+        if stats.by_url is not None:
+            stats.by_url[self.url_of[self.current]].failed += 1
 
     def _fail(self, kind: str) -> None:
         """The request in flight got no complete response."""
         self.in_flight = False
-        self.stats.failed += 1
+        self._count_failed(self.stats)
         self.stats.error(kind)
         self.drop(abort=True)
         self.next(_now())
@@ -461,7 +489,7 @@ class Connection:
         """The connect for the current request was cancelled (Ctrl-C)."""
         if self.retried:
             # Sent once already, and never answered.
-            self.stats.failed += 1
+            self._count_failed(self.stats)
             self.stats.error("interrupted")
         elif self.worker.rate is not None:
             self.slot -= 1  # never sent: counted as unsent if it was due
@@ -485,9 +513,11 @@ class Worker:
         """Open model: the first slot past the window."""
         self.buffer = bytearray(RECEIVE_BUFFER)
         self.view = memoryview(self.buffer)
-        self.warmup_stats = LiveStats()
+        self.no_body = plan.method == "HEAD"
+        unexpected = unexpected_statuses(plan.expect_status)
+        self.warmup_stats = LiveStats(len(plan.urls), unexpected)
         """Counts of requests intended before the measurement starts; thrown away."""
-        self.stats = LiveStats()
+        self.stats = LiveStats(len(plan.urls), unexpected)
         """Counts of requests intended from the measurement start on: the result."""
         self.remaining: int | None = plan.requests if plan.rate is None else None
         self.open_start = 0.0
@@ -497,6 +527,8 @@ class Worker:
         """No request intended from then on (closed model), the window's end."""
         self.hard_end = math.inf
         """Nothing runs past this: requests in flight then time out."""
+        self.send_until = math.inf
+        """Open model: no slot is sent from then on (the window's end + `LATE_GRACE`)."""
         self.origin = 0.0
         """The common start time of every process (`time.monotonic`)."""
         self.began = False
@@ -687,6 +719,7 @@ class Worker:
             # The opening counts against the bound too; never before the window ends.
             bound = self.open_start + plan.warmup + window + plan.timeout
             self.hard_end = max(bound, self.stop_at)
+            self.send_until = min(self.stop_at + LATE_GRACE, self.hard_end)
             if self.hard_end < math.inf:
                 self.loop.call_later(max(self.hard_end - now, 0.0), self._hard_end)
         self.busy = len(self.connections)
@@ -750,7 +783,7 @@ class Worker:
             requests=stats.requests,
             failed=stats.failed,
             body_bytes=stats.body_bytes,
-            errors=dict(sorted(stats.errors.items())),
+            errors=stats.all_errors(),
             histogram=stats.histogram.encode().decode("ascii"),
             cpu_seconds=cpu,
             target_rate=plan.rate,
@@ -764,6 +797,9 @@ class Worker:
             unsent=unsent,
             reconnects=stats.reconnects,
             wall_seconds=wall,
+            status=status_counts(stats.statuses),
+            header_bytes=stats.header_bytes,
+            per_url=stats.url_results(plan.urls),
         )
 
     def _charge_unsent(self) -> int:

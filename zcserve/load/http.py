@@ -39,6 +39,17 @@ unreserved character, and '%' (a path may already be encoded)."""
 _CONTROL = frozenset(chr(code) for code in (*range(0x20), 0x7F))
 """Characters a request line cannot carry, encoded or not (CR, LF, NUL, ...)."""
 _HEX = b"0123456789abcdefABCDEF"
+METHODS = ("GET", "HEAD")
+"""What `zcserve load` sends: the methods of a static file server, both without a
+request body. A HEAD response has no body whatever its Content-Length says."""
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+"""The characters of a header name (a token, RFC 9110 5.6.2)."""
+_FRAMING_HEADERS = frozenset(("content-length", "transfer-encoding"))
+"""Headers that frame a request body; zcserve load sends none, so it refuses them."""
+STATUS_KEYS = 1000
+"""Statuses are three digits (llhttp refuses more), so `url * STATUS_KEYS + status`
+keys one URL's count of one status in a single int-keyed dict."""
+Header = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,14 +79,15 @@ class Target:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == self.default_port else f"{host}:{self.port}"
 
-    def request(self) -> bytes:
-        """The GET request for this URL, rendered once and sent as is every time."""
-        return (
-            f"GET {self.target} HTTP/1.1\r\n"
-            f"Host: {self.host_header}\r\n"
-            f"User-Agent: {USER_AGENT}\r\n"
-            "Accept: */*\r\n\r\n"
-        ).encode("ascii")
+    def request(self, method: str = "GET", headers: tuple[Header, ...] = ()) -> bytes:
+        """The request for this URL, rendered once and sent as is every time. A header
+        in `headers` named Host, User-Agent or Accept replaces the default one."""
+        given = {name.lower() for name, _ in headers}
+        defaults = (("Host", self.host_header), ("User-Agent", USER_AGENT), ("Accept", "*/*"))
+        fields = [field for field in defaults if field[0].lower() not in given]
+        fields.extend(headers)
+        lines = "".join(f"{name}: {value}\r\n" for name, value in fields)
+        return f"{method} {self.target} HTTP/1.1\r\n{lines}\r\n".encode("latin-1")
 
 
 def _ascii_host(url: str, host: str, expected: str) -> str:
@@ -121,6 +133,51 @@ def parse_target(url: str) -> Target:
     default_port = 443 if tls else 80
     host = _ascii_host(url, parts.hostname, expected)
     return Target(url=url, host=host, port=port or default_port, target=target, tls=tls)
+
+
+def parse_header(text: str) -> Header:
+    """`(name, value)` of a `Name: value` header line, or `ConfigError` saying why not."""
+    expected = "expected 'Name: value', e.g. 'Range: bytes=0-99'"
+    name, colon, value = text.partition(":")
+    if not colon:
+        raise ConfigError(f"bad header {text!r}: no colon; {expected}")
+    if not name or not _TCHAR.issuperset(name):
+        raise ConfigError(f"bad header {text!r}: {name!r} is not a header name; {expected}")
+    if name.lower() in _FRAMING_HEADERS:
+        raise ConfigError(f"bad header {text!r}: zcserve load sends no request body")
+    value = value.strip(" \t")
+    for char in value:
+        # CR or LF would end the header (or the head) early: a request smuggled in.
+        if (char in _CONTROL and char != "\t") or ord(char) > 0xFF:
+            raise ConfigError(
+                f"bad header {text!r}: {char!r} in the value; {expected}, on one line, "
+                "without control characters"
+            )
+    return (name, value)
+
+
+def parse_statuses(text: str) -> tuple[int, ...]:
+    """The statuses of `--expect-status 200,206,304` (a class as `2xx`), sorted, or
+    `ConfigError` saying why not."""
+    expected = "expected statuses from 100 to 599 separated by commas, e.g. 200,206,304 or 2xx"
+    statuses: set[int] = set()
+    for part in text.split(","):
+        item = part.strip()
+        if len(item) == 3 and item[0] in "12345" and item[1:].lower() == "xx":
+            first = int(item[0]) * 100
+            statuses.update(range(first, first + 100))
+        elif len(item) == 3 and item.isdigit() and 100 <= int(item) <= 599:
+            statuses.add(int(item))
+        else:
+            raise ConfigError(f"bad status {item!r} in {text!r}; {expected}")
+    return tuple(sorted(statuses))
+
+
+def unexpected_statuses(expected: tuple[int, ...] | None) -> bytes:
+    """A table indexed by status: 1 where a complete response is an error (not in
+    `expected`; None expects 2xx). Looked up once per response, without a string."""
+    ok = set(range(200, 300) if expected is None else expected)
+    return bytes(0 if status in ok else 1 for status in range(STATUS_KEYS))
 
 
 def is_loopback(host: str) -> bool:
@@ -169,13 +226,18 @@ class ResponseReader:
     `receive(data, end)` takes the bytes `data[:end]` (the connection's reused
     buffer) and returns the offset where it stopped: `end`, or, once the response
     is complete (`done`), the offset just past it. The owner then reads `status`,
-    `body_bytes`, `keep_alive` and `digest()` and calls `reset()` before the next
-    response. `feed(bytes)` is the same for a byte string, and says a byte beyond
-    the response is `long_body`.
+    `body_bytes`, `head_bytes`, `keep_alive` and `digest()` and calls `reset()`
+    before the next response. `feed(bytes)` is the same for a byte string, and says
+    a byte beyond the response is `long_body`.
+
+    With `no_body` (the requests are HEAD) a response ends with its head, whatever
+    its Content-Length or Transfer-Encoding say (RFC 9110 9.3.2).
     """
 
     __slots__ = (
         "hash_bodies",
+        "no_body",
+        "head_bytes",
         "hasher",
         "status",
         "body_bytes",
@@ -194,8 +256,9 @@ class ResponseReader:
         "_parser",
     )
 
-    def __init__(self, *, hash_bodies: bool = False) -> None:
+    def __init__(self, *, hash_bodies: bool = False, no_body: bool = False) -> None:
         self.hash_bodies = hash_bodies
+        self.no_body = no_body
         self.completed = 0
         """Responses finished on this connection so far."""
         self.interim = 0
@@ -208,6 +271,9 @@ class ResponseReader:
         self.hasher = hashlib.sha256() if self.hash_bodies else None
         self.status = 0
         self.body_bytes = 0
+        self.head_bytes = 0
+        """Bytes of this response's head (status line, headers, blank line), interim
+        heads before it included: counted apart from the body."""
         self.framed = False
         """The body has a length or chunks: the connection ending early cuts it short."""
         self.started = False
@@ -368,12 +434,15 @@ class ResponseReader:
                     _KNOWN_HEADS.clear()
                 _KNOWN_HEADS[key] = known
         status, keep_alive, mode, length = known
+        self.head_bytes += len(head)
         if mode == _HEAD:
             # Interim (100 Continue, 103 Early Hints, ...): the final response follows.
             self.interim += 1
             self.head_done = False
             self.status = 0
             return
+        if self.no_body:
+            mode, length = _DONE, -1  # what the cache holds is about GET
         self.head_done = True
         self.status = status
         self.keep_alive = keep_alive
@@ -404,6 +473,8 @@ class ResponseReader:
             self._parser = None
         status = self.status
         keep_alive = self.keep_alive
+        if not 100 <= status < STATUS_KEYS:
+            raise ResponseError("bad_response")
         if 100 <= status < 200 and status != 101:
             return (status, keep_alive, _HEAD, -1)
         if status < 200 or status in (204, 304):

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from zcserve.errors import ConfigError
-from zcserve.load.http import Target, parse_target
+from zcserve.load.http import METHODS, Header, Target, parse_header, parse_target
 from zcserve.runtime import LOOP_NAMES
 
 DEFAULT_DURATION = 10.0
@@ -50,6 +50,14 @@ class LoadOptions:
     """https: do not verify the server's certificate or host name."""
     cacert: str | None = None
     """https: trust only the CA certificates in this PEM file."""
+    method: str = "GET"
+    """One of `METHODS`; HEAD responses have no body whatever their Content-Length."""
+    headers: tuple[str, ...] = ()
+    """Extra request headers, each `Name: value`, sent on every request; a Host,
+    User-Agent or Accept among them replaces the default one."""
+    expect_status: tuple[int, ...] | None = None
+    """The statuses that count as success; None is every 2xx. Any other complete
+    response is counted, and is an error (`status_NNN`)."""
 
     def __post_init__(self) -> None:
         targets = self._check_urls()
@@ -61,6 +69,7 @@ class LoadOptions:
         self._check_expect()
         self._check_loop()
         self._check_tls(targets)
+        self._check_request()
 
     def _check_urls(self) -> list[Target]:
         """At least one URL, each one parsed; stores `urls` as a tuple."""
@@ -143,6 +152,31 @@ class LoadOptions:
             raise ConfigError(f"{flag} applies to https:// URLs; none given")
         if self.cacert is not None and not os.path.isfile(self.cacert):
             raise ConfigError(f"--cacert {self.cacert!r} is not a regular file")
+
+    def _check_request(self) -> None:
+        """A known method; headers that parse; statuses from 100 to 599."""
+        if self.method not in METHODS:
+            raise ConfigError(
+                f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}"
+            )
+        if isinstance(self.headers, str):
+            raise ConfigError("headers must be a sequence of 'Name: value', not one string")
+        object.__setattr__(self, "headers", tuple(self.headers))
+        for line in self.headers:
+            parse_header(line)
+        if self.expect_status is not None:
+            statuses = tuple(sorted(set(self.expect_status)))
+            bad = [status for status in statuses if not 100 <= status <= 599]
+            if bad or not statuses:
+                raise ConfigError(
+                    f"bad expected status {bad[0] if bad else 'list (empty)'}; "
+                    "expected statuses from 100 to 599"
+                )
+            object.__setattr__(self, "expect_status", statuses)
+
+    @property
+    def header_fields(self) -> tuple[Header, ...]:
+        return tuple(parse_header(line) for line in self.headers)
 
     @property
     def targets(self) -> tuple[Target, ...]:

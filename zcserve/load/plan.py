@@ -41,6 +41,8 @@ class Route:
     tls: bool = False
     server_hostname: str | None = None
     """https: the host name sent as SNI and checked against the certificate."""
+    url_indices: tuple[int, ...] = ()
+    """Each request's URL, as its index in the run's URLs (per-URL counts)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,10 @@ class WorkerPlan:
     """A worker builds its own `ssl.SSLContext` from these: contexts do not pickle."""
     total_requests: int | None = None
     """-n over every process: with a rate, the schedule's window holds that many slots."""
+    method: str = "GET"
+    """HEAD: every response ends with its head."""
+    expect_status: tuple[int, ...] | None = None
+    """The statuses that are not errors; None is every 2xx."""
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
@@ -134,6 +140,8 @@ def plan_workers(options: LoadOptions, routes: tuple[Route, ...]) -> list[Worker
                 insecure=options.insecure,
                 cacert=options.cacert,
                 total_requests=options.requests,
+                method=options.method,
+                expect_status=options.expect_status,
             )
         )
         first += share

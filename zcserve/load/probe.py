@@ -27,9 +27,10 @@ READ_SIZE = 256 * 1024
 
 async def prepare_routes(options: LoadOptions) -> tuple[Route, ...]:
     """Resolve and probe each origin once; fetch reference digests when verifying."""
-    by_origin: dict[tuple[bool, str, int], list[Target]] = {}
-    for target in options.targets:
-        by_origin.setdefault(target.origin, []).append(target)
+    by_origin: dict[tuple[bool, str, int], list[tuple[int, Target]]] = {}
+    for index, target in enumerate(options.targets):
+        by_origin.setdefault(target.origin, []).append((index, target))
+    method, headers = options.method, options.header_fields
     digests: dict[str, bytes] = {}
     if options.expect is not None:
         digests[options.urls[0]] = await asyncio.to_thread(_file_digest, options.expect)
@@ -37,7 +38,8 @@ async def prepare_routes(options: LoadOptions) -> tuple[Route, ...]:
     if any(target.tls for target in options.targets):
         context = client_context(insecure=options.insecure, cacert=options.cacert)
     routes = []
-    for (tls, host, port), targets in by_origin.items():
+    for (tls, host, port), indexed in by_origin.items():
+        targets = [target for _, target in indexed]
         family, address = await _resolve(host, port)
         origin = _Origin(
             family=family,
@@ -51,16 +53,20 @@ async def prepare_routes(options: LoadOptions) -> tuple[Route, ...]:
         await _probe(origin)
         if options.verify and options.expect is None:
             for target in targets:
-                digests[target.url] = await _fetch_digest(origin, target)
+                request = target.request(method, headers)
+                digests[target.url] = await _fetch_digest(
+                    origin, target, request, no_body=method == "HEAD"
+                )
         routes.append(
             Route(
                 family=family,
                 address=address,
                 label=origin.label,
-                requests=tuple(target.request() for target in targets),
+                requests=tuple(target.request(method, headers) for target in targets),
                 digests=tuple(digests.get(target.url) for target in targets),
                 tls=tls,
                 server_hostname=origin.server_hostname,
+                url_indices=tuple(index for index, _ in indexed),
             )
         )
     return tuple(routes)
@@ -152,13 +158,14 @@ async def _probe(origin: _Origin) -> None:
     await _close_stream(writer, origin.timeout)
 
 
-async def _fetch_digest(origin: _Origin, target: Target) -> bytes:
-    """SHA-256 of one response body: the reference the load's bodies must match."""
-    reader = ResponseReader(hash_bodies=True)
+async def _fetch_digest(origin: _Origin, target: Target, request: bytes, *, no_body: bool) -> bytes:
+    """SHA-256 of one response body to `request`: the reference the load's bodies
+    must match (sent as the load sends it: its method and headers)."""
+    reader = ResponseReader(hash_bodies=True, no_body=no_body)
     stream, writer = await _open_stream(origin)
     try:
         async with asyncio.timeout(origin.timeout):
-            writer.write(target.request())
+            writer.write(request)
             while True:
                 data = await stream.read(READ_SIZE)
                 if not data:

@@ -162,6 +162,8 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError("--raw takes HOST:PORT and no URLs")
     if args.duration is not None:
         raise ConfigError("--raw counts downloads with -n, not a duration")
+    if args.headers or args.method != "GET" or args.expect_status is not None:
+        raise ConfigError("--raw sends no HTTP request: -H, -m and --expect-status do not apply")
     options = RawOptions(
         address=args.raw,
         downloads=args.requests if args.requests is not None else DEFAULT_DOWNLOADS,

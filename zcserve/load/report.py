@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,10 +16,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from zcserve.errors import ConfigError
-from zcserve.load.stats import LoadResult
+from zcserve.load.stats import LoadResult, UrlResult
 
 RATE_WINDOW = 0.5
 """Seconds over which the live request rate is averaged."""
+FIRST_RATE_SPAN = 0.05
+"""Seconds the first rate is measured over at least, so two workers' reports a
+millisecond apart do not make a spike."""
+STDOUT = "-"
+"""`--json -`: the JSON goes to stdout (and the human report to stderr)."""
 
 
 def format_ms(value: float) -> str:
@@ -44,8 +51,35 @@ def describe_errors(errors: Mapping[str, int]) -> str:
     return f"ERRORS: {total} ({kinds})"
 
 
+def format_bytes(count: int) -> str:
+    """Whole bytes below a megabyte, MB (10^6 bytes) from there: 11,120 bytes, 75.06 MB."""
+    return f"{count:,} bytes" if count < 1_000_000 else f"{count / 1e6:,.2f} MB"
+
+
+def describe_statuses(status: Mapping[int, int]) -> str:
+    """`200: 1,000  206: 40`."""
+    return "  ".join(f"{code}: {count:,}" for code, count in sorted(status.items()))
+
+
+def url_lines(rows: tuple[UrlResult, ...], duration: float) -> list[str]:
+    """One line per URL, the URLs aligned: requests, rate, body, latency, statuses."""
+    width = max(len(row.url) for row in rows)
+    lines = []
+    for row in rows:
+        latency = row.latency_ms()
+        rate = row.requests / duration if duration > 0 else 0.0
+        failed = f", {row.failed:,} failed" if row.failed else ""
+        status = f", status {describe_statuses(row.status)}" if row.status else ""
+        lines.append(
+            f"    {escape(row.url.ljust(width))}  {row.requests:,} requests{failed}, "
+            f"{rate:,.1f} req/s, {format_bytes(row.body_bytes)}, "
+            f"p50 {format_ms(latency['p50'])} ms, p99 {format_ms(latency['p99'])} ms{status}"
+        )
+    return lines
+
+
 def summary_lines(result: LoadResult) -> list[str]:
-    """The summary as plain lines (rich markup only on the error line)."""
+    """The summary as plain lines (rich markup only on the warning and error lines)."""
     urls = (
         result.urls[0]
         if len(result.urls) == 1
@@ -66,20 +100,39 @@ def summary_lines(result: LoadResult) -> list[str]:
             f"  unsent      {result.unsent:,} (due in the window, never sent; "
             "in the latency from their due time to the end)"
         )
+    if result.rate_saturated:
+        assert result.target_rate is not None
+        lines.append(
+            f"[bold red]  WARNING     target {result.target_rate:,.0f}/s, sent "
+            f"{result.achieved_rate:,.0f}/s: the client or the server is saturated[/]"
+        )
     if result.reconnects:
         lines.append(
             f"  reconnects  {result.reconnects:,} (a reused connection closed before the "
             "response; sent again)"
         )
+    if result.status:
+        lines.append(f"  status      {describe_statuses(result.status)}")
     lines.append(
-        f"  body        {result.body_bytes / 1e6:,.2f} MB: {result.megabytes_per_second:,.2f} MB/s"
+        f"  body        {format_bytes(result.body_bytes)}: "
+        f"{result.megabytes_per_second:,.2f} MB/s (MB = 10^6 bytes of body)"
     )
+    if result.header_bytes:
+        per_second = result.header_bytes / 1e6 / result.duration if result.duration > 0 else 0.0
+        lines.append(
+            f"  headers     {format_bytes(result.header_bytes)}: {per_second:,.2f} MB/s "
+            "(response heads: status lines and headers, not in the body figures)"
+        )
     latency = result.latency_ms()
     lines.append(
         "  latency ms  "
         + "  ".join(f"{name} {format_ms(latency[name])}" for name in ("p50", "p90", "p99", "p99.9"))
         + f"  max {format_ms(latency['max'])}"
+        + f"  mean {format_ms(latency['mean'])}  stdev {format_ms(latency['stdev'])}"
     )
+    if result.per_url:
+        lines.append("  per URL")
+        lines.extend(url_lines(result.per_url, result.duration))
     if result.tls or result.tls_handshakes:
         handshake = result.handshake_ms()
         count = result.tls_handshakes
@@ -107,11 +160,65 @@ def print_summary(console: Console, result: LoadResult) -> None:
         console.print(line, highlight=False, soft_wrap=True)
 
 
+def check_output(path: str) -> None:
+    """Refuse, before any request is sent, a JSON path that cannot be written: a
+    folder, or a file in a folder that does not exist (or is not writable)."""
+    if path == STDOUT:
+        return
+    if os.path.isdir(path):
+        raise ConfigError(f"cannot write {path!r}: it is a folder; expected a file path or -")
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise ConfigError(f"cannot write {path!r}: no folder {folder!r}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {path!r}: folder {folder!r} is not writable")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ConfigError(f"cannot write {path!r}: the file is not writable")
+
+
 def write_json(path: str, data: Mapping[str, Any]) -> None:
+    """Write `data` to `path`, or to stdout when `path` is `-`."""
+    text = json.dumps(data, indent=2) + "\n"
+    if path == STDOUT:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
     try:
-        Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        Path(path).write_text(text, encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot write {path!r}: {exc.strerror}") from None
+
+
+class RateMeter:
+    """The live request rate: over the last `RATE_WINDOW` once the load has run that
+    long, and before that since the last report of no request, so the rate is not 0
+    in the first second (workers take a while to start and connect)."""
+
+    def __init__(self, now: float) -> None:
+        self.mark = (now, 0)
+        """When the window began, and the count then."""
+        self.rate = 0.0
+
+    def sample(self, now: float, requests: int) -> float:
+        then, before = self.mark
+        if requests == 0 or requests < before:
+            # Nothing yet, or a new phase (counts restart after the warm-up): the
+            # window starts here; the rate shown stays until the next one is known.
+            self.mark = (now, requests)
+            return self.rate
+        elapsed = now - then
+        if elapsed >= RATE_WINDOW:
+            self.rate = (requests - before) / elapsed
+            self.mark = (now, requests)
+        elif before == 0 and elapsed >= FIRST_RATE_SPAN:
+            self.rate = requests / elapsed
+        return self.rate
+
+
+def progress_figures(requests: int, errors: int, rate: float, total: int | None) -> str:
+    """The progress line's figures; with -n, the requests done out of those asked."""
+    done = f"{requests:,}/{total:,}" if total is not None else f"{requests:,}"
+    return f"{done} requests, {rate:,.0f} req/s, {errors:,} errors"
 
 
 class LiveProgress:
@@ -127,8 +234,8 @@ class LiveProgress:
         self.started = time.monotonic()
         self.progress: Progress | None = None
         self.task: TaskID | None = None
-        self.last = (self.started, 0)
-        self.rate = 0.0
+        self.meter = RateMeter(self.started)
+        self.figures = "connecting"
 
     def __enter__(self) -> LiveProgress:
         if self.console.is_terminal:
@@ -155,15 +262,10 @@ class LiveProgress:
             self.progress.stop()
 
     def update(self, requests: int, errors: int) -> None:
+        now = time.monotonic()
+        rate = self.meter.sample(now, requests)
+        self.figures = progress_figures(requests, errors, rate, self.total_requests)
         if self.progress is None or self.task is None:
             return
-        now = time.monotonic()
-        elapsed = now - self.started
-        done = requests if self.total_requests is not None else elapsed
-        then, before = self.last
-        if now - then >= RATE_WINDOW:
-            # Counts restart after the warm-up: a drop is a new phase, not a negative rate.
-            self.rate = max(requests - before, 0) / (now - then)
-            self.last = (now, requests)
-        figures = f"{requests:,} requests, {self.rate:,.0f} req/s, {errors:,} errors"
-        self.progress.update(self.task, completed=done, figures=figures)
+        done = requests if self.total_requests is not None else now - self.started
+        self.progress.update(self.task, completed=done, figures=self.figures)

@@ -52,12 +52,13 @@ from rich.console import Console
 
 from zcserve.errors import ConfigError, ZcserveError
 from zcserve.load import raw as loadraw
-from zcserve.load.client import LocalLink, run_worker
+from zcserve.load.client import LATE_GRACE, LocalLink, run_worker
+from zcserve.load.http import METHODS, parse_statuses
 from zcserve.load.options import DEFAULT_CONNECTIONS, DEFAULT_DURATION, LoadOptions
 from zcserve.load.plan import plan_workers
 from zcserve.load.probe import prepare_routes
 from zcserve.load.procs import ProgressCallback, WorkerPool
-from zcserve.load.report import LiveProgress, print_summary, write_json
+from zcserve.load.report import STDOUT, LiveProgress, check_output, print_summary, write_json
 from zcserve.load.stats import LoadResult
 from zcserve.runtime import LOOP_NAMES, loop_factory, raise_nofile_limit
 from zcserve.units import parse_duration
@@ -247,14 +248,46 @@ def add_command(sub: argparse._SubParsersAction[P]) -> None:
         help="load an HTTP server and measure latency and throughput",
         description=(
             "Load http:// or https:// URLs over keep-alive HTTP/1.1 connections and report "
-            "requests/s, MB/s, latency percentiles (HDR histogram), TLS handshakes (timed "
-            "apart, never in the latency) and errors. Give -d or -n; with neither, the run "
-            f"lasts {DEFAULT_DURATION:g}s. Exit code 1 when any request failed, 2 on bad "
-            "input or when the first connect (or TLS handshake) fails."
+            "requests/s, MB/s (10^6 bytes of body; response heads counted apart), latency "
+            "percentiles, mean and stdev (HDR histogram), statuses, TLS handshakes (timed "
+            "apart, never in the latency) and errors, per URL too when several are given. "
+            f"Give -d or -n; with neither, the run lasts {DEFAULT_DURATION:g}s. Exit code 1 "
+            "when any request failed or got an unexpected status, 2 on bad input or when the "
+            "first connect (or TLS handshake) fails."
         ),
         formatter_class=_HelpFormatter,
     )
-    p.add_argument("urls", nargs="*", metavar="URL", help="http[s]://host[:port]/path, round-robin")
+    p.add_argument(
+        "urls",
+        nargs="*",
+        metavar="URL",
+        help="http[s]://host[:port]/path; several are taken in turn on each connection (one "
+        "host's URLs share its connections) and reported one row each",
+    )
+    p.add_argument(
+        "-H",
+        "--header",
+        metavar="'NAME: VALUE'",
+        action="append",
+        dest="headers",
+        default=None,
+        help="add a request header, e.g. 'Range: bytes=0-99', 'If-None-Match: \"abc\"' or "
+        "'Accept-Encoding: gzip'; repeatable; replaces the default Host, User-Agent or Accept",
+    )
+    p.add_argument(
+        "-m",
+        "--method",
+        choices=METHODS,
+        default="GET",
+        help="request method; HEAD responses have no body, whatever their Content-Length",
+    )
+    p.add_argument(
+        "--expect-status",
+        metavar="LIST",
+        default=None,
+        help="statuses that count as success, e.g. 200,206,304 or 2xx; any other is an error "
+        "(default: 2xx)",
+    )
     p.add_argument(
         "-c",
         "--connections",
@@ -287,8 +320,9 @@ def add_command(sub: argparse._SubParsersAction[P]) -> None:
         type=_rate,
         default=None,
         help="open model: R requests/s in all, on a fixed schedule; latency counts from "
-        "each request's intended send time; slots never sent by the end are counted as "
-        "unsent (default: closed model)",
+        "each request's intended send time; slots not sent by the end of -d (plus "
+        f"{LATE_GRACE:g}s) are counted as unsent, and a run that falls short of R says so "
+        "(default: closed model)",
     )
     p.add_argument(
         "--warmup",
@@ -338,7 +372,13 @@ def add_command(sub: argparse._SubParsersAction[P]) -> None:
         help="https: trust the CA certificates in FILE (PEM) instead of the system's",
     )
     p.add_argument("--loop", choices=LOOP_NAMES, default="uvloop", help="event loop")
-    p.add_argument("--json", metavar="FILE", default=None, help="write every figure as JSON")
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        default=None,
+        help="write every figure as JSON to FILE (checked before the run), or to stdout "
+        "with - (the report then goes to stderr)",
+    )
     p.add_argument(
         "--raw",
         metavar="HOST:PORT",
@@ -351,9 +391,13 @@ def add_command(sub: argparse._SubParsersAction[P]) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """`zcserve load`: 0 when every request succeeded, 1 when any failed."""
-    console = Console(highlight=False)
+    if args.json is not None:
+        check_output(args.json)
+    # With --json -, stdout carries the JSON alone; the report and the progress go to stderr.
+    console = Console(highlight=False, stderr=args.json == STDOUT)
     if args.raw is not None:
         return loadraw.run_command(args, console)
+    expect_status = None if args.expect_status is None else parse_statuses(args.expect_status)
     options = LoadOptions(
         urls=tuple(args.urls),
         connections=args.connections,
@@ -368,6 +412,9 @@ def run_command(args: argparse.Namespace) -> int:
         loop=args.loop,
         insecure=args.insecure,
         cacert=args.cacert,
+        method=args.method,
+        headers=tuple(args.headers or ()),
+        expect_status=expect_status,
     )
     seconds = options.warmup + (options.duration or 0.0)
     try:

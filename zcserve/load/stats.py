@@ -10,11 +10,13 @@ shape, so request latencies never include a handshake.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from hdrh.histogram import HdrHistogram
+
+from zcserve.load.http import STATUS_KEYS, unexpected_statuses
 
 LOWEST_MICROS = 1
 HIGHEST_MICROS = 3600 * 1_000_000
@@ -32,6 +34,10 @@ Model = Literal["closed", "open"]
 CLIENT_SATURATED = 0.9
 """Client CPU share (of wall time x processes) from which a run warns that the
 client, not the server, may have set the pace."""
+RATE_KEPT = 0.95
+"""Open model: a run that sent less than this share of its target rate fell behind
+its schedule by more than the last, late slots of each connection explain; it
+says that the client or the server is saturated."""
 
 
 def new_histogram() -> HdrHistogram:
@@ -48,9 +54,9 @@ def merge_histograms(encoded: Sequence[str]) -> HdrHistogram:
 
 
 def figures_ms(histogram: HdrHistogram) -> dict[str, float]:
-    """p50, p90, p99, p99.9, max, min and mean of a microsecond histogram, in ms."""
+    """p50, p90, p99, p99.9, max, min, mean and stdev of a microsecond histogram, in ms."""
     if histogram.get_total_count() == 0:
-        return {name: 0.0 for name in (*dict(PERCENTILES), "max", "min", "mean")}
+        return {name: 0.0 for name in (*dict(PERCENTILES), "max", "min", "mean", "stdev")}
     figures = {
         name: histogram.get_value_at_percentile(percentile) / 1000
         for name, percentile in PERCENTILES
@@ -58,7 +64,23 @@ def figures_ms(histogram: HdrHistogram) -> dict[str, float]:
     figures["max"] = histogram.get_max_value() / 1000
     figures["min"] = histogram.get_min_value() / 1000
     figures["mean"] = round(histogram.get_mean_value() / 1000, 3)
+    figures["stdev"] = round(histogram.get_stddev() / 1000, 3)
     return figures
+
+
+def status_counts(counts: Mapping[int, int]) -> dict[int, int]:
+    """Counts keyed `url * STATUS_KEYS + status` (see `LiveStats.statuses`) summed per
+    status, sorted."""
+    totals: dict[int, int] = {}
+    for key, count in counts.items():
+        status = key % STATUS_KEYS
+        totals[status] = totals.get(status, 0) + count
+    return dict(sorted(totals.items()))
+
+
+def add_counts(into: dict[Any, int], counts: Mapping[Any, int]) -> None:
+    for key, count in counts.items():
+        into[key] = into.get(key, 0) + count
 
 
 def _clamp(micros: int) -> int:
@@ -82,17 +104,43 @@ def record_spread(pending: dict[int, int], low: int, high: int, count: int, poin
         pending[micros] = pending.get(micros, 0) + each + (1 if point < extra else 0)
 
 
+class UrlStats:
+    """One URL's share of a phase's counters, kept when a run loads several URLs."""
+
+    __slots__ = ("failed", "body_bytes", "pending", "histogram")
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self.body_bytes = 0
+        self.pending: dict[int, int] = {}
+        self.histogram = new_histogram()
+
+    def flush(self) -> None:
+        record = self.histogram.record_value
+        for micros, count in self.pending.items():
+            record(_clamp(micros), count)
+        self.pending.clear()
+
+
 class LiveStats:
     """One worker's counters for one phase (warm-up or measurement).
 
     Latencies are first counted in a dict keyed by microseconds and flushed into
     the histogram now and then: a dict increment costs a tenth of `record_value`.
+    Statuses are counted the same way, keyed by int (`url * STATUS_KEYS + status`):
+    no string and no judgement per response; which statuses are errors is worked out
+    from these counts when they are read (the progress, four times a second, and the
+    result), and the `status_NNN` errors are named at the end.
     """
 
     __slots__ = (
         "requests",
         "failed",
         "body_bytes",
+        "header_bytes",
+        "statuses",
+        "unexpected",
+        "by_url",
         "errors",
         "pending",
         "histogram",
@@ -102,12 +150,20 @@ class LiveStats:
         "unsent",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, urls: int = 1, unexpected: bytes | None = None) -> None:
         self.requests = 0
         """Complete responses, whatever their status."""
         self.failed = 0
         """Requests that got no complete response (connect, reset, timeout, ...)."""
         self.body_bytes = 0
+        self.header_bytes = 0
+        """Bytes of the response heads (status lines and headers), not in `body_bytes`."""
+        self.statuses: dict[int, int] = {}
+        """Complete responses by `url * STATUS_KEYS + status`."""
+        self.unexpected = unexpected_statuses(None) if unexpected is None else unexpected
+        """1 for each status that is an error (see `http.unexpected_statuses`)."""
+        self.by_url: list[UrlStats] | None = [UrlStats() for _ in range(urls)] if urls > 1 else None
+        """Per-URL latencies, bytes and failures; None with one URL (the totals say it)."""
         self.errors: dict[str, int] = {}
         self.pending: dict[int, int] = {}
         self.histogram = new_histogram()
@@ -125,7 +181,12 @@ class LiveStats:
 
     @property
     def error_total(self) -> int:
-        return sum(self.errors.values())
+        """Errors so far, the responses with an unexpected status included."""
+        unexpected = self.unexpected
+        statuses = sum(
+            count for key, count in self.statuses.items() if unexpected[key % STATUS_KEYS]
+        )
+        return sum(self.errors.values()) + statuses
 
     def flush(self) -> None:
         """Move the pending latencies into the histogram."""
@@ -133,11 +194,116 @@ class LiveStats:
         for micros, count in self.pending.items():
             record(_clamp(micros), count)
         self.pending.clear()
+        if self.by_url is not None:
+            for one in self.by_url:
+                one.flush()
+
+    def all_errors(self) -> dict[str, int]:
+        """Every error by kind, the unexpected statuses named (`status_404`)."""
+        errors = dict(self.errors)
+        for status, count in status_counts(self.statuses).items():
+            if self.unexpected[status]:
+                kind = f"status_{status}"
+                errors[kind] = errors.get(kind, 0) + count
+        return dict(sorted(errors.items()))
+
+    def url_results(self, urls: Sequence[str]) -> tuple[UrlResult, ...]:
+        """One row per URL (flush first); a URL given twice is one row, and one row is
+        none (the totals say it)."""
+        if self.by_url is None:
+            return ()
+        statuses: list[dict[int, int]] = [{} for _ in urls]
+        for key, count in self.statuses.items():
+            statuses[key // STATUS_KEYS][key % STATUS_KEYS] = count
+        rows = [
+            UrlResult(
+                url=url,
+                requests=sum(statuses[index].values()),
+                failed=one.failed,
+                body_bytes=one.body_bytes,
+                status=dict(sorted(statuses[index].items())),
+                histogram=one.histogram.encode().decode("ascii"),
+            )
+            for index, (url, one) in enumerate(zip(urls, self.by_url, strict=True))
+        ]
+        merged = merge_url_results([rows])
+        return merged if len(merged) > 1 else ()
 
     def handshake(self, seconds: float) -> None:
         """Count one completed TLS handshake (one per connection: rare, recorded now)."""
         self.handshakes += 1
         self.handshake_histogram.record_value(_clamp(int(seconds * 1_000_000)))
+
+
+@dataclass(frozen=True)
+class UrlResult:
+    """What one URL of several got: its row in the summary and in the JSON (`per_url`)."""
+
+    url: str
+    requests: int
+    """Complete responses, whatever their status."""
+    failed: int
+    body_bytes: int
+    status: Mapping[int, int]
+    histogram: str
+
+    def latency_ms(self) -> dict[str, float]:
+        return figures_ms(merge_histograms([self.histogram]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "requests": self.requests,
+            "failed": self.failed,
+            "body_bytes": self.body_bytes,
+            "status": {str(status): count for status, count in self.status.items()},
+            "histogram": self.histogram,
+            "latency_ms": self.latency_ms(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> UrlResult:
+        return cls(
+            url=str(data["url"]),
+            requests=int(data["requests"]),
+            failed=int(data["failed"]),
+            body_bytes=int(data["body_bytes"]),
+            status=_statuses_from_json(data.get("status", {})),
+            histogram=str(data["histogram"]),
+        )
+
+
+def _statuses_from_json(data: Mapping[str, Any]) -> dict[int, int]:
+    return dict(sorted((int(status), int(count)) for status, count in data.items()))
+
+
+def merge_url_results(groups: Iterable[Sequence[UrlResult]]) -> tuple[UrlResult, ...]:
+    """The rows of several results (processes, clients) added up URL by URL, in the
+    order the URLs first appear; histograms merge exactly."""
+    by_url: dict[str, list[UrlResult]] = {}
+    for rows in groups:
+        for row in rows:
+            by_url.setdefault(row.url, []).append(row)
+    merged = []
+    for url, rows in by_url.items():
+        if len(rows) == 1:
+            merged.append(rows[0])
+            continue
+        status: dict[int, int] = {}
+        for row in rows:
+            add_counts(status, row.status)
+        histogram = merge_histograms([row.histogram for row in rows])
+        merged.append(
+            UrlResult(
+                url=url,
+                requests=sum(row.requests for row in rows),
+                failed=sum(row.failed for row in rows),
+                body_bytes=sum(row.body_bytes for row in rows),
+                status=dict(sorted(status.items())),
+                histogram=histogram.encode().decode("ascii"),
+            )
+        )
+    return tuple(merged)
 
 
 @dataclass(frozen=True)
@@ -191,6 +357,12 @@ class LoadResult:
     wall_seconds: float = 0.0
     """Wall-clock seconds over which `cpu_seconds` was counted, summed over the
     processes: `cpu_seconds / wall_seconds` is how busy the client was."""
+    status: Mapping[int, int] = field(default_factory=dict)
+    """Complete responses by status (JSON: `"status": {"200": n, "206": n}`)."""
+    header_bytes: int = 0
+    """Bytes of the response heads (status lines and headers), apart from `body_bytes`."""
+    per_url: tuple[UrlResult, ...] = ()
+    """One row per URL when the run loaded several; empty with one (the totals say it)."""
 
     # derived figures -----------------------------------------------------------
 
@@ -214,6 +386,13 @@ class LoadResult:
         busy all the time); from the duration for results saved without it."""
         wall = self.wall_seconds or self.duration * self.processes
         return self.cpu_seconds / wall if wall > 0 else 0.0
+
+    @property
+    def rate_saturated(self) -> bool:
+        """Open model: the requests sent fell short of the target rate (see `RATE_KEPT`)."""
+        if self.target_rate is None or self.duration <= 0:
+            return False
+        return self.achieved_rate < RATE_KEPT * self.target_rate
 
     @property
     def client_saturated(self) -> bool:
@@ -247,6 +426,21 @@ class LoadResult:
         """The same figures for TLS handshakes (all zero without TLS)."""
         return figures_ms(self.decode_handshake_histogram())
 
+    def url_rows(self) -> tuple[UrlResult, ...]:
+        """`per_url`, or for a one-URL result the one row its totals make."""
+        if self.per_url or len(self.urls) != 1:
+            return self.per_url
+        return (
+            UrlResult(
+                url=self.urls[0],
+                requests=self.requests,
+                failed=self.failed,
+                body_bytes=self.body_bytes,
+                status=self.status,
+                histogram=self.histogram,
+            ),
+        )
+
     @property
     def tls(self) -> bool:
         """True when any URL is https."""
@@ -264,6 +458,12 @@ class LoadResult:
         for result in results:
             for kind, count in result.errors.items():
                 errors[kind] = errors.get(kind, 0) + count
+        status: dict[int, int] = {}
+        for result in results:
+            add_counts(status, result.status)
+        per_url: tuple[UrlResult, ...] = ()
+        if any(result.per_url for result in results):
+            per_url = merge_url_results(result.url_rows() for result in results)
         histogram = merge_histograms([result.histogram for result in results])
         handshakes = merge_histograms([result.handshake_histogram for result in results])
         return replace(
@@ -284,6 +484,9 @@ class LoadResult:
             unsent=sum(result.unsent for result in results),
             reconnects=sum(result.reconnects for result in results),
             wall_seconds=sum(result.wall_seconds for result in results),
+            status=dict(sorted(status.items())),
+            header_bytes=sum(result.header_bytes for result in results),
+            per_url=per_url if len(per_url) > 1 else (),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -291,6 +494,8 @@ class LoadResult:
         data = asdict(self)
         data["urls"] = list(self.urls)
         data["errors"] = dict(self.errors)
+        data["status"] = {str(status): count for status, count in self.status.items()}
+        data["per_url"] = [row.to_json() for row in self.per_url]
         data.update(
             error_total=self.error_total,
             requests_per_second=self.requests_per_second,
@@ -299,6 +504,7 @@ class LoadResult:
             window_megabytes_per_second=self.window_megabytes_per_second,
             client_cpu_share=self.client_cpu_share,
             client_saturated=self.client_saturated,
+            rate_saturated=self.rate_saturated,
             latency_ms=self.latency_ms(),
             handshake_ms=self.handshake_ms(),
         )
@@ -334,4 +540,7 @@ class LoadResult:
             unsent=int(data.get("unsent", 0)),
             reconnects=int(data.get("reconnects", 0)),
             wall_seconds=float(data.get("wall_seconds", 0.0)),
+            status=_statuses_from_json(data.get("status", {})),
+            header_bytes=int(data.get("header_bytes", 0)),
+            per_url=tuple(UrlResult.from_json(row) for row in data.get("per_url", ())),
         )
