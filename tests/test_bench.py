@@ -21,10 +21,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as pyplot
 import pytest
 from rich.console import Console
 
-from tests.loadhelpers import ScriptedServer
+from tests.loadhelpers import Behaviour, ScriptedServer
 from tests.procs import zcserve_command
 from tests.test_metrics import ACTIVE, moved_by, sent_by_strategy, settled
 from zcserve import cli
@@ -140,7 +141,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Bench:
 
 
 def test_bench_end_to_end(bench: Bench) -> None:
-    assert "zcserve bench" in bench.text and "vs readwrite" in bench.text
+    assert "zcserve bench" in bench.text and "readwrite" in bench.text
     assert "server pinned to CPU" in bench.text or "could not be separated" in bench.text
     rows = bench.rows
     assert len(rows) == len(STRATEGY_NAMES) * len(SIZES) * len(CONCURRENCY)
@@ -150,8 +151,10 @@ def test_bench_end_to_end(bench: Bench) -> None:
     assert rows == [cell.row for cell in bench.cells]  # results.json holds what was measured
     for row in rows:
         assert row.errors == 0 and row.requests > 0 and row.requests_per_second > 0
+        assert row.p50_ms is not None and row.p99_ms is not None
         assert row.megabytes_per_second > 0 and row.p99_ms >= row.p50_ms > 0
-        assert row.server_peak_rss_mb > 0 and row.server_cpu_seconds > 0
+        assert row.server_peak_rss_mb is not None and row.server_peak_rss_mb > 0
+        assert row.server_cpu_seconds is not None and row.server_cpu_seconds > 0
     assert bench.meta["placement"]
     with open(os.path.join(bench.out, "results.csv"), newline="") as f:
         table = list(csv.DictReader(f))
@@ -160,8 +163,8 @@ def test_bench_end_to_end(bench: Bench) -> None:
     ]
     assert [float(r["client_cpu_seconds"]) for r in table] == [r.client_cpu_seconds for r in rows]
     assert [r["client_bound"] for r in table] == [str(r.client_bound) for r in rows]
-    for name in ("throughput.png", "p99.png"):
-        with open(os.path.join(bench.out, name), "rb") as f:
+    for plot in PLOTS:
+        with open(os.path.join(bench.out, plot.filename), "rb") as f:
             assert f.read(8) == PNG_MAGIC
 
 
@@ -265,6 +268,7 @@ def test_client_cpu_is_recorded_and_judged_per_cell(bench: Bench) -> None:
     for cell in bench.cells:
         row, load = cell.row, cell.load
         assert row.client_cpu_seconds == load.cpu_seconds > 0
+        assert row.server_cpu_seconds is not None
         assert row.client_bound == is_client_bound(
             client_cpu_seconds=load.cpu_seconds,
             client_cpus=min(allowed, load.processes),
@@ -398,6 +402,67 @@ def test_a_saturated_client_is_marked_everywhere(
     assert CLIENT_BOUND_NOTE in " ".join(report.split())
 
 
+def test_an_external_server_has_no_cpu_or_rss(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--url: the bench did not start the server, so it cannot see its CPU or memory:
+    `n/a` in the table, table.md and the CSV, null in results.json, never 0.00; and the
+    captions (table and plots) do not claim it pinned the server."""
+    with ScriptedServer(delay=0.01) as server:
+        run = bench_url(server.url, tmp_path / "out", capsys, "--concurrency", "2")
+    (row,) = run.rows
+    assert row.requests > 0 and row.p99_ms is not None  # the load itself was measured
+    assert row.server_cpu_seconds is None and row.server_peak_rss_mb is None
+    assert row.cpu_per_gib is None
+    (saved,) = json.loads((run.out / "results.json").read_text())["rows"]
+    assert saved["server_cpu_seconds"] is None and saved["server_peak_rss_mb"] is None
+    assert saved["cpu_per_gib"] is None
+    with open(run.out / "results.csv", newline="") as f:
+        (line,) = csv.DictReader(f)
+    assert [line[n] for n in ("server_cpu_seconds", "server_peak_rss_mb", "cpu_per_gib")] == [
+        "n/a"
+    ] * 3
+    for lines in (printed_lines(run.text), markdown_lines(str(run.out / "table.md"))):
+        _, cells = shown_rows(lines)[_key(row)]
+        assert [cells[8], cells[10], cells[11]] == ["n/a"] * 3, cells  # server CPU, /GiB, RSS
+        assert cells[9] == f"{row.client_cpu_seconds:.2f}"  # the client's CPU is seen
+    assert run.meta["server_cpus"] is None and run.meta["external_server"] is True
+    placement = str(run.meta["placement"])
+    assert "server pinned" not in placement and "external server" in placement
+    assert "server pinned" not in run.text and "external server (--url)" in run.text
+    fig = plot_figure(run.rows, PLOTS[0], run.meta)
+    captions = [text.get_text() for text in fig.texts]
+    pyplot.close(fig)
+    assert any("external server" in caption for caption in captions), captions
+    assert not any("server pinned" in caption for caption in captions), captions
+
+
+def test_a_cell_where_no_request_completed_has_no_latency(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that hangs up on every request: no response completed, so the cell's
+    latency is `n/a` in the table and the CSV, null in results.json, never `0.00`."""
+    out = tmp_path / "out"
+    argv = ["bench", "--url", "", "--duration", "0.3", "--warmup", "0", "--concurrency", "2"]
+    with ScriptedServer(Behaviour.HANG_UP) as server:
+        argv[2] = server.url
+        code = cli.main([*argv, "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 1, printed  # every request failed: the bench says so
+    rows, _ = load_results(str(out / "results.json"))
+    (row,) = rows
+    assert row.requests == 0 and row.errors > 0
+    assert row.p50_ms is None and row.p99_ms is None
+    (saved,) = json.loads((out / "results.json").read_text())["rows"]
+    assert saved["p50_ms"] is None and saved["p99_ms"] is None
+    with open(out / "results.csv", newline="") as f:
+        (line,) = csv.DictReader(f)
+    assert (line["p50_ms"], line["p99_ms"]) == ("n/a", "n/a")
+    _, cells = shown_rows(printed_lines(printed))[_key(row)]
+    assert (cells[5], cells[6]) == ("n/a", "n/a"), cells
+    assert "p99     n/a ms" in printed  # the progress line
+
+
 def test_more_load_processes_on_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--load-processes 2: two load processes ran, on the load CPUs, as the caption says."""
     with ScriptedServer(delay=0.01) as server:
@@ -423,6 +488,7 @@ def _row(strategy: str, connections: int, rate: float, *, bound: bool) -> BenchR
         server_peak_rss_mb=40.0,
         duration=1.0,
         requests=int(rate),
+        server_bytes=int(rate * 4096),
         client_cpu_seconds=0.95 if bound else 0.3,
         client_bound=bound,
     )
@@ -435,8 +501,8 @@ def test_client_bound_points_are_hollow() -> None:
         _row("readwrite", 1, 900.0, bound=False),
         _row("readwrite", 8, 5000.0, bound=False),
     ]
-    for metric, label, _ in PLOTS:
-        fig = plot_figure(rows, metric, label)
+    for plot in PLOTS:
+        fig = plot_figure(rows, plot, {})
         (axis,) = fig.axes
         points = {}
         for line in axis.get_lines():
@@ -445,9 +511,11 @@ def test_client_bound_points_are_hollow() -> None:
                 for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True):
                     points[(int(x), float(y))] = face
         for row in rows:
-            face = points[(row.connections, float(getattr(row, metric)))]
+            face = points[(row.connections, float(getattr(row, plot.metric)))]
             assert (face == "none") is row.client_bound, (row, face)
-        assert "client-bound" in [text.get_text() for text in axis.get_legend().get_texts()]
+        (legend,) = fig.legends
+        assert any("client-bound" in text.get_text() for text in legend.get_texts())
+        pyplot.close(fig)
 
 
 def test_report_reads_results_from_before_the_client_columns(

@@ -1,10 +1,13 @@
-"""`zcserve report`: saved load results of several clients merge exactly; a saved bench
-results.json renders as the table again and redraws its plots; bad input is one line."""
+"""`zcserve report`: saved load results of several clients merge exactly, their rates
+add up; clients with different URLs or windows are refused unless --force; a saved
+bench results.json renders as the table again and redraws its plots; bad input is one
+line."""
 
 from __future__ import annotations
 
 import json
 import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -15,7 +18,7 @@ from hdrh.histogram import HdrHistogram
 
 from tests.loadhelpers import ScriptedServer
 from zcserve import cli
-from zcserve.bench.results import BenchRow, write_results
+from zcserve.bench.results import PLOTS, BenchRow, write_results
 from zcserve.load.report import write_json
 from zcserve.load.run import LoadOptions, run_load
 from zcserve.load.stats import LoadResult, merge_histograms, new_histogram
@@ -74,21 +77,31 @@ def test_three_clients_that_ran_together_merge_exactly(
         write_json(str(path), result.to_json())
     out = tmp_path / "merged.json"
 
-    code = run_report(*map(str, paths), "--json", str(out))
+    # -n 300, 400 and 500 over two or three connections: runs of different lengths,
+    # which only --force merges (how far apart depends on the machine's pace).
+    code = run_report(*map(str, paths), "--json", str(out), "--force")
     printed = capsys.readouterr()
     assert code == 0, printed
     assert f"merged 3 clients: {', '.join(map(str, paths))}" in printed.out
     assert "requests    1,200 in" in printed.out and "errors      none" in printed.out
-    merged = LoadResult.from_json(json.loads(out.read_text()))
+    data = json.loads(out.read_text())
+    merged = LoadResult.from_json(data)
     assert merged.requests == server.counts.requests == 300 + 400 + 500
     assert merged.body_bytes == server.counts.body_bytes
     assert merged.connections == 2 + 3 + 2 and merged.processes == 3
     assert_same_histogram(merged.decode_histogram(), every_value(results))
-    # Side by side, the rates add up: every request over the longest of the three runs.
-    longest = max(result.duration for result in results)
-    assert merged.duration == longest
-    assert merged.requests_per_second == pytest.approx(1200 / longest)
-    assert merged.megabytes_per_second == pytest.approx(1200 * len(BODY) / 1e6 / longest)
+    # Side by side, the rates add up: each client's rate over its own run.
+    assert merged.duration == max(result.duration for result in results)
+    assert data["requests_per_second"] == pytest.approx(
+        sum(result.requests / result.duration for result in results)
+    )
+    assert data["megabytes_per_second"] == pytest.approx(
+        sum(result.requests * len(BODY) / 1e6 / result.duration for result in results)
+    )
+    # Rendered again, the merged file keeps its summed rates.
+    assert run_report(str(out)) == 0
+    rate = f"{data['requests_per_second']:,.1f} req/s"
+    assert rate in capsys.readouterr().out
 
 
 def _saved(values: list[int], **fields: Any) -> LoadResult:
@@ -122,14 +135,14 @@ def test_merged_percentiles_are_those_of_every_value(tmp_path: Path) -> None:
         whole.record_value(value)
     paths = []
     for index, part in enumerate(values):
-        result = _saved(part, duration=1.0 + index, errors={"reset": index}, failed=index)
+        result = _saved(part, duration=2.0, errors={"reset": index}, failed=index)
         paths.append(tmp_path / f"{index}.json")
         paths[-1].write_text(result.dumps())
     out = tmp_path / "merged.json"
     assert run_report(*map(str, paths), "--json", str(out)) == 0
     data = json.loads(out.read_text())
-    assert data["requests"] == 15_000 and data["duration"] == 3.0
-    assert data["requests_per_second"] == 5000.0 and data["megabytes_per_second"] == 5.0
+    assert data["requests"] == 15_000 and data["duration"] == 2.0
+    assert data["requests_per_second"] == 7500.0 and data["megabytes_per_second"] == 7.5
     assert data["errors"] == {"reset": 3} and data["failed"] == 3
     assert_same_histogram(merge_histograms([data["histogram"]]), whole)
     assert data["latency_ms"]["p99"] == whole.get_value_at_percentile(99) / 1000
@@ -144,10 +157,13 @@ def test_open_model_clients_add_their_rates_and_keep_every_url(
     for path, result in zip(paths, (one, two), strict=True):
         path.write_text(result.dumps())
     out = tmp_path / "merged.json"
-    assert run_report(*map(str, paths), "--json", str(out)) == 0
+    assert run_report(*map(str, paths), "--json", str(out), "--force") == 0
     merged = LoadResult.from_json(json.loads(out.read_text()))
     assert merged.target_rate == 150.0 and merged.urls == ("http://a:1/x", "http://b:1/y")
-    assert "open model, 150/s" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "open model, 150/s" in printed.out
+    (warning,) = printed.err.splitlines()  # different URLs, merged because forced
+    assert "WARNING" in warning and "http://a:1/x" in warning and "http://b:1/y" in warning
 
 
 def test_one_load_result_renders_as_its_summary(
@@ -198,10 +214,10 @@ def test_a_bench_result_renders_its_table_and_plots_again(
     printed = capsys.readouterr()
     assert code == 0, printed
     assert "zcserve bench" in printed.out and "server on CPU 0" in printed.out
-    assert "vs readwrite" in printed.out and "2.00x" in printed.out
+    assert "readwrite" in printed.out and "2.00x" in printed.out
     assert printed.out.count("sendfile") >= 4 and "1MiB" in printed.out
-    for name in ("throughput.png", "p99.png"):
-        assert (plots / name).read_bytes()[:8] == PNG_MAGIC
+    for plot in PLOTS:  # throughput, p99 and CPU per GiB
+        assert (plots / plot.filename).read_bytes()[:8] == PNG_MAGIC
 
 
 # bad input ----------------------------------------------------------------------------------
@@ -213,6 +229,8 @@ def inputs(tmp_path: Path) -> dict[str, str]:
     files: dict[str, Any] = {
         "load": _saved([100, 200]).to_json(),
         "load2": _saved([300]).to_json(),
+        "other_url": _saved([300], urls=("http://127.0.0.1:1/other",)).to_json(),
+        "longer": _saved([300], duration=3.0).to_json(),
         "open": _saved([300], model="open", target_rate=10.0).to_json(),
         "raw": {"mode": "raw", "address": "127.0.0.1:1", "sizes": []},
         "list": [1, 2, 3],
@@ -252,6 +270,9 @@ def inputs(tmp_path: Path) -> dict[str, str]:
         (["load", "bench"], [], "cannot mix bench and load results"),
         (["load", "open"], [], "closed-model and open-model"),
         (["load", "load"], [], "given twice"),
+        (["load", "other_url"], [], "loaded http://127.0.0.1:1/ but"),  # another file
+        (["load", "longer"], [], "measured 2.00 s but"),  # a longer run
+        (["load", "other_url"], [], "(--force merges them anyway)"),
         (["load"], ["--plots", "PLOTS"], "--plots draws bench results"),
         (["bench"], ["--json", "OUT"], "--json writes merged load results"),
         (["bench", "bench2"], ["--plots", "PLOTS"], "--plots draws one bench result"),
@@ -282,3 +303,69 @@ def test_two_bench_results_render_one_table_each(
     printed = capsys.readouterr().out
     assert printed.count("zcserve bench") == 2
     assert "readwrite" in printed and "sendfile" in printed
+
+
+# clients that do not look like one run ----------------------------------------------------
+
+
+def test_windows_a_little_apart_merge_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-n runs side by side end a little apart: within 5 % they are one window."""
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    paths[0].write_text(_saved([100] * 2000, duration=2.0).dumps())
+    paths[1].write_text(_saved([100] * 2050, duration=2.05).dumps())
+    assert run_report(*map(str, paths)) == 0
+    printed = capsys.readouterr()
+    assert printed.err == "" and "merged 2 clients" in printed.out
+
+
+def test_partly_overlapping_clients_add_their_rates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two clients whose windows overlap only partly (0.2-0.8 s and 0.5-0.8 s of the
+    test, roughly): refused without --force; with it, a warning on stderr and the
+    merged rate is the sum of each client's rate over its own window, not all the
+    requests over the longer window (which would count the first client's 0.3 s alone
+    as if both had run)."""
+
+    def client(start: float, duration: float) -> LoadResult:
+        time.sleep(start)
+        options = LoadOptions(urls=(url,), connections=1, duration=duration, processes=1)
+        return run_load(options)
+
+    with ScriptedServer(body=BODY, delay=0.002) as server:
+        url = server.url
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(client, 0.0, 0.6)
+            second = pool.submit(client, 0.3, 0.3)
+            results = [first.result(timeout=30), second.result(timeout=30)]
+    assert [result.window_seconds for result in results] == pytest.approx([0.6, 0.3])
+    assert all(result.requests > 10 and result.failed == 0 for result in results)
+    paths = [tmp_path / "first.json", tmp_path / "second.json"]
+    for path, result in zip(paths, results, strict=True):
+        write_json(str(path), result.to_json())
+    out = tmp_path / "merged.json"
+
+    assert run_report(*map(str, paths), "--json", str(out)) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and not out.exists()
+    (error,) = printed.err.splitlines()
+    assert "measured 0.30 s but" in error and "--force" in error
+
+    assert run_report(*map(str, paths), "--json", str(out), "--force") == 0
+    printed = capsys.readouterr()
+    (warning,) = printed.err.splitlines()
+    assert warning.startswith("zcserve report: WARNING: merged anyway (--force): ")
+    data = json.loads(out.read_text())
+    rates = [result.requests / result.duration for result in results]
+    assert data["requests_per_second"] == pytest.approx(sum(rates))
+    union = sum(result.requests for result in results) / max(r.duration for r in results)
+    assert data["requests_per_second"] > 1.2 * union  # the second client's share counted
+    megabytes = [result.window_bytes / 1e6 / result.window_seconds for result in results]
+    assert data["window_megabytes_per_second"] == pytest.approx(sum(megabytes))
+    assert data["megabytes_per_second"] == pytest.approx(
+        sum(result.body_bytes / 1e6 / result.duration for result in results)
+    )
+    assert data["requests"] == sum(result.requests for result in results)
+    assert "rates: the sum of each client's rate over its own window" in printed.out

@@ -5,8 +5,16 @@ is shown as the bench table again and, with `--plots DIR`, its plots are drawn
 again. Results of `zcserve load --json` are merged when several are given, as the
 results of clients that ran side by side against one server: histograms add
 bucket by bucket (exact: the merged percentiles are those of one histogram of
-every value), counts add, and the rates are the union of the requests over the
-longest duration, as `LoadResult.merge` does for the processes of one run.
+every value), counts add, and the rates are the sum of each client's rate over its
+own window (`MergedClients`).
+
+Clients that loaded different URLs, or for windows of different lengths, are
+refused (one line, exit 2) unless `--force` is given, which merges them with a
+warning on stderr. Refused rather than warned about: a merged figure is only the
+rate of "the server under N clients" when the N clients did the same thing at the
+same time, and a warning scrolls away in a CI log while the wrong figure is kept;
+the other inputs that cannot be merged (mixed kinds, a file given twice) are
+refused the same way.
 """
 
 from __future__ import annotations
@@ -16,14 +24,21 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
 
-from zcserve.bench.results import BenchRow, load_results, render_table, write_plots
+from zcserve.bench.results import (
+    BenchRow,
+    PlotsUnavailable,
+    check_plotting,
+    load_results,
+    render_tables,
+    write_plots,
+)
 from zcserve.errors import ConfigError
 from zcserve.load.report import format_ms, print_summary, write_json
 from zcserve.load.stats import LoadResult
@@ -80,11 +95,13 @@ def bench_rows(saved: Saved) -> tuple[list[BenchRow], dict[str, Any]]:
     return rows, meta
 
 
-_EXPECTED = {"str": "text", "bool": "true or false"}
+_EXPECTED = {"str": "text", "bool": "true or false", "float | None": "a number or null"}
 
 
 def _fits(value: object, type_name: str) -> bool:
     """Whether a JSON value fits a `BenchRow` field annotated `type_name`."""
+    if type_name.endswith(" | None"):
+        return value is None or _fits(value, type_name.removesuffix(" | None"))
     if type_name == "bool":
         return isinstance(value, bool)
     if isinstance(value, bool):
@@ -100,6 +117,13 @@ def load_result(saved: Saved) -> LoadResult:
     """The `LoadResult` of a `zcserve load --json` file, its histograms decoded once."""
     try:
         result = LoadResult.from_json(saved.data)
+        if "summed_requests_per_second" in saved.data:  # merged before: keep its rates
+            summed = {
+                field.name: float(saved.data[field.name])
+                for field in fields(MergedClients)
+                if field.name.startswith("summed_")
+            }
+            result = MergedClients(**{**_values(result), **summed})
     except KeyError as exc:
         raise ConfigError(f"bad load result {saved.path!r}: missing field {exc}") from None
     except (TypeError, ValueError, AttributeError) as exc:
@@ -112,9 +136,82 @@ def load_result(saved: Saved) -> LoadResult:
     return result
 
 
-def merge_clients(results: Sequence[LoadResult]) -> LoadResult:
-    """One result for clients that ran side by side: `LoadResult.merge`, plus the
-    fields that differ between clients (each has its own URLs, rate, loop)."""
+DURATION_TOLERANCE = 0.05
+"""Windows whose lengths differ by at most this share of the longer (or by at most
+`DURATION_SLACK`) are the same window: a `-d` run's window is the duration asked
+for, exactly; a `-n` run's is the whole run, which varies a little between clients
+that ran the same -n side by side."""
+DURATION_SLACK = 0.1
+"""Seconds two windows may differ by whatever their length: short `-n` runs of a few
+milliseconds differ by more than 5 % through connection set-up alone."""
+
+
+@dataclass(frozen=True)
+class MergedClients(LoadResult):
+    """Several clients' results as one. Each client's rate is over its own window;
+    side by side, the rate in the window they share is the sum of those rates. The
+    union of the requests over the longest window (`LoadResult.merge`, right for the
+    processes of one run, which share one window) would understate it whenever a
+    client ran for less than the longest: its requests would be spread over time in
+    which it did not run. Counts, histograms and `duration` (the longest) are
+    `LoadResult.merge`'s."""
+
+    summed_requests_per_second: float = 0.0
+    summed_megabytes_per_second: float = 0.0
+    summed_window_megabytes_per_second: float = 0.0
+    summed_achieved_rate: float = 0.0
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.summed_requests_per_second
+
+    @property
+    def megabytes_per_second(self) -> float:
+        return self.summed_megabytes_per_second
+
+    @property
+    def window_megabytes_per_second(self) -> float:
+        return self.summed_window_megabytes_per_second
+
+    @property
+    def achieved_rate(self) -> float:
+        return self.summed_achieved_rate
+
+
+def _values(result: LoadResult) -> dict[str, Any]:
+    return {field.name: getattr(result, field.name) for field in fields(LoadResult)}
+
+
+def window(result: LoadResult) -> float:
+    """The seconds a client measured: its window, or for older results its duration."""
+    return result.window_seconds or result.duration
+
+
+def mismatches(saved: Sequence[Saved], results: Sequence[LoadResult]) -> list[str]:
+    """Why these clients do not look like one run: different URLs, or windows of
+    different lengths (beyond `DURATION_TOLERANCE`); [] when they do."""
+    problems = []
+    first, base = saved[0], results[0]
+    for one, result in zip(saved[1:], results[1:], strict=True):
+        if set(result.urls) != set(base.urls):
+            problems.append(
+                f"{first.path!r} loaded {', '.join(base.urls)} but {one.path!r} "
+                f"loaded {', '.join(result.urls)}"
+            )
+    windows = [window(result) for result in results]
+    if max(windows) - min(windows) > max(DURATION_TOLERANCE * max(windows), DURATION_SLACK):
+        shortest, longest = windows.index(min(windows)), windows.index(max(windows))
+        problems.append(
+            f"{saved[shortest].path!r} measured {windows[shortest]:.2f} s but "
+            f"{saved[longest].path!r} {windows[longest]:.2f} s"
+        )
+    return problems
+
+
+def merge_clients(results: Sequence[LoadResult]) -> MergedClients:
+    """One result for clients that ran side by side: `LoadResult.merge`, the rates
+    summed (`MergedClients`), and the fields that differ between clients (each has
+    its own URLs, rate, loop)."""
     models = {result.model for result in results}
     if len(models) > 1:
         raise ConfigError("cannot merge closed-model and open-model load results")
@@ -125,13 +222,22 @@ def merge_clients(results: Sequence[LoadResult]) -> LoadResult:
     if merged.model == "open":
         # Each client's target is its own total: side by side they add up.
         target_rate = sum(result.target_rate or 0.0 for result in results)
-    return replace(
-        merged,
+    values = _values(merged)
+    values.update(
         urls=urls,
         loop=loops,
         target_rate=target_rate,
         warmup=max(result.warmup for result in results),
         verified=all(result.verified for result in results),
+    )
+    return MergedClients(
+        **values,
+        summed_requests_per_second=sum(result.requests_per_second for result in results),
+        summed_megabytes_per_second=sum(result.megabytes_per_second for result in results),
+        summed_window_megabytes_per_second=sum(
+            result.window_megabytes_per_second for result in results
+        ),
+        summed_achieved_rate=sum(result.achieved_rate for result in results),
     )
 
 
@@ -144,12 +250,23 @@ def _client_line(path: str, result: LoadResult) -> str:
     )
 
 
-def report_load(saved: Sequence[Saved], console: Console, *, json_out: str | None) -> LoadResult:
+def report_load(
+    saved: Sequence[Saved], console: Console, *, json_out: str | None, force: bool = False
+) -> LoadResult:
     results = [load_result(one) for one in saved]
+    problems = mismatches(saved, results) if len(results) > 1 else []
+    if problems and not force:
+        raise ConfigError(
+            f"not merged: {'; '.join(problems)}; clients merged as one run must load the "
+            "same URLs for windows of the same length (--force merges them anyway)"
+        )
     merged = merge_clients(results) if len(results) > 1 else results[0]
+    for problem in problems:
+        print(f"zcserve report: WARNING: merged anyway (--force): {problem}", file=sys.stderr)
     if len(results) > 1:
         names = ", ".join(one.path for one in saved)
         console.print(f"merged {len(results)} clients: {escape(names)}", soft_wrap=True)
+        console.print("  rates: the sum of each client's rate over its own window", highlight=False)
         for one, result in zip(saved, results, strict=True):
             console.print(_client_line(one.path, result), highlight=False, soft_wrap=True)
     print_summary(console, merged)
@@ -165,11 +282,14 @@ def report_bench(saved: Sequence[Saved], console: Console, *, plots: str | None)
             str(meta[key]) for key in ("command", "date", "machine") if meta.get(key)
         )
         console.print(f"{escape(one.path)}: {escape(described)}", highlight=False, soft_wrap=True)
-        console.print(render_table(rows, pinning=str(meta.get("placement", ""))))
+        for table in render_tables(
+            rows, pinning=str(meta.get("placement", "")), width=console.width
+        ):
+            console.print(table)
         if plots is not None:
             try:
                 os.makedirs(plots, exist_ok=True)
-                written = write_plots(plots, rows)
+                written = write_plots(plots, rows, meta)
             except OSError as exc:
                 raise ConfigError(f"cannot write plots to {plots!r}: {exc.strerror}") from None
             console.print(f"plots written: {escape(', '.join(written))}", soft_wrap=True)
@@ -216,7 +336,9 @@ def add_command(sub: argparse._SubParsersAction[P]) -> None:
             "Render saved results again. A bench results.json is shown as the bench table "
             "(--plots DIR draws its plots again). Several `zcserve load --json` results are "
             "merged as clients that ran at the same time: exact histogram merge, requests/s "
-            "and MB/s added up. Exit code 2 on unreadable or mixed input."
+            "and MB/s added up (each client's rate over its own window). Exit code 2 on "
+            "unreadable or mixed input, or on clients with different URLs or window lengths "
+            "(unless --force)."
         ),
     )
     p.add_argument("results", nargs="+", metavar="RESULTS.json", help="files to render")
@@ -226,6 +348,12 @@ def add_command(sub: argparse._SubParsersAction[P]) -> None:
     p.add_argument(
         "--json", metavar="OUT", default=None, help="load: write the merged result as JSON"
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="load: merge clients that loaded different URLs or for windows of different "
+        "lengths (refused otherwise), with a warning",
+    )
     p.set_defaults(run=run_command)
 
 
@@ -233,10 +361,15 @@ def run_command(args: argparse.Namespace) -> int:
     """`zcserve report`: 0 once rendered; bad input raises `ConfigError` (exit 2)."""
     saved = [read_saved(path) for path in args.results]
     kind = check_inputs(saved, plots=args.plots, json_out=args.json)
+    if args.plots is not None:
+        try:
+            check_plotting()
+        except PlotsUnavailable as exc:  # before any output or folder
+            raise ConfigError(f"cannot draw the plots: {exc}") from None
     # A pipe or a CI log gets the whole table rather than 80 squeezed columns (as bench).
     console = Console(width=None if sys.stdout.isatty() else 180, highlight=False)
     if kind == "bench":
         report_bench(saved, console, plots=args.plots)
     else:
-        report_load(saved, console, json_out=args.json)
+        report_load(saved, console, json_out=args.json, force=args.force)
     return 0

@@ -1,21 +1,29 @@
 """What `zcserve bench` writes: the rich table, results.json, results.csv and plots.
 
 Kept apart from the orchestration so `zcserve report` (and tests) can render
-saved results again without running anything.
+saved results again without running anything. A figure that was not measured
+(latency of a cell where no request completed; the CPU and RSS of a server the
+bench did not start) is None: `n/a` in the tables and the CSV, null in the JSON,
+a gap in the plots, never a 0.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
-from collections.abc import Iterable, Sequence
+import textwrap
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
+from zcserve.errors import ConfigError
 from zcserve.units import format_size
 
 # The instrument must never be what the bench measures. A cell is client-bound when
@@ -35,6 +43,13 @@ CLIENT_BOUND_NOTE = (
     f"of its CPU while the server used < {SERVER_HEADROOM:.0%} of its own; "
     "the figures are the client's limit, not the server's"
 )
+NOT_MEASURED = "n/a"
+MATPLOTLIB_MISSING = "matplotlib is not installed (pip install 'zcserve[bench]')"
+
+
+class PlotsUnavailable(ConfigError):
+    """matplotlib cannot be imported: it is in the `zcserve[bench]` extra, not a
+    dependency, so a server-only install stays small."""
 
 
 def is_client_bound(
@@ -65,11 +80,13 @@ class BenchRow:
     connections: int
     requests_per_second: float
     megabytes_per_second: float
-    p50_ms: float
-    p99_ms: float
+    p50_ms: float | None
+    """None when no request completed in the cell: there is no latency to show."""
+    p99_ms: float | None
     errors: int
-    server_cpu_seconds: float
-    server_peak_rss_mb: float
+    server_cpu_seconds: float | None
+    """None when the bench did not start the server (`--url`): it cannot see its CPU."""
+    server_peak_rss_mb: float | None
     duration: float
     requests: int
     loop: str = "uvloop"
@@ -83,9 +100,11 @@ class BenchRow:
     """The load generator, not the server, was the limit (`is_client_bound`)."""
 
     @property
-    def cpu_per_gib(self) -> float:
-        """Server CPU seconds per GiB it sent."""
-        return self.server_cpu_seconds / (self.server_bytes / 1024**3) if self.server_bytes else 0.0
+    def cpu_per_gib(self) -> float | None:
+        """Server CPU seconds per GiB it sent; None when either is unknown or 0 bytes."""
+        if self.server_cpu_seconds is None or not self.server_bytes:
+            return None
+        return self.server_cpu_seconds / (self.server_bytes / 1024**3)
 
 
 def speedup(rows: Sequence[BenchRow], row: BenchRow, baseline: str = "readwrite") -> float | None:
@@ -105,6 +124,11 @@ def marked(row: BenchRow) -> str:
     return f"{row.strategy} {CLIENT_BOUND_MARK}" if row.client_bound else row.strategy
 
 
+def shown(value: float | None, spec: str) -> str:
+    """`value` formatted by `spec`, or `n/a` when it was not measured."""
+    return NOT_MEASURED if value is None else format(value, spec)
+
+
 def notes(rows: Iterable[BenchRow], pinning: str) -> list[str]:
     """The pinning line, and the client-bound footnote when some row carries the mark."""
     lines = [pinning] if pinning else []
@@ -113,42 +137,111 @@ def notes(rows: Iterable[BenchRow], pinning: str) -> list[str]:
     return lines
 
 
-def render_table(rows: Sequence[BenchRow], *, pinning: str, title: str = "zcserve bench") -> Table:
-    table = Table(title=title, caption="\n".join(notes(rows, pinning)))
-    for header in ("strategy", "size", "conns", "req/s", "MB/s", "p50 ms", "p99 ms", "errors"):
-        table.add_column(header, justify="left" if header == "strategy" else "right")
-    for header in ("server CPU s", "client CPU s", "CPU s/GiB", "peak RSS MB", "vs readwrite"):
-        table.add_column(header, justify="right")
+KEY_HEADERS = ("strategy", "size", "conns")
+VALUE_HEADERS = (
+    "req/s",
+    "MB/s",
+    "p50\nms",
+    "p99\nms",
+    "errors",
+    "server\nCPU s",
+    "client\nCPU s",
+    "CPU s\n/GiB",
+    "peak RSS\nMB",
+    "vs\nreadwrite",
+)
+"""Headers of two lines where that narrows the column: no cell ever wraps (so no
+number is cut, and `render_tables` knows each table's width exactly)."""
+
+
+def table_cells(rows: Sequence[BenchRow]) -> list[list[str]]:
+    """Each row's cells, in KEY_HEADERS then VALUE_HEADERS order, sorted by size,
+    concurrency and strategy."""
+    lines = []
     for row in sorted(rows, key=lambda r: (r.size, r.connections, r.strategy)):
         ratio = speedup(rows, row) if row.strategy != "readwrite" else None
-        table.add_row(
+        cells = [
             marked(row),
             format_size(row.size),
             str(row.connections),
             f"{row.requests_per_second:,.0f}",
             f"{row.megabytes_per_second:,.1f}",
-            f"{row.p50_ms:.2f}",
-            f"{row.p99_ms:.2f}",
+            shown(row.p50_ms, ".2f"),
+            shown(row.p99_ms, ".2f"),
             f"[red]{row.errors}[/red]" if row.errors else "0",
-            f"{row.server_cpu_seconds:.2f}",
+            shown(row.server_cpu_seconds, ".2f"),
             f"{row.client_cpu_seconds:.2f}",
-            f"{row.cpu_per_gib:.2f}",
-            f"{row.server_peak_rss_mb:.0f}",
+            shown(row.cpu_per_gib, ".2f"),
+            shown(row.server_peak_rss_mb, ".0f"),
             f"{ratio:.2f}x" if ratio is not None else "",
-        )
+        ]
+        lines.append(cells)
+    return lines
+
+
+def _table(headers: Sequence[str], lines: Iterable[Sequence[str]], title: str | None) -> Table:
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, justify="left" if header == "strategy" else "right", no_wrap=True)
+    for cells in lines:
+        table.add_row(*cells)
     return table
 
 
+def render_tables(
+    rows: Sequence[BenchRow],
+    *,
+    pinning: str,
+    width: int | None = None,
+    title: str = "zcserve bench",
+) -> list[RenderableType]:
+    """The bench table, split by columns into as many tables as `width` needs, and
+    its notes (`notes`).
+
+    Each table repeats the strategy, size and concurrency, and takes as many of the
+    other columns, in order, as fit `width` with every number whole: rich would
+    otherwise squeeze a column and print `…` in place of digits. No width: one table,
+    with the notes as its caption; several: the notes follow them, as wide as the
+    terminal rather than the last table."""
+    lines = table_cells(rows)
+
+    def table(group: Sequence[int], title: str | None = None) -> Table:
+        keys = len(KEY_HEADERS)
+        headers = [*KEY_HEADERS, *(VALUE_HEADERS[i] for i in group)]
+        return _table(headers, ([*c[:keys], *(c[keys + i] for i in group)] for c in lines), title)
+
+    groups: list[list[int]] = [[]]
+    measure = Console(width=10**6)
+    for column in range(len(VALUE_HEADERS)):
+        trial = [*groups[-1], column]
+        needed = Measurement.get(measure, measure.options, table(trial)).minimum
+        if needed <= (width or needed) or not groups[-1]:
+            groups[-1] = trial
+        else:
+            groups.append([column])
+    tables = [table(group, title if index == 0 else None) for index, group in enumerate(groups)]
+    caption = "\n".join(notes(rows, pinning))
+    if len(tables) == 1:
+        tables[0].caption = caption
+        return [tables[0]]
+    return [*tables, Text(caption, style="table.caption")] if caption else [*tables]
+
+
 def print_table(rows: Sequence[BenchRow], *, pinning: str, console: Console | None = None) -> None:
-    (console or Console()).print(render_table(rows, pinning=pinning))
+    console = console or Console()
+    for table in render_tables(rows, pinning=pinning, width=console.width):
+        console.print(table)
 
 
-def write_results(folder: str, rows: Sequence[BenchRow], meta: dict[str, Any]) -> list[str]:
-    """results.json, results.csv and the plots into `folder`; return the paths written."""
+def write_results(
+    folder: str, rows: Sequence[BenchRow], meta: Mapping[str, Any], *, plots: bool = True
+) -> list[str]:
+    """results.json, results.csv and (with `plots`) the plots into `folder`; return the
+    paths written. Unmeasured figures are null in the JSON and `n/a` in the CSV."""
     os.makedirs(folder, exist_ok=True)
     json_path = os.path.join(folder, "results.json")
     with open(json_path, "w", encoding="utf-8") as out:
-        json.dump({"meta": meta, "rows": [_row_json(r) for r in rows]}, out, indent=2)
+        json.dump({"meta": dict(meta), "rows": [_row_json(r) for r in rows]}, out, indent=2)
     csv_path = os.path.join(folder, "results.csv")
     with open(csv_path, "w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
@@ -156,10 +249,15 @@ def write_results(folder: str, rows: Sequence[BenchRow], meta: dict[str, Any]) -
         writer.writerow([*names, "cpu_per_gib", "speedup_vs_readwrite"])
         for row in rows:
             ratio = speedup(rows, row)
+            values = [getattr(row, n) for n in names]
+            cpu_per_gib = None if row.cpu_per_gib is None else round(row.cpu_per_gib, 4)
             writer.writerow(
-                [*(getattr(row, n) for n in names), round(row.cpu_per_gib, 4), ratio or ""]
+                [NOT_MEASURED if v is None else v for v in (*values, cpu_per_gib)] + [ratio or ""]
             )
-    return [json_path, csv_path, *write_plots(folder, rows)]
+    written = [json_path, csv_path]
+    if plots:
+        written += write_plots(folder, rows, meta)
+    return written
 
 
 def _row_json(row: BenchRow) -> dict[str, Any]:
@@ -171,83 +269,185 @@ def load_results(path: str) -> tuple[list[BenchRow], dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     names = {f.name for f in fields(BenchRow)}
-    rows = [BenchRow(**{k: v for k, v in row.items() if k in names}) for row in data["rows"]]
+    rows = []
+    for saved in data["rows"]:
+        values = {k: v for k, v in saved.items() if k in names}
+        if values.get("requests") == 0:  # saved before n/a: a 0 ms latency measured nothing
+            values.update(p50_ms=None, p99_ms=None)
+        rows.append(BenchRow(**values))
     return rows, dict(data.get("meta", {}))
 
 
-def write_plots(folder: str, rows: Sequence[BenchRow]) -> list[str]:
-    """Throughput and p99 latency against concurrency, one panel per file size."""
-    import matplotlib
+# plots ---------------------------------------------------------------------------
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+@dataclass(frozen=True)
+class Plot:
+    metric: str
+    """A `BenchRow` attribute; None is a gap."""
+    label: str
+    filename: str
+    title: str
+
+
+PLOTS = (
+    Plot("megabytes_per_second", "MB/s (body bytes)", "throughput.png", "Throughput"),
+    Plot("p99_ms", "p99 latency (ms)", "p99.png", "p99 latency"),
+    Plot(
+        "cpu_per_gib",
+        "server CPU-s per GiB sent",
+        "cpu_per_gib.png",
+        "Server CPU per byte (lower is better)",
+    ),
+)
+FIGURE_INCHES = (16.0, 9.0)
+FIGURE_DPI = 120
+"""16:9 at 120 dpi: 1920 x 1080 pixels, a full-HD slide."""
+FONT_POINTS = 14
+"""Every text on the plots is this size or larger, except the caption (12 pt)."""
+CAPTION_POINTS = 12
+
+
+def plotted(row: BenchRow, metric: str) -> float:
+    """The value drawn for `row`, NaN (a gap in the line) when there is none: not
+    measured, or a cell where nothing completed and no byte moved."""
+    value = getattr(row, metric)
+    if value is None or (row.requests == 0 and not row.megabytes_per_second):
+        return math.nan
+    return float(value)
+
+
+def plot_caption(meta: Mapping[str, Any]) -> str:
+    """What a slide needs to be read alone: CPU model and cores, loop, the length of
+    each cell, the date and where the server and the load generator ran."""
+    cpu = ", ".join(
+        str(part)
+        for part in (
+            meta.get("cpu_model"),
+            f"{meta['cpus']} cores" if meta.get("cpus") else None,
+        )
+        if part
+    ) or str(meta.get("machine", "machine not recorded"))
+    cell = "cell duration not recorded"
+    if meta.get("duration") is not None:
+        cell = f"{float(meta['duration']):g} s per cell"
+        if meta.get("warmup"):
+            cell += f" after {float(meta['warmup']):g} s warm-up"
+    parts = [cpu, f"loop {meta.get('loop', 'not recorded')}", cell, meta.get("date") or "no date"]
+    first = " · ".join(str(part) for part in parts)
+    placement = str(meta.get("placement") or "pinning not recorded")
+    return "\n".join(textwrap.fill(line, 150) for line in (first, placement))
+
+
+def write_plots(folder: str, rows: Sequence[BenchRow], meta: Mapping[str, Any]) -> list[str]:
+    """Throughput, p99 latency and server CPU per GiB against concurrency, one panel
+    per file size, one file each; `PlotsUnavailable` without matplotlib."""
+    plt = _pyplot()
     written = []
-    for metric, label, name in PLOTS:
-        fig = plot_figure(rows, metric, label)
-        path = os.path.join(folder, name)
-        fig.savefig(path, dpi=100)
+    for plot in PLOTS:
+        fig = plot_figure(rows, plot, meta)
+        path = os.path.join(folder, plot.filename)
+        fig.savefig(path, dpi=FIGURE_DPI)
         plt.close(fig)
         written.append(path)
     return written
 
 
-PLOTS = (
-    ("megabytes_per_second", "MB/s (body bytes)", "throughput.png"),
-    ("p99_ms", "p99 latency (ms)", "p99.png"),
-)
+def check_plotting() -> None:
+    """`PlotsUnavailable` unless matplotlib imports."""
+    _pyplot()
 
 
-def plot_figure(rows: Sequence[BenchRow], metric: str, label: str) -> Any:
-    """One panel per file size: `metric` against concurrency, a line per strategy.
-
-    Client-bound cells are hollow markers: there the client, not the server, set the figure."""
-    import matplotlib
-
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotsUnavailable(MATPLOTLIB_MISSING) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_figure(rows: Sequence[BenchRow], plot: Plot, meta: Mapping[str, Any]) -> Any:
+    """One panel per file size: `plot.metric` against concurrency, a line per strategy.
+
+    For a slide: 16:9, titled and captioned (`plot_caption`), y from 0, x ticks at the
+    measured concurrencies, one legend below the panels where it covers no line.
+    Client-bound cells are hollow markers: there the client, not the server, set the
+    figure. Missing values are gaps."""
+    plt = _pyplot()
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullLocator
 
     sizes = sorted({r.size for r in rows})
     strategies = sorted({r.strategy for r in rows})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
-    for axis, size in zip(axes[0], sizes, strict=True):
-        handles = []
+    concurrency = sorted({r.connections for r in rows})
+    with plt.rc_context({"font.size": FONT_POINTS}):
+        fig, axes = plt.subplots(1, len(sizes), figsize=FIGURE_INCHES, squeeze=False)
+        colors = {name: f"C{index}" for index, name in enumerate(strategies)}
         hollow = False
-        for strategy in strategies:
-            cells = sorted(
-                (r.connections, getattr(r, metric), r.client_bound)
-                for r in rows
-                if r.size == size and r.strategy == strategy
-            )
-            if not cells:
-                continue
-            (line,) = axis.plot([x for x, _, _ in cells], [y for _, y, _ in cells])
-            color = line.get_color()
-            handles.append(Line2D([], [], color=color, marker="o", label=strategy))
-            for bound in (False, True):
-                points = [(x, y) for x, y, b in cells if b == bound]
-                if points:
-                    axis.plot(
-                        [x for x, _ in points],
-                        [y for _, y in points],
-                        linestyle="none",
-                        marker="o",
-                        color=color,
-                        markerfacecolor="none" if bound else color,
-                    )
-                    hollow = hollow or bound
+        for axis, size in zip(axes[0], sizes, strict=True):
+            for strategy in strategies:
+                cells = sorted(
+                    (r.connections, plotted(r, plot.metric), r.client_bound)
+                    for r in rows
+                    if r.size == size and r.strategy == strategy
+                )
+                if not cells:
+                    continue
+                color = colors[strategy]
+                axis.plot([x for x, _, _ in cells], [y for _, y, _ in cells], color=color)
+                for bound in (False, True):
+                    points = [(x, y) for x, y, b in cells if b == bound and not math.isnan(y)]
+                    if points:
+                        axis.plot(
+                            [x for x, _ in points],
+                            [y for _, y in points],
+                            linestyle="none",
+                            marker="o",
+                            markersize=8,
+                            color=color,
+                            markerfacecolor="none" if bound else color,
+                        )
+                        hollow = hollow or bound
+            if len(concurrency) > 1:
+                axis.set_xscale("log")
+            axis.set_xticks(concurrency, labels=[str(c) for c in concurrency])
+            axis.xaxis.set_minor_locator(NullLocator())
+            axis.set_xlim(concurrency[0] / 1.5, concurrency[-1] * 1.5)
+            axis.set_ylim(bottom=0)
+            axis.set_title(format_size(size))
+            axis.set_xlabel("concurrent connections")
+            axis.grid(True, alpha=0.3)
+        axes[0][0].set_ylabel(plot.label)
+        handles = [
+            Line2D([], [], color=colors[name], marker="o", markersize=8, label=name)
+            for name in strategies
+        ]
         if hollow:
-            hollow_key = Line2D([], [], linestyle="none", marker="o", color="grey")
-            hollow_key.set(markerfacecolor="none", label="client-bound")
-            handles.append(hollow_key)
-        axis.set_xscale("log", base=2)
-        axis.set_title(format_size(size))
-        axis.set_xlabel("concurrent connections")
-        axis.set_ylabel(label)
-        axis.grid(True, alpha=0.3)
-        axis.legend(handles=handles)
-    fig.tight_layout()
+            key = Line2D([], [], linestyle="none", marker="o", markersize=8, color="grey")
+            key.set(markerfacecolor="none", label="client-bound (the load generator's limit)")
+            handles.append(key)
+        fig.suptitle(f"zcserve bench: {plot.title} against concurrency", fontsize=20)
+        fig.subplots_adjust(left=0.07, right=0.98, top=0.86, bottom=0.30, wspace=0.22)
+        # Below the panels, above the caption: outside every axis, so it covers no line.
+        fig.legend(
+            handles=handles,
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.195),
+            ncol=len(handles),
+            frameon=False,
+        )
+        fig.text(
+            0.5,
+            0.04,
+            plot_caption(meta),
+            ha="center",
+            va="bottom",
+            fontsize=CAPTION_POINTS,
+            gid="caption",
+        )
     return fig
 
 
@@ -265,9 +465,9 @@ def markdown_table(rows: Iterable[BenchRow], *, pinning: str = "") -> str:
         lines.append(
             f"| {marked(row)} | {format_size(row.size)} | {row.connections} "
             f"| {row.requests_per_second:,.0f} | {row.megabytes_per_second:,.1f} "
-            f"| {row.p50_ms:.2f} | {row.p99_ms:.2f} | {row.errors} "
-            f"| {row.server_cpu_seconds:.2f} | {row.client_cpu_seconds:.2f} "
-            f"| {row.cpu_per_gib:.2f} "
-            f"| {row.server_peak_rss_mb:.0f} | {f'{ratio:.2f}x' if ratio else ''} |"
+            f"| {shown(row.p50_ms, '.2f')} | {shown(row.p99_ms, '.2f')} | {row.errors} "
+            f"| {shown(row.server_cpu_seconds, '.2f')} | {row.client_cpu_seconds:.2f} "
+            f"| {shown(row.cpu_per_gib, '.2f')} "
+            f"| {shown(row.server_peak_rss_mb, '.0f')} | {f'{ratio:.2f}x' if ratio else ''} |"
         )
     return "\n".join(lines) + "\n" + "".join(f"\n{note}\n" for note in notes(rows, pinning))

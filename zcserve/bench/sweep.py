@@ -4,9 +4,12 @@ With no arguments it generates its files in a temporary folder, starts
 `zcserve serve` once per strategy (pinned to one CPU), sweeps the concurrency
 levels with the load generator (pinned to the others, one load process per CPU
 unless --load-processes says otherwise), stops every process it started, and
-writes a table, results.json, results.csv and plots. Each cell records the load
-generator's CPU beside the server's and is marked client-bound when the load
-generator, not the server, was the limit.
+writes a table, results.json, results.csv and plots (those need matplotlib, the
+`zcserve[bench]` extra; without it everything else is written and one line says
+how to get them). Each cell records the load generator's CPU beside the server's
+and is marked client-bound when the load generator, not the server, was the limit.
+With --url the server is one the bench did not start: its CPU and RSS are `n/a`,
+and the caption says it was not pinned.
 
 `--seed-experiment` reproduces the classic teaching experiment (one 1 GiB file,
 10 sequential raw downloads, readwrite against sendfile); `--ceiling` measures
@@ -35,9 +38,12 @@ from zcserve.bench.ceiling import CEILING_STRATEGIES, run_ceiling, split_cpus
 from zcserve.bench.child import start_serve
 from zcserve.bench.results import (
     BenchRow,
+    PlotsUnavailable,
     is_client_bound,
     markdown_table,
     print_table,
+    shown,
+    write_plots,
     write_results,
 )
 from zcserve.bench.syscalls import run_syscalls
@@ -113,15 +119,18 @@ class Placement:
     server: set[int] | None
     client: set[int] | None
     load_processes: int = 1
+    external: bool = False
+    """The server is at --url: the bench did not start it, so it neither pinned it
+    nor sees its CPU and memory."""
 
     @classmethod
-    def detect(cls, load_processes: int | None = None) -> Placement:
+    def detect(cls, load_processes: int | None = None, *, external: bool = False) -> Placement:
         server_cpu, client_cpu = split_cpus()
         if server_cpu is None or client_cpu is None:
-            return cls(None, None, load_processes or 1)
+            return cls(None, None, load_processes or 1, external)
         cpus = set(os.sched_getaffinity(0))
         client = cpus - {server_cpu}
-        return cls({server_cpu}, client, load_processes or len(client))
+        return cls({server_cpu}, client, load_processes or len(client), external)
 
     @property
     def client_cpus(self) -> int:
@@ -133,6 +142,12 @@ class Placement:
     def describe(self) -> str:
         n = self.load_processes
         processes = f"{n} load process" + ("es" if n > 1 else " (in the bench's own process)")
+        if self.external:
+            load = f"CPU {sorted(self.client)}" if self.client is not None else "any CPU"
+            return (
+                "external server (--url): not started, pinned or watched by the bench, "
+                f"its CPU and RSS not measured; load generator on {load} as {processes}"
+            )
         if self.server is None or self.client is None:
             return f"one CPU: server and load generator could not be separated; {processes}"
         return (
@@ -144,7 +159,8 @@ class Placement:
         """The placement for results.json's meta."""
         return {
             "placement": self.describe(),
-            "server_cpus": sorted(self.server) if self.server is not None else None,
+            "server_cpus": sorted(self.server) if self.server and not self.external else None,
+            "external_server": self.external,
             "client_cpus": sorted(self.client) if self.client is not None else None,
             "load_processes": self.load_processes,
         }
@@ -284,17 +300,21 @@ def measure_cell(
     with pinned(placement.client):
         before = server.cpu_seconds() if server else 0.0
         written = server.bytes_written() if server else 0
+        peak: list[float] | None = None  # an external server's RSS is not seen
         if server is not None:
             with server.watch_rss() as peak:
                 result = run_load(load)
         else:
-            peak = [0.0]
             result = run_load(load)
         if server is not None:
             server.wait_idle()
-        cpu = (server.cpu_seconds() - before) if server else 0.0
+        cpu = (server.cpu_seconds() - before) if server else None
         written = (server.bytes_written() - written) if server else 0
-    latency = result.latency_ms()
+    # No request completed (a 64 MiB file at 512 connections in a short cell): its
+    # latency is unknown, not 0 ms.
+    latency: dict[str, float | None] = {"p50": None, "p99": None}
+    if result.requests:
+        latency = {**result.latency_ms()}
     client_bound = is_client_bound(
         # The client's CPU covers its measurement: after the warm-up, to the last response.
         client_cpu_seconds=result.cpu_seconds,
@@ -302,7 +322,7 @@ def measure_cell(
         client_seconds=result.duration,
         # The server's covers the whole cell; it was busy while the load ran, warm-up
         # included, and idle around it (workers starting, connections closing).
-        server_cpu_seconds=cpu,
+        server_cpu_seconds=cpu or 0.0,
         server_seconds=options.warmup + result.duration,
     )
     return BenchRow(
@@ -315,7 +335,7 @@ def measure_cell(
         p99_ms=latency["p99"],
         errors=result.error_total,
         server_cpu_seconds=cpu,
-        server_peak_rss_mb=peak[0],
+        server_peak_rss_mb=peak[0] if peak is not None else None,
         duration=result.window_seconds or result.duration,
         requests=result.requests,
         loop=options.loop,
@@ -326,7 +346,7 @@ def measure_cell(
 
 
 def run_sweep(options: BenchOptions, console: Console) -> tuple[list[BenchRow], Placement]:
-    placement = Placement.detect(options.load_processes)
+    placement = Placement.detect(options.load_processes, external=options.url is not None)
     rows: list[BenchRow] = []
     if options.url is not None:
         for connections in options.concurrency:
@@ -355,7 +375,7 @@ def _progress_line(row: BenchRow) -> str:
     return (
         f"  {row.strategy:9} {format_size(row.size):>6} c={row.connections:<4} "
         f"{row.requests_per_second:10,.0f} req/s {row.megabytes_per_second:9,.1f} MB/s "
-        f"p99 {row.p99_ms:7.2f} ms errors {row.errors}"
+        f"p99 {shown(row.p99_ms, '7.2f'):>7} ms errors {row.errors}"
         f"{'  client-bound' if row.client_bound else ''}"
     )
 
@@ -375,16 +395,24 @@ def run_bench(options: BenchOptions, console: Console) -> int:
         "command": " ".join(["zcserve", *sys.argv[1:]]) if sys.argv else "zcserve bench",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine_description(),
+        "cpu_model": cpu_model(),
+        "cpus": os.cpu_count() or 0,
         **placement.to_json(),
         "duration": options.duration,
         "warmup": options.warmup,
         "loop": options.loop,
         "seconds": round(time.monotonic() - started, 1),
     }
-    write_results(folder, rows, meta)
+    write_results(folder, rows, meta, plots=False)
     with open(os.path.join(folder, "table.md"), "w", encoding="utf-8") as out:
         out.write(markdown_table(rows, pinning=placement.describe()))
-    console.print(f"results written to {folder}/ (table.md, results.json, results.csv, *.png)")
+    try:
+        write_plots(folder, rows, meta)
+    except PlotsUnavailable as exc:
+        console.print(f"plots skipped: {exc}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"results written to {folder}/ (table.md, results.json, results.csv)")
+    else:
+        console.print(f"results written to {folder}/ (table.md, results.json, results.csv, *.png)")
     errors = sum(row.errors for row in rows)
     if errors:
         console.print(f"[red]ERRORS: {errors} requests failed during the bench[/red]")
@@ -392,18 +420,22 @@ def run_bench(options: BenchOptions, console: Console) -> int:
     return 0
 
 
-def machine_description() -> str:
-    cpus = os.cpu_count() or 0
-    memory = psutil.virtual_memory().total / 1024**3
-    model = ""
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, "" when it does not say."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
             for line in info:
                 if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return ""
+
+
+def machine_description() -> str:
+    cpus = os.cpu_count() or 0
+    memory = psutil.virtual_memory().total / 1024**3
+    model = cpu_model()
     return f"{cpus} CPUs {model}, {memory:.0f} GiB RAM, Linux {os.uname().release}".strip()
 
 
