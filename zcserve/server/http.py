@@ -123,6 +123,8 @@ class RequestParser:
         """The last Host value found valid: a keep-alive client repeats it, and one
         string comparison is cheaper than the pattern."""
         self._max_head = self._limits.max_request_line + self._limits.max_header_bytes + 1024
+        self._max_header_bytes = self._limits.max_header_bytes
+        self._max_header_count = self._limits.max_header_count
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -170,7 +172,10 @@ class RequestParser:
         except httptools.HttpParserError as exc:
             self._fail(_bad_request(exc))
         else:
-            self._guard_incomplete_head(data)
+            if self._in_head or self._in_trailer:
+                self._guard_incomplete_head(data)
+            else:
+                self._head_tail = 0
         ready, self._ready = self._ready, []
         return ready
 
@@ -184,11 +189,8 @@ class RequestParser:
         # unfinished trailer line.
         if self._in_head:
             end, mark = bytes(data).rfind(b"\r\n\r\n"), 4
-        elif self._in_trailer:
-            end, mark = bytes(data).rfind(b"\n"), 1
         else:
-            self._head_tail = 0
-            return
+            end, mark = bytes(data).rfind(b"\n"), 1
         self._head_tail = len(data) - end - mark if end >= 0 else self._head_tail + len(data)
         if self._head_tail > self._max_head:
             if self._in_trailer:
@@ -221,10 +223,10 @@ class RequestParser:
         # llhttp may deliver a long name or value in pieces; only a complete
         # (name, value) pair counts toward the header count.
         self._header_bytes += len(name) + len(value)
-        if self._header_bytes > self._limits.max_header_bytes:
-            raise _Reject(HttpError(431, "request headers too large"))
         self._header_count += 1
-        if self._header_count > self._limits.max_header_count:
+        if self._header_bytes > self._max_header_bytes:
+            raise _Reject(HttpError(431, "request headers too large"))
+        if self._header_count > self._max_header_count:
             raise _Reject(HttpError(431, "too many request headers"))
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
@@ -259,7 +261,9 @@ class RequestParser:
         if version not in ("1.0", "1.1"):
             raise _Reject(HttpError(505, f"HTTP/{version} is not supported"))
         target = self._url
-        if target.startswith(b"/"):
+        if target.startswith(b"/") and b"?" not in target and b"#" not in target:
+            path, query = target, b""  # the common case: nothing for parse_url to split
+        elif target.startswith(b"/"):
             try:
                 parsed = httptools.parse_url(target)
             except httptools.HttpParserInvalidURLError as exc:
