@@ -168,7 +168,7 @@ def _fuzz_server(site: Site, loop: str, examples: int) -> None:
         for fuzz in (random_bytes, mutated):
             fuzz()
         assert get(server.port, "/hello.txt").body == b"hello\n", "server down after fuzzing"
-        wait_for(lambda: open_fds() == base, 5.0, "descriptors back to the start")
+        wait_for(lambda: open_fds() == base, 10.0, "descriptors back to the start")
     finally:
         server.stop()
 

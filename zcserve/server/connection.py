@@ -441,14 +441,16 @@ class HttpConnection:
         reply, request = self._reply, self._request
         assert reply is not None and request is not None
         server = self.server
-        body = len(reply.body)
-        if reply.file is not None:
+        file = reply.file
+        if file is not None:
             body = self._release_body()
+            file.close()  # what `reply.close()` does, one call shorter
+        else:
+            body = len(reply.body)
         if server.metrics_on:
             server.metrics.response(reply.status, self.loop.time() - self._started)
         if server.access_log.on:
             log_access(server, self.peer, request, reply.status, body)
-        reply.close()
         self._reply = None
         self.busy = False
         if not reply.keep_alive or server.closing:

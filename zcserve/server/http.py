@@ -205,16 +205,12 @@ class RequestParser:
 
     # httptools callbacks -------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        # `_reset_message`, inlined: this runs once per request.
-        self._url = b""
-        self._headers = {}
-        self._header_bytes = 0
-        self._header_count = 0
-        self._head = None
-        self._in_head = True
+    # No on_message_begin: httptools calls only the callbacks that exist, and each
+    # call from C costs. A message starts with its target (`on_url`); the state it
+    # needs was reset when the previous message completed.
 
     def on_url(self, url: bytes) -> None:
+        self._in_head = True
         self._url = self._url + url if self._url else url  # llhttp may split a long one
         if len(self._url) > self._limits.max_request_line:
             raise _Reject(HttpError(414, "request target too long"))
@@ -338,6 +334,11 @@ class RequestParser:
         if len(self._ready) >= self._limits.max_pipelined:
             raise _Reject(HttpError(429, "too many pipelined requests"))
         self._ready.append(self._head)
+        # `_reset_message`, inlined: this runs once per request.
+        self._url = b""
+        self._headers = {}
+        self._header_bytes = 0
+        self._header_count = 0
         self._head = None
 
 

@@ -70,77 +70,82 @@ def error_reply(error: HttpError, request: Request | None = None) -> Reply:
 
 
 def plan_reply(request: Request, root: Resolver) -> Reply:
-    """The reply to `request` for files under `root`; errors become error replies."""
+    """The reply to `request` for files under `root`; errors become error replies.
+    One function, not a wrapper around a planner: it runs once per request."""
     try:
-        return _plan(request, root)
+        # Each field read once (a NamedTuple read goes through a descriptor): the reads
+        # saved pay for the header check below.
+        method = request.method
+        path = request.path
+        if method not in ALLOWED_METHODS:
+            raise HttpError(405, f"method {method} not allowed")
+        if not path.startswith(b"/"):
+            raise HttpError(400, "request target must be a path")
+        resolved = root.resolve(path)
+        keep = request.keep_alive
+        head_only = method == "HEAD"
+        file = resolved.file
+        if file is None:
+            return _not_a_file(resolved, request)
+        asked = request.headers
+        version = request.version
+        if file.heads is not None and _RANGE_OR_CONDITIONAL.isdisjoint(asked):
+            # The common case, a whole cached file: its head is rendered once per second.
+            # isdisjoint walks the request's (few) header names, not the five it holds.
+            cached = file.heads.get((keep, version))
+            date = current_http_date()
+            if cached is not None and cached[0] is date:
+                head = cached[1]
+            else:
+                head = _whole_file_head(file, file.heads, keep, version, date)
+            if head_only or file.size == 0:
+                file.close()
+                return Reply(200, head, keep)
+            return Reply(200, head, keep, file=file, offset=0, count=file.size)
+        try:
+            validators = [("Last-Modified", http_date(file.mtime)), ("ETag", file.etag)]
+            precondition = preconditions(asked, file)
+            if precondition is Precondition.FAILED:
+                raise HttpError(412, "precondition failed")
+            if precondition is Precondition.NOT_MODIFIED:
+                file.close()
+                return Reply(
+                    304, render_head(304, validators, keep_alive=keep, version=version), keep
+                )
+            byte_range = parse_range(asked.get("range"), file.size)
+            if byte_range.kind is not RangeKind.FULL and not if_range_matches(
+                asked.get("if-range"), file
+            ):
+                byte_range = parse_range(None, file.size)
+            common = [("Content-Type", file.content_type), ("Accept-Ranges", "bytes"), *validators]
+            if byte_range.kind is RangeKind.UNSATISFIABLE:
+                file.close()
+                body = b"416 Range Not Satisfiable\n"
+                headers_416 = [
+                    ("Content-Type", "text/plain; charset=utf-8"),
+                    ("Content-Length", str(len(body))),
+                    ("Content-Range", f"bytes */{file.size}"),
+                ]
+                return _simple(416, headers_416, body, request)
+            if byte_range.kind is RangeKind.PARTIAL:
+                status, offset, count = 206, byte_range.start, byte_range.length
+                common.append(
+                    ("Content-Range", f"bytes {byte_range.start}-{byte_range.end}/{file.size}")
+                )
+            else:
+                status, offset, count = 200, 0, file.size
+            common.append(("Content-Length", str(count)))
+            head = render_head(status, common, keep_alive=keep, version=version)
+            if head_only or count == 0:
+                file.close()
+                return Reply(status, head, keep)
+            return Reply(status, head, keep, file=file, offset=offset, count=count)
+        except BaseException:
+            file.close()
+            raise
+
     except HttpError as error:
         return error_reply(error, request)
-
-
-def _plan(request: Request, root: Resolver) -> Reply:
-    # Each field read once (a NamedTuple read goes through a descriptor): the reads
-    # saved pay for the header check below.
-    method = request.method
-    path = request.path
-    if method not in ALLOWED_METHODS:
-        raise HttpError(405, f"method {method} not allowed")
-    if not path.startswith(b"/"):
-        raise HttpError(400, "request target must be a path")
-    resolved = root.resolve(path)
-    keep = request.keep_alive
-    head_only = method == "HEAD"
-    file = resolved.file
-    if file is None:
-        return _not_a_file(resolved, request)
-    asked = request.headers
-    version = request.version
-    if file.heads is not None and _RANGE_OR_CONDITIONAL.isdisjoint(asked):
-        # The common case, a whole cached file: its head is rendered once per second.
-        # isdisjoint walks the request's (few) header names, not the five it holds.
-        head = _whole_file_head(file, file.heads, keep, version)
-        if head_only or file.size == 0:
-            file.close()
-            return Reply(200, head, keep)
-        return Reply(200, head, keep, file=file, offset=0, count=file.size)
-    try:
-        validators = [("Last-Modified", http_date(file.mtime)), ("ETag", file.etag)]
-        precondition = preconditions(asked, file)
-        if precondition is Precondition.FAILED:
-            raise HttpError(412, "precondition failed")
-        if precondition is Precondition.NOT_MODIFIED:
-            file.close()
-            return Reply(304, render_head(304, validators, keep_alive=keep, version=version), keep)
-        byte_range = parse_range(asked.get("range"), file.size)
-        if byte_range.kind is not RangeKind.FULL and not if_range_matches(
-            asked.get("if-range"), file
-        ):
-            byte_range = parse_range(None, file.size)
-        common = [("Content-Type", file.content_type), ("Accept-Ranges", "bytes"), *validators]
-        if byte_range.kind is RangeKind.UNSATISFIABLE:
-            file.close()
-            body = b"416 Range Not Satisfiable\n"
-            headers_416 = [
-                ("Content-Type", "text/plain; charset=utf-8"),
-                ("Content-Length", str(len(body))),
-                ("Content-Range", f"bytes */{file.size}"),
-            ]
-            return _simple(416, headers_416, body, request)
-        if byte_range.kind is RangeKind.PARTIAL:
-            status, offset, count = 206, byte_range.start, byte_range.length
-            common.append(
-                ("Content-Range", f"bytes {byte_range.start}-{byte_range.end}/{file.size}")
-            )
-        else:
-            status, offset, count = 200, 0, file.size
-        common.append(("Content-Length", str(count)))
-        head = render_head(status, common, keep_alive=keep, version=version)
-        if head_only or count == 0:
-            file.close()
-            return Reply(status, head, keep)
-        return Reply(status, head, keep, file=file, offset=offset, count=count)
-    except BaseException:
-        file.close()
-        raise
 
 
 def _not_a_file(resolved: Resolved, request: Request) -> Reply:
@@ -162,12 +167,13 @@ def _not_a_file(resolved: Resolved, request: Request) -> Reply:
 
 
 def _whole_file_head(
-    file: OpenedFile, heads: dict[tuple[bool, str], tuple[str, bytes]], keep: bool, version: str
+    file: OpenedFile,
+    heads: dict[tuple[bool, str], tuple[str, bytes]],
+    keep: bool,
+    version: str,
+    date: str,
 ) -> bytes:
-    date = current_http_date()
-    cached = heads.get((keep, version))
-    if cached is not None and cached[0] is date:
-        return cached[1]
+    """Render a whole-file 200 head and keep it for the rest of this Date second."""
     headers = [
         ("Content-Type", file.content_type),
         ("Accept-Ranges", "bytes"),

@@ -203,6 +203,9 @@ class SendfileStrategy(SteppedStrategy):
 
     def __init__(self, options: CopyOptions) -> None:
         self.max_chunk = options.sendfile_chunk
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._native = False
+        """Whether `_loop` has a native sock_sendfile: asked once per loop, not per body."""
 
     def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
         sendfile, sock_fd, file_fd, chunk = os.sendfile, stream.fd, file.fd, self.max_chunk
@@ -210,9 +213,12 @@ class SendfileStrategy(SteppedStrategy):
         def step(offset: int, size: int) -> int:
             return sendfile(sock_fd, file_fd, offset, min(chunk, size))
 
+        if stream.loop is not self._loop:
+            self._loop = stream.loop
+            self._native = _has_native_sock_sendfile(stream.loop)
         # Under asyncio a body that one sendfile(2) does not finish goes on through
         # the loop's own sock_sendfile, the path the standard library offers.
-        if _has_native_sock_sendfile(stream.loop):
+        if self._native:
             rest = functools.partial(self._sock_sendfile, stream, file)
             return Transfer(stream, file, offset, count, step, None, rest)
         return Transfer(stream, file, offset, count, step)
