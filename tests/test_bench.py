@@ -593,7 +593,21 @@ def test_seed_experiment_cli_writes_its_rows(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "seed.json").read_text())["rows"]
     assert [row["strategy"] for row in rows] == list(SEED_STRATEGIES)
-    assert "sendfile is" in result.stdout
+    assert SEED_STRATEGIES == ("readall", "readwrite", "sendfile")  # the lab's three rows
+    for row in rows:
+        assert set(row) == {
+            "strategy",
+            "seconds",
+            "megabytes_per_second",
+            "server_cpu_seconds",
+            "peak_rss_bytes",
+        }
+        assert row["seconds"] > 0 and row["peak_rss_bytes"] > 0
+    readall = rows[0]
+    assert readall["peak_rss_bytes"] > 2 * 1024 * 1024  # it held the whole 2 MiB body
+    assert "sendfile is" in result.stdout and "x readall" in result.stdout
+    assert "x readwrite" in result.stdout
+    assert "The lab measured readall / sendfile = 1.93x" in result.stdout
 
 
 def test_ceiling_measures_every_path(tmp_path: os.PathLike[str]) -> None:

@@ -40,6 +40,8 @@ def test_announces_serves_and_stops_cleanly(site: Site, stop: int) -> None:
         (["serve", ".", "--port", "70000"], "port 70000 out of range"),
         (["serve", ".", "--port", "eighty"], "invalid int value"),
         (["serve", ".", "--chunk-size", "lots"], "is not a size"),
+        (["serve", ".", "--readall-max", "lots"], "is not a size"),
+        (["serve", ".", "--readall-max", "0"], "readall-max must be positive"),
         (["serve", ".", "--header-timeout", "-1"], "greater than 0"),
         (["serve", ".", "--host", "no.such.host.invalid"], "cannot resolve host"),
         (["serve", "--raw", "/no/such/file"], "is not a regular file"),
@@ -82,7 +84,10 @@ def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
         main(["serve", "--help"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    assert "--strategy {auto,sendfile,readwrite,fallback,mmap,splice}" in out
+    assert "--strategy {auto,sendfile,readwrite,readall,fallback,mmap,splice}" in out
+    flat = " ".join(out.split())
+    assert "readall is the lab's naive server" in flat and "into memory" in flat
+    assert "--readall-max SIZE" in out and "(default: 2147483648)" in flat
     assert "(default: auto)" in out and "0 picks a free one" in out
     assert "--hidden" in out and "names starting with '.'" in " ".join(out.split())
 

@@ -1,5 +1,6 @@
 """`zcserve bench --syscalls` at a tiny scale: the table shows each strategy's own path
-(sendfile calls sendfile and reads nothing of the file; readwrite reads it)."""
+(sendfile calls sendfile and reads nothing of the file; readwrite reads it in chunks,
+readall in one call)."""
 
 from __future__ import annotations
 
@@ -19,23 +20,28 @@ needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace
 
 @needs_strace
 def test_sendfile_reads_nothing_and_readwrite_reads_the_file(tmp_path: Path) -> None:
-    size = 64 * 1024
+    size = 1024 * 1024
     rows = run_syscalls(
-        ("sendfile", "readwrite"), (size,), "uvloop", str(tmp_path), Console(record=True)
+        ("sendfile", "readwrite", "readall"), (size,), "uvloop", str(tmp_path), Console()
     )
     by_strategy = {row.strategy: row for row in rows}
-    sendfile, readwrite = by_strategy["sendfile"], by_strategy["readwrite"]
+    sendfile, readwrite, readall = (by_strategy[s] for s in ("sendfile", "readwrite", "readall"))
     assert sendfile.per_request.get("sendfile", 0) >= 1
     assert sendfile.file_bytes_read == 0
-    assert readwrite.per_request.get("sendfile", 0) == 0
-    assert readwrite.file_bytes_read == pytest.approx(size)  # every body byte, once
+    for userspace in (readwrite, readall):
+        assert userspace.per_request.get("sendfile", 0) == 0
+        assert userspace.file_bytes_read == pytest.approx(size)  # every body byte, once
+    # readwrite reads 256 KiB chunks, readall the whole body in one call (both beside
+    # the loop's own wake-up reads).
+    assert readwrite.per_request["read"] >= size // (256 * 1024)
+    assert readwrite.per_request["read"] - readall.per_request["read"] >= 3
     for row in rows:
         assert row.bytes_received > size  # the head and the body
         assert row.per_request.get("recvfrom", 0) >= 1
     saved = json.loads((tmp_path / "syscalls.json").read_text())
-    per_request = saved["strategies"]["sendfile"]["64KiB"]["per_request"]
+    per_request = saved["strategies"]["sendfile"]["1MiB"]["per_request"]
     assert per_request["sendfile"] >= 1
-    assert saved["strategies"]["readwrite"]["64KiB"]["file_bytes_read"] == pytest.approx(size)
+    assert saved["strategies"]["readwrite"]["1MiB"]["file_bytes_read"] == pytest.approx(size)
 
 
 @needs_strace

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(
     scope="module",
-    params=[(s, loop) for s in ("auto", "fallback", "readwrite") for loop in LOOPS],
+    params=[(s, loop) for s in ("auto", "fallback", "readwrite", "readall") for loop in LOOPS],
     ids=lambda p: f"{p[0]}-{p[1]}",
 )
 def tls_server(request: pytest.FixtureRequest, site: Site, pem: Pem) -> Iterator[ServerThread]:

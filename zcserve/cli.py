@@ -101,6 +101,13 @@ _SERVE_OPTIONS = (
         _size,
     ),
     _Option("--sendfile-chunk", "sendfile_chunk", "largest sendfile call, bytes", _size),
+    _Option(
+        "--readall-max",
+        "readall_max",
+        "largest range --strategy readall reads into memory (64k, 2G: binary units); 503 past it",
+        _size,
+        "SIZE",
+    ),
     _Option("--backlog", "backlog", "listen backlog", int),
     _Option(
         "--header-timeout",
@@ -162,7 +169,12 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     default = {name: spec.default for name, spec in SERVE_DEFAULTS.items()}
     p.add_argument("root", nargs="?", default=default["root"], help="folder to serve")
     p.add_argument(
-        "--strategy", choices=STRATEGY_NAMES, default=default["strategy"], help="copy strategy"
+        "--strategy",
+        choices=STRATEGY_NAMES,
+        default=default["strategy"],
+        help="copy strategy; readall is the lab's naive server, kept for its comparison: "
+        "it reads each whole file (or range) into memory before sending it, so never "
+        "serve with it",
     )
     p.add_argument("--loop", choices=LOOP_NAMES, default=default["loop"], help="event loop")
     p.add_argument("--listing", action="store_true", help="list folders without index.html")

@@ -12,7 +12,8 @@ With --url the server is one the bench did not start: its CPU and RSS are `n/a`,
 and the caption says it was not pinned.
 
 `--seed-experiment` reproduces the classic teaching experiment (one 1 GiB file,
-10 sequential raw downloads, readwrite against sendfile); `--ceiling` measures
+10 sequential raw downloads: readall, the lab's naive server, against readwrite and
+sendfile); `--ceiling` measures
 each copy path's plain blocking loop beside the server's figure.
 """
 
@@ -52,7 +53,7 @@ from zcserve.errors import ConfigError, RunError
 from zcserve.load.raw import RawOptions, run_raw
 from zcserve.load.run import LoadOptions, run_load
 from zcserve.runtime import LOOP_NAMES
-from zcserve.server.strategies import STRATEGY_NAMES
+from zcserve.server.strategies import STRATEGY_NAMES, StrategyName
 from zcserve.units import format_size, parse_duration, parse_size
 
 DEFAULT_STRATEGIES = ("readwrite", "sendfile", "fallback")
@@ -442,9 +443,8 @@ def machine_description() -> str:
 # The seed experiment -------------------------------------------------------------
 
 
-SEED_STRATEGIES: tuple[str, ...] = tuple(
-    s for s in ("readall", "readwrite", "sendfile") if s in STRATEGY_NAMES
-)
+SEED_STRATEGIES: tuple[StrategyName, ...] = ("readall", "readwrite", "sendfile")
+"""The lab's two servers (readall, sendfile) and zcserve's chunked userspace path."""
 LAB_RATIO = 1.93
 """The lab's reference run: its read-whole-file server over its sendfile server."""
 

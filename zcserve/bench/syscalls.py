@@ -38,8 +38,9 @@ ATTACH_TIMEOUT = 10.0
 FILE_READS = frozenset({"read", "pread64", "readv", "preadv", "preadv2"})
 EXPLANATION = (
     "readwrite reads each chunk with read(2) in aiofiles' thread pool (the futex calls "
-    "are the hand-offs to and from that thread); sendfile and mmap read nothing into "
-    "userspace; splice makes two calls per chunk (file to pipe, pipe to socket)."
+    "are the hand-offs to and from that thread); readall reads the whole body there in "
+    "one read(2) before its first send; sendfile and mmap read nothing into userspace; "
+    "splice makes two calls per chunk (file to pipe, pipe to socket)."
 )
 
 # `1234 read(15</srv/x.bin>, ...) = 4096`, or the same split into an

@@ -9,7 +9,12 @@ from zcserve.errors import ConfigError
 from zcserve.runtime import LOOP_NAMES, LoopName
 from zcserve.server.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
 from zcserve.server.metrics import parse_address
-from zcserve.server.strategies import SENDFILE_MAX_CHUNK, STRATEGY_NAMES, StrategyName
+from zcserve.server.strategies import (
+    READALL_MAX,
+    SENDFILE_MAX_CHUNK,
+    STRATEGY_NAMES,
+    StrategyName,
+)
 
 ZERO_COPY_STRATEGIES = ("sendfile", "splice", "mmap")
 """Strategies that hand file pages to the kernel's socket path, which TLS cannot use."""
@@ -32,6 +37,8 @@ class ServerConfig:
     """Serve and list dot-names (`.env`, `.git/`); `/.well-known/` is served anyway."""
     chunk_size: int | None = None
     sendfile_chunk: int = SENDFILE_MAX_CHUNK
+    readall_max: int = READALL_MAX
+    """Largest range the readall strategy reads into memory; 503 past it."""
     backlog: int = DEFAULT_BACKLOG
     header_timeout: float = 10.0
     keepalive_timeout: float = 75.0
@@ -70,12 +77,19 @@ class ServerConfig:
         if self.raw_file is not None:
             if not os.path.isfile(self.raw_file):
                 raise ConfigError(f"raw file {self.raw_file!r} is not a regular file")
+            size = os.path.getsize(self.raw_file)
+            if self.strategy == "readall" and size > self.readall_max:
+                raise ConfigError(
+                    f"raw file {self.raw_file!r} is {size} bytes, over --readall-max "
+                    f"{self.readall_max}; raise it or pick another strategy"
+                )
         elif not os.path.isdir(self.root):
             raise ConfigError(f"root {self.root!r} is not a directory")
         if self.chunk_size is not None and self.chunk_size <= 0:
             raise ConfigError("chunk-size must be positive")
         positive = (
             "sendfile_chunk",
+            "readall_max",
             "backlog",
             "max_connections",
             "max_request_line",

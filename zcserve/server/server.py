@@ -82,7 +82,8 @@ class Server:
         capacity = min(config.open_file_cache, raise_nofile_limit() // 10)
         self.files = OpenFileCache(self.root, capacity)
         self.strategy = make_strategy(
-            config.strategy, CopyOptions(config.chunk_size, config.sendfile_chunk)
+            config.strategy,
+            CopyOptions(config.chunk_size, config.sendfile_chunk, config.readall_max),
         )
         self.limits = Limits(
             max_request_line=config.max_request_line,

@@ -7,6 +7,7 @@ errors) is shared, so comparing two strategies measures the copy path alone.
 | strategy  | per chunk                         | copies of each byte           |
 |-----------|-----------------------------------|-------------------------------|
 | readwrite | executor read() -> new bytes, send | disk->page cache->user->socket |
+| readall   | one read() of the whole range, send | as readwrite, all of it at once |
 | fallback  | preadv into a reused buffer, send | page cache->user->socket       |
 | sendfile  | sendfile(2)                       | page cache->socket (in-kernel) |
 | mmap      | send(2) from a mapping of the file | page cache->socket (by send)  |
@@ -37,7 +38,7 @@ from zcserve.errors import FileShrankError, TransferError
 from zcserve.server.files import OpenedFile
 from zcserve.server.sockio import SocketStream
 
-StrategyName = Literal["auto", "sendfile", "readwrite", "fallback", "mmap", "splice"]
+StrategyName = Literal["auto", "sendfile", "readwrite", "readall", "fallback", "mmap", "splice"]
 STRATEGY_NAMES: tuple[StrategyName, ...] = get_args(StrategyName)
 
 DEFAULT_CHUNK = 256 * 1024
@@ -47,6 +48,9 @@ SENDFILE_MAX_CHUNK = 2 * 1024 * 1024
 TURN_BYTES = 4 * 1024 * 1024
 """Bytes one connection may send before yielding to the loop, so a fast reader of
 a huge file cannot starve other connections."""
+READALL_MAX = 2 * 1024**3
+"""Largest range `readall` holds in memory (2 GiB): past it, 503 rather than a
+server that swaps or is killed for one request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,7 @@ class CopyOptions:
     chunk_size: int | None = None
     """Userspace buffer, mmap slice or pipe size; None: each strategy's tuned default."""
     sendfile_chunk: int = SENDFILE_MAX_CHUNK
+    readall_max: int = READALL_MAX
 
 
 class Progress(enum.Enum):
@@ -271,20 +276,7 @@ class ReadWriteStrategy:
         return self
 
     def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
-        """A transfer that hands everything to a coroutine (file reads are awaitable
-        by nature), holding the descriptor it reads through: taken now, before the
-        head is sent, so that running out of descriptors is a 503, not a 200 whose
-        body never comes."""
-        owned = [_own_description(file.fd)]
-
-        async def rest(offset: int, count: int) -> None:
-            await self._copy(stream, file, owned.pop(), offset, count)
-
-        def release(complete: bool) -> None:
-            if owned:  # the copy never began: the descriptor is still ours
-                os.close(owned.pop())
-
-        return Transfer(stream, file, offset, count, _hand_off, release, rest)
+        return _handed_off(stream, file, offset, count, self._copy)
 
     async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
         await pump(self.start(stream, file, offset, count))
@@ -309,6 +301,78 @@ class ReadWriteStrategy:
                 if not reading.done():  # the file must not close under a read
                     reading.cancel()
                     await asyncio.gather(reading, return_exceptions=True)
+
+
+class ReadAllStrategy:
+    """The lab's naive server: read the whole range into one `bytes` with a single
+    aiofiles read, then send it, as `f.read()` then `sendall()` do in the lab.
+
+    The only strategy that holds a body in memory, as much of it as was asked for.
+    It exists for the lab's comparison, so that one command shows what reading the
+    whole file costs beside readwrite's chunks and sendfile's none; never serve
+    with it. Ranges above `readall_max` are refused before the head (503). Not
+    part of auto.
+    """
+
+    name: ClassVar[str] = "readall"
+
+    def __init__(self, options: CopyOptions) -> None:
+        self.max_size = options.readall_max
+
+    def choose(self, stream: SocketStream) -> CopyStrategy:
+        return self
+
+    def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
+        if count > self.max_size:
+            # The connection answers ENOMEM with 503 before the head; the limit is
+            # this strategy's own, not the kernel's.
+            raise OSError(
+                errno.ENOMEM,
+                f"{file.name}: {count} bytes in one read is over --readall-max {self.max_size}",
+            )
+        return _handed_off(stream, file, offset, count, self._copy)
+
+    async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
+        await pump(self.start(stream, file, offset, count))
+
+    async def _copy(
+        self, stream: SocketStream, file: OpenedFile, fd: int, offset: int, count: int
+    ) -> None:
+        os.lseek(fd, offset, os.SEEK_SET)  # no I/O: not worth a hop to the thread pool
+        # Buffered, as the lab's open(): its read(count) loops until `count` or the end
+        # of the file, where one read(2) stops short of 2 GiB.
+        async with aiofiles.open(fd, "rb") as afile:  # closes `fd`
+            body = await afile.read(count)
+        if len(body) != count:
+            raise FileShrankError(f"{file.name}: read {len(body)} bytes of {count}")
+        view = memoryview(body)
+        await stream.send_all(view[:TURN_BYTES])
+        for start in range(TURN_BYTES, count, TURN_BYTES):
+            await asyncio.sleep(0)  # a turn for other connections, as `Transfer` gives
+            await stream.send_all(view[start : start + TURN_BYTES])
+
+
+def _handed_off(
+    stream: SocketStream,
+    file: OpenedFile,
+    offset: int,
+    count: int,
+    copy: Callable[[SocketStream, OpenedFile, int, int, int], Coroutine[Any, Any, None]],
+) -> Transfer:
+    """A transfer that hands everything to `copy(stream, file, fd, offset, count)`
+    (file reads are awaitable by nature), holding the descriptor `fd` it reads
+    through: taken now, before the head is sent, so that running out of descriptors
+    is a 503, not a 200 whose body never comes."""
+    owned = [_own_description(file.fd)]
+
+    async def rest(offset: int, count: int) -> None:
+        await copy(stream, file, owned.pop(), offset, count)
+
+    def release(complete: bool) -> None:
+        if owned:  # the copy never began: the descriptor is still ours
+            os.close(owned.pop())
+
+    return Transfer(stream, file, offset, count, _hand_off, release, rest)
 
 
 def _hand_off(offset: int, size: int) -> int:
@@ -487,6 +551,7 @@ class AutoStrategy:
 StrategyClass = type[
     SendfileStrategy
     | ReadWriteStrategy
+    | ReadAllStrategy
     | FallbackStrategy
     | MmapStrategy
     | SpliceStrategy
@@ -499,6 +564,7 @@ STRATEGIES: dict[str, StrategyClass] = {
         AutoStrategy,
         SendfileStrategy,
         ReadWriteStrategy,
+        ReadAllStrategy,
         FallbackStrategy,
         MmapStrategy,
         SpliceStrategy,
