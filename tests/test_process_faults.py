@@ -332,3 +332,55 @@ def test_workers_drain_on_a_signal_right_after_the_serving_line(site: Site) -> N
             child.proc.send_signal(signum)
             assert child.proc.wait(DEADLINE) == 0, signal.Signals(signum).name
             assert not any(alive(w) for w in workers)
+
+
+# Too many workers, and a stop while they start (found by the adversarial review) -----
+
+
+def test_a_worker_count_past_the_cap_is_one_line_and_exit_2(site: Site) -> None:
+    """`--workers 100000` forked until the machine stalled (load average above 1,000)."""
+    from zcserve.server.workers import max_workers
+
+    code, out, err, _ = run_bounded(
+        ["serve", site.root, "--port", "0", "--workers", str(max_workers() + 1)], DEADLINE
+    )
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "workers" in err, err
+
+
+def test_a_stop_signal_while_workers_start_ends_the_start(site: Site) -> None:
+    """SIGTERM while the supervisor is still forking workers: it starts no more, stops
+    the started ones (a worker just forked gets the signal too: it is blocked across
+    the fork, not lost to the handler the worker inherits), and exits 0 without
+    announcing, within the deadline."""
+    from zcserve.server.workers import max_workers
+
+    proc = subprocess.Popen(
+        # A grace longer than DEADLINE: a worker that lost the signal would be waited
+        # for that long, then killed.
+        zcserve_command(
+            "serve", site.root, "--port", "0", "--workers", str(max_workers()), "--grace", "60"
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    supervisor = psutil.Process(proc.pid)
+    with ending([supervisor]):
+        wait_for(lambda: len(supervisor.children()) >= 2, DEADLINE, "workers starting")
+        started = supervisor.children()
+        with ending(started):
+            proc.send_signal(signal.SIGTERM)
+            most = len(started)  # the most workers alive at once after the signal
+            deadline = time.monotonic() + DEADLINE
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    most = max(most, len(supervisor.children()))
+                except psutil.NoSuchProcess:
+                    break
+                time.sleep(0.005)
+            out, _ = proc.communicate(timeout=DEADLINE)
+            assert proc.returncode == 0
+            assert "serving" not in out
+            assert most < max_workers() // 2, f"{most} workers started after the signal"
+            wait_for(lambda: not any(alive(w) for w in started), ORPHAN_SECONDS, "workers gone")

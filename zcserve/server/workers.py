@@ -48,14 +48,27 @@ PR_SET_PDEATHSIG = 1
 """prctl(2): the signal to receive when the parent dies (linux/prctl.h)."""
 
 
+def _usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def max_workers() -> int:
+    """More workers than this only fight over the CPUs; a typo (`--workers 100000`)
+    would otherwise fork until the machine stalls."""
+    return max(MAX_WORKERS_FLOOR, MAX_WORKERS_PER_CPU * _usable_cpus())
+
+
+MAX_WORKERS_PER_CPU = 4
+MAX_WORKERS_FLOOR = 64
+
+
 def worker_count(text: str) -> int:
-    """`auto` is the number of CPUs this process may run on; otherwise a positive int."""
+    """`auto` is the number of CPUs this process may run on; otherwise a positive
+    int up to `max_workers()`."""
     if text == "auto":
-        return (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1
-        )
+        return _usable_cpus()
     try:
         count = int(text)
     except ValueError:
@@ -64,6 +77,11 @@ def worker_count(text: str) -> int:
         ) from None
     if count < 1:
         raise ValueError(f"{text!r} is not a worker count; expected a positive number or auto")
+    if count > max_workers():
+        raise ValueError(
+            f"{count} workers is more than {max_workers()} "
+            f"({MAX_WORKERS_PER_CPU} per CPU, at least {MAX_WORKERS_FLOOR})"
+        )
     return count
 
 
@@ -86,8 +104,10 @@ def _worker_main(
 
     for fd in inherited:  # the supervisor's: held here they would outlive it
         os.close(fd)
-    for signum in server.stop_signals():  # the supervisor's handlers; an ignored SIGHUP stays
+    stop = server.stop_signals()
+    for signum in stop:  # the supervisor's handlers; an ignored SIGHUP stays
         signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stop)  # blocked by `Supervisor._start`
     _exit_with_parent()
     if os.getppid() != supervisor_pid:  # it died before the request above took effect
         return
@@ -164,6 +184,8 @@ class Supervisor:
         self._slots = [_Slot(i) for i in range(workers)]
         self._metrics_dir: str | None = None
         self._inherited: tuple[int, ...] = ()
+        self._signals: tuple[int, ...] = ()
+        """The stop signals this process handles (`run`)."""
         """Descriptors of this process that a worker closes first thing."""
         self._pipe_read = -1
         """The read end of a pipe only this process writes to: workers see its end of
@@ -184,7 +206,14 @@ class Supervisor:
             ),
             name=f"zcserve-worker-{slot.index}",
         )
-        process.start()
+        # The stop signals wait, blocked, until the new worker has its own handlers:
+        # one arriving between the fork and then would reach this process's handler,
+        # copied into the worker, and be lost there.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, self._signals)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         writer.close()  # the worker's copy is the only one: later workers must not hold it
         slot.process, slot.report, slot.started = process, reader, time.monotonic()
 
@@ -195,7 +224,8 @@ class Supervisor:
         """Bind, start every worker, tell `announce` the real URLs, supervise."""
         from zcserve.server.server import stop_signals
 
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in stop_signals()}
+        self._signals = stop_signals()
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in self._signals}
         self._pipe_read, pipe_write = os.pipe()
         placeholder = endpoint = None
         try:
@@ -218,6 +248,8 @@ class Supervisor:
                 (endpoint.fileno(),) if endpoint is not None else ()
             )
             for slot in self._slots:
+                if self._stopping:  # a stop signal while starting: stop, announce nothing
+                    return 0
                 self._start(slot, config)
             if not self._wait_until_listening():
                 return 0  # told to stop while starting: nothing was announced
