@@ -53,6 +53,11 @@ def test_announces_serves_and_stops_cleanly(site: Site, stop: int) -> None:
         (["serve", ".", "--grace", "nan"], "must be a finite number"),
         (["serve", ".", "--access-log", "/no/such/folder/log"], "cannot open the access log"),
         (["serve", ".", "--access-log", "/"], "cannot open the access log"),
+        # Past what the kernel or a buffer can take (the adversarial review's finds).
+        (["serve", ".", "--chunk-size", "99999999999999999999"], "chunk-size"),
+        (["serve", ".", "--backlog", "99999999999999999"], "backlog"),
+        (["serve", ".", "--backlog", "2147483648"], "backlog"),
+        (["serve", ".", "--sendfile-chunk", "100G"], "sendfile-chunk"),
         (["frobnicate"], "invalid choice"),
     ],
 )

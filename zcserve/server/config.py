@@ -21,6 +21,12 @@ ZERO_COPY_STRATEGIES = ("sendfile", "splice", "mmap")
 
 DEFAULT_BACKLOG = 4096
 """Listen backlog; asyncio's default of 100 drops SYNs under a burst (wrk's README)."""
+MAX_BACKLOG = 65535
+"""listen(2) takes an int, and Linux caps the backlog at net.core.somaxconn anyway."""
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
+"""A chunk is a buffer per transfer: past this it is memory, not speed."""
+MAX_SENDFILE_CHUNK = 0x7FFFF000
+"""The most one sendfile(2) moves on Linux."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +93,14 @@ class ServerConfig:
             raise ConfigError(f"root {self.root!r} is not a directory")
         if self.chunk_size is not None and self.chunk_size <= 0:
             raise ConfigError("chunk-size must be positive")
+        for name, most in (
+            ("chunk_size", MAX_CHUNK_SIZE),
+            ("sendfile_chunk", MAX_SENDFILE_CHUNK),
+            ("backlog", MAX_BACKLOG),
+        ):
+            value = getattr(self, name)
+            if value is not None and value > most:
+                raise ConfigError(f"{name.replace('_', '-')} {value} is more than {most}")
         positive = (
             "sendfile_chunk",
             "readall_max",
