@@ -296,6 +296,21 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
             help=option.help,
         )
     p.add_argument(
+        "--header",
+        dest="headers",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="add this header to 2xx and 3xx answers (304 included), e.g. "
+        "'Cache-Control: max-age=60'; repeatable",
+    )
+    p.add_argument(
+        "--cors",
+        action="store_true",
+        help="let any origin read the files (Access-Control-Allow-Origin: *, Range "
+        "headers exposed) and answer CORS preflight OPTIONS with 204",
+    )
+    p.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default=argparse.SUPPRESS,
@@ -319,7 +334,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     from zcserve.server import server
 
-    given = vars(args)
+    given = vars(args) | {"headers": tuple(args.headers)}
     config = ServerConfig(**{name: given[name] for name in SERVE_DEFAULTS})
     announce = functools.partial(_announce, config, args.workers, args.ready_json)
     if args.workers == 1:

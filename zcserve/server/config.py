@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from zcserve.errors import ConfigError
 from zcserve.runtime import LOOP_NAMES, LoopName
+from zcserve.server.decorate import parse_header
 from zcserve.server.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
 from zcserve.server.metrics import parse_address
 from zcserve.server.strategies import SENDFILE_MAX_CHUNK, STRATEGY_NAMES, StrategyName
@@ -52,6 +53,10 @@ class ServerConfig:
     """HOST:PORT of the Prometheus listener, or None."""
     tls_cert: str | None = None
     tls_key: str | None = None
+    headers: tuple[str, ...] = ()
+    """`--header` values, "Name: value", added to 2xx and 3xx answers."""
+    cors: bool = False
+    """Allow any origin to read files, and answer CORS preflights."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGY_NAMES:
@@ -65,6 +70,8 @@ class ServerConfig:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} out of range; expected 0-65535")
         self._check_tls()
+        for header in self.headers:
+            parse_header(header)
         if self.metrics is not None:
             parse_address(self.metrics)
         if self.raw_file is not None:

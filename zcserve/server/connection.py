@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from zcserve.errors import FileShrankError, HttpError, SendStalledError, TransferError
 from zcserve.server.accesslog import AccessLog
 from zcserve.server.config import ServerConfig
+from zcserve.server.decorate import Planner
 from zcserve.server.filecache import OpenFileCache
 from zcserve.server.files import OpenedFile
 from zcserve.server.http import (
@@ -39,7 +40,7 @@ from zcserve.server.http import (
     without_keep_alive,
 )
 from zcserve.server.metrics import Metrics
-from zcserve.server.respond import Reply, error_reply, plan_reply
+from zcserve.server.respond import Reply, error_reply
 from zcserve.server.sockio import MSG_MORE, SocketStream, wait_readable
 from zcserve.server.strategies import (
     CopyStrategy,
@@ -81,6 +82,8 @@ class ServerState(Protocol):
     metrics: Metrics
     metrics_on: bool
     """False when nothing reads the metrics: the hot path then skips its counters."""
+    plan: Planner
+    """`plan_reply`, or it with the --header and --cors headers added."""
 
     @property
     def closing(self) -> bool:
@@ -277,7 +280,7 @@ class HttpConnection:
         self._request = request
         self.busy = True
         try:
-            reply = plan_reply(request, server.files)
+            reply = server.plan(request, server.files)
         except Exception:
             # Nothing is sent yet, so any failure, an OSError from the file system
             # included, is the server's own: a 500, not the silence of a lost peer.
@@ -702,7 +705,7 @@ async def _respond(server: ServerState, stream: SocketStream, request: Request, 
     try:
         if server.closing:  # say so, rather than drop the connection unannounced
             request = without_keep_alive(request)
-        reply = plan_reply(request, server.files)
+        reply = server.plan(request, server.files)
     except Exception:
         # Nothing is sent yet, so any failure, an OSError from the file system
         # included, is the server's own: a 500, not the silence of a lost peer.

@@ -29,6 +29,7 @@ from zcserve.server.connection import (
     serve_http,
     serve_raw,
 )
+from zcserve.server.decorate import make_planner
 from zcserve.server.filecache import OpenFileCache
 from zcserve.server.files import Root
 from zcserve.server.http import Limits
@@ -91,6 +92,7 @@ class Server:
             max_pipelined=config.max_pipelined,
         )
         self.access_log = AccessLog.open(config.access_log)
+        self.plan = make_planner(config.headers, cors=config.cors)
         self.tls = _tls_context(config)
         self.metrics = Metrics()
         self.metrics_on = config.metrics is not None or snapshot_dir is not None
