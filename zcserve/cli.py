@@ -22,6 +22,7 @@ from zcserve.bench import sweep as bench
 from zcserve.errors import ConfigError, RunError
 from zcserve.load import run as loadgen
 from zcserve.runtime import LOOP_NAMES
+from zcserve.server.accesslog import ACCESS_LOG_FORMATS
 from zcserve.server.config import ServerConfig
 from zcserve.server.strategies import STRATEGY_NAMES
 from zcserve.units import parse_size
@@ -172,6 +173,7 @@ class _Option(NamedTuple):
     metavar: str | None = None
     aliases: tuple[str, ...] = ()
     """Other spellings: short forms first (`-p`), then long ones (`--bind`)."""
+    choices: tuple[str, ...] | None = None
 
 
 _SERVE_OPTIONS = (
@@ -222,6 +224,13 @@ _SERVE_OPTIONS = (
         "access_log",
         "append one line per response to FILE, or stdout for '-' (default: off)",
         metavar="FILE|-",
+    ),
+    _Option(
+        "--access-log-format",
+        "access_log_format",
+        "common: CLF; combined: CLF with referer and user agent; json: one object a line, "
+        "with duration_us and the copy strategy",
+        choices=ACCESS_LOG_FORMATS,
     ),
     _Option("--raw", "raw_file", "no HTTP: send FILE to every connection, close", metavar="FILE"),
     _Option(
@@ -293,6 +302,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
             type=option.type,
             default=default[option.field],
             metavar=option.metavar,
+            choices=option.choices,
             help=option.help,
         )
     p.add_argument(

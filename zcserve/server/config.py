@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from zcserve.errors import ConfigError
 from zcserve.runtime import LOOP_NAMES, LoopName
+from zcserve.server.accesslog import ACCESS_LOG_FORMATS, AccessLogFormat
 from zcserve.server.decorate import parse_header
 from zcserve.server.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
 from zcserve.server.metrics import parse_address
@@ -48,6 +49,8 @@ class ServerConfig:
     max_pipelined: int = MAX_PIPELINED
     grace: float = 10.0
     access_log: str | None = None
+    access_log_format: AccessLogFormat = "common"
+    """common (CLF), combined (with referer and user agent) or json."""
     raw_file: str | None = None
     metrics: str | None = None
     """HOST:PORT of the Prometheus listener, or None."""
@@ -62,6 +65,11 @@ class ServerConfig:
         if self.strategy not in STRATEGY_NAMES:
             raise ConfigError(
                 f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGY_NAMES)}"
+            )
+        if self.access_log_format not in ACCESS_LOG_FORMATS:
+            raise ConfigError(
+                f"unknown access log format {self.access_log_format!r}; expected one of "
+                f"{', '.join(ACCESS_LOG_FORMATS)}"
             )
         if self.loop not in LOOP_NAMES:
             raise ConfigError(
