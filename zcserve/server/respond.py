@@ -31,6 +31,7 @@ from zcserve.server.http import (
     http_date,
     render_head,
 )
+from zcserve.server.listing import parse_query, render_html, render_json, sort_entries, wants_json
 
 _RANGE_OR_CONDITIONAL = frozenset(
     ("range", "if-match", "if-unmodified-since", "if-none-match", "if-modified-since")
@@ -156,8 +157,23 @@ def _not_a_file(resolved: Resolved, request: Request) -> Reply:
             ("Content-Length", str(len(body))),
         ]
         return _simple(301, headers, body, request)
-    body = resolved.listing
-    headers = [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))]
+    return _listing(resolved, request)
+
+
+def _listing(resolved: Resolved, request: Request) -> Reply:
+    """The folder as HTML, or JSON for a client that asks for it, sorted as the
+    query says (`?sort=size&order=desc`)."""
+    sort, descending = parse_query(request.query)
+    entries = sort_entries(resolved.entries or [], sort, descending)
+    if wants_json(request.headers.get("accept")):
+        body, media = render_json(entries), "application/json"
+    else:
+        body, media = render_html(resolved.directory, entries, sort, descending), "text/html"
+    headers = [
+        ("Content-Type", f"{media}; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        ("Vary", "Accept"),
+    ]
     return _simple(200, headers, body, request)
 
 
