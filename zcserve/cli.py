@@ -218,6 +218,13 @@ _SERVE_OPTIONS = (
         "requests buffered per connection; 429 and close past this",
         int,
     ),
+    _Option(
+        "--max-ranges",
+        "max_ranges",
+        "ranges one request may ask for (multipart/byteranges); past it the whole file, 200; "
+        "1 turns multi-range off",
+        int,
+    ),
     _Option("--grace", "grace", "shutdown drain, seconds", _non_negative_float),
     _Option(
         "--access-log",

@@ -9,6 +9,7 @@ from zcserve.errors import ConfigError
 from zcserve.runtime import LOOP_NAMES, LoopName
 from zcserve.server.accesslog import ACCESS_LOG_FORMATS, AccessLogFormat
 from zcserve.server.decorate import parse_header
+from zcserve.server.files import MAX_RANGES
 from zcserve.server.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
 from zcserve.server.metrics import parse_address
 from zcserve.server.strategies import SENDFILE_MAX_CHUNK, STRATEGY_NAMES, StrategyName
@@ -58,6 +59,8 @@ class ServerConfig:
     tls_key: str | None = None
     headers: tuple[str, ...] = ()
     """`--header` values, "Name: value", added to 2xx and 3xx answers."""
+    max_ranges: int = MAX_RANGES
+    """Ranges one request may ask for; past it the whole file is sent (200)."""
     cors: bool = False
     """Allow any origin to read files, and answer CORS preflights."""
 
@@ -97,6 +100,7 @@ class ServerConfig:
             "max_header_bytes",
             "max_headers",
             "max_pipelined",
+            "max_ranges",
         )
         for name in positive:
             if getattr(self, name) <= 0:

@@ -40,7 +40,8 @@ from zcserve.server.http import (
     without_keep_alive,
 )
 from zcserve.server.metrics import Metrics
-from zcserve.server.respond import Reply, error_reply
+from zcserve.server.multipart import multipart_body
+from zcserve.server.respond import MultipartReply, Reply, error_reply
 from zcserve.server.sockio import MSG_MORE, SocketStream, wait_readable
 from zcserve.server.strategies import (
     CopyStrategy,
@@ -298,6 +299,8 @@ class HttpConnection:
         strategy = server.strategy.choose(self.stream)
         if strategy is not server.strategy and strategy.name == FallbackStrategy.name:
             server.metrics.fallbacks += 1  # auto could not use its zero-copy path
+        if reply.__class__ is MultipartReply:  # several ranges: parts go one by one
+            strategy = multipart_body(strategy, reply)
         # What the body needs (a pipe, a descriptor of its own) is taken before the
         # head goes out: after a 200 and its length, a missing one could only cut
         # the body short.
@@ -739,6 +742,8 @@ async def _respond(server: ServerState, stream: SocketStream, request: Request, 
             strategy_name = strategy.name
             if strategy is not server.strategy and strategy.name == FallbackStrategy.name:
                 server.metrics.fallbacks += 1  # auto could not use its zero-copy path
+            if isinstance(reply, MultipartReply):
+                strategy = multipart_body(strategy, reply)
             try:  # what the body needs is taken before the head goes out
                 transfer = strategy.start(stream, file, reply.offset, reply.count)
             except Exception as exc:

@@ -1,17 +1,18 @@
-"""Headers added to responses by start-up flags: `--header` and `--cors`.
+"""The planner chosen by start-up flags: `--header`, `--cors` and `--max-ranges`.
 
-Chosen once, at start-up: with neither flag the planner is `plan_reply` itself,
+Chosen once, at start-up: with none of them set the planner is `plan_reply` itself,
 so a plain GET does no extra work. With one, each planned reply's head gets a
 few pre-rendered header bytes spliced in before its final blank line.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 
 from zcserve.errors import ConfigError
-from zcserve.server.files import Resolver
+from zcserve.server.files import MAX_RANGES, Resolver
 from zcserve.server.http import Request, render_head
 from zcserve.server.respond import Reply, plan_reply
 
@@ -64,10 +65,14 @@ def _with(head: bytes, extra: bytes) -> bytes:
     return head[:-2] + extra + b"\r\n"
 
 
-def make_planner(headers: Sequence[str] = (), *, cors: bool = False) -> Planner:
+def make_planner(
+    headers: Sequence[str] = (), *, cors: bool = False, max_ranges: int = MAX_RANGES
+) -> Planner:
     """The planner for these flags; `plan_reply` itself when none is on."""
     if not headers and not cors:
-        return plan_reply
+        if max_ranges == MAX_RANGES:
+            return plan_reply
+        return functools.partial(plan_reply, max_ranges=max_ranges)
     cors_lines = _render(CORS_HEADERS) if cors else b""
     success_lines = _render([parse_header(text) for text in headers]) + cors_lines
 
@@ -76,7 +81,7 @@ def make_planner(headers: Sequence[str] = (), *, cors: bool = False) -> Planner:
             preflight = preflight_reply(request)
             if preflight is not None:
                 return preflight
-        reply = plan_reply(request, root)
+        reply = plan_reply(request, root, max_ranges)
         # --header goes on success and redirects (304 included), as nginx's add_header
         # does; CORS goes on errors too, so a script can read why a fetch failed.
         extra = success_lines if reply.status < 400 else cors_lines

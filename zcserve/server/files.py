@@ -352,6 +352,70 @@ def parse_range(header: str | None, size: int) -> ByteRange:
     return ByteRange(RangeKind.PARTIAL, start, min(end, size - 1))
 
 
+MAX_RANGES = 16
+"""Ranges one request may ask for before it gets the whole file: nginx's max_ranges
+has no default cap, Apache's MaxRanges is 200; 16 covers PDF readers and video
+seeking, and after coalescing no request can cost more than the file itself."""
+
+
+def _one_range(spec: str, size: int) -> ByteRange | None:
+    """One range-spec as a ByteRange (PARTIAL or UNSATISFIABLE), or None when it is
+    not a valid range-spec (or the file is empty, where no part can say "0 bytes")."""
+    first, dash, last = spec.partition("-")
+    if not dash or not _DIGITS.fullmatch(first + "0") or not _DIGITS.fullmatch(last + "0"):
+        return None
+    if first == "":
+        if last == "" or size == 0:
+            return None
+        suffix = _bounded_int(last)
+        if suffix == 0:
+            return UNSATISFIABLE
+        return ByteRange(RangeKind.PARTIAL, max(0, size - suffix), size - 1)
+    start = _bounded_int(first)
+    end = _bounded_int(last) if last else size - 1
+    if last and end < start:
+        return None
+    if start >= size:
+        return UNSATISFIABLE
+    return ByteRange(RangeKind.PARTIAL, start, min(end, size - 1))
+
+
+def parse_ranges(header: str, size: int, max_ranges: int = MAX_RANGES) -> list[ByteRange]:
+    """The satisfiable ranges of a Range header asking for several, coalesced.
+
+    Returns `[FULL]` for an invalid header, an empty file or more than `max_ranges`
+    ranges (the whole file, 200), `[UNSATISFIABLE]` when no range is satisfiable
+    (416), else PARTIAL ranges. Overlapping and adjacent ranges are merged (RFC
+    9110 14.2, 15.3.7.2), so the parts never add up to more than the file; the
+    merged parts keep the order the client asked in (15.3.7.2)."""
+    unit, sep, spec = header.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return [FULL]
+    specs = [p.strip() for p in spec.split(",") if p.strip()]
+    if not specs or len(specs) > max_ranges:
+        return [FULL]
+    asked: list[ByteRange] = []
+    for text in specs:
+        one = _one_range(text, size)
+        if one is None:
+            return [FULL]
+        if one.kind is RangeKind.PARTIAL:
+            asked.append(one)
+    if not asked:
+        return [UNSATISFIABLE]
+    by_start = sorted(range(len(asked)), key=lambda i: asked[i].start)
+    merged: list[tuple[int, int, int]] = []  # (first index asked, start, end)
+    for i in by_start:
+        piece = asked[i]
+        if merged and piece.start <= merged[-1][2] + 1:
+            first, start, end = merged[-1]
+            merged[-1] = (min(first, i), start, max(end, piece.end))
+        else:
+            merged.append((i, piece.start, piece.end))
+    merged.sort()
+    return [ByteRange(RangeKind.PARTIAL, start, end) for _, start, end in merged]
+
+
 # Conditionals (RFC 9110 13) -----------------------------------------------------------
 
 
