@@ -154,6 +154,16 @@ _positive_float = _seconds(zero_allowed=False)
 _non_negative_float = _seconds(zero_allowed=True)
 
 
+def _encodings(text: str) -> tuple[str, ...]:
+    from zcserve.server.precompressed import parse_encodings
+
+    try:
+        return parse_encodings(text)
+    except ConfigError as exc:
+        message = str(exc).removeprefix(f"--precompressed {text!r}: ")
+        raise argparse.ArgumentTypeError(message) from None
+
+
 def _workers(text: str) -> int:
     from zcserve.server.workers import worker_count
 
@@ -326,6 +336,14 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
         action="store_true",
         help="let any origin read the files (Access-Control-Allow-Origin: *, Range "
         "headers exposed) and answer CORS preflight OPTIONS with 204",
+    )
+    p.add_argument(
+        "--precompressed",
+        type=_encodings,
+        default=default["precompressed"],
+        metavar="br,gzip,zstd",
+        help="serve x.css.br, .gz or .zst beside x.css, when no older and the client's "
+        "Accept-Encoding takes it, in this order (default: off)",
     )
     p.add_argument(
         "--log-level",

@@ -12,6 +12,7 @@ from zcserve.server.decorate import parse_header
 from zcserve.server.files import MAX_RANGES
 from zcserve.server.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
 from zcserve.server.metrics import parse_address
+from zcserve.server.precompressed import parse_encodings
 from zcserve.server.strategies import SENDFILE_MAX_CHUNK, STRATEGY_NAMES, StrategyName
 
 ZERO_COPY_STRATEGIES = ("sendfile", "splice", "mmap")
@@ -62,6 +63,8 @@ class ServerConfig:
     max_ranges: int = MAX_RANGES
     """Ranges one request may ask for; past it the whole file is sent (200)."""
     cors: bool = False
+    precompressed: tuple[str, ...] = ()
+    """Content codings whose sidecars (x.css.br, .gz, .zst) are served, in this order."""
     """Allow any origin to read files, and answer CORS preflights."""
 
     def __post_init__(self) -> None:
@@ -83,6 +86,8 @@ class ServerConfig:
         self._check_tls()
         for header in self.headers:
             parse_header(header)
+        if self.precompressed:
+            parse_encodings(",".join(self.precompressed))
         if self.metrics is not None:
             parse_address(self.metrics)
         if self.raw_file is not None:

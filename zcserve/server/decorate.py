@@ -1,4 +1,5 @@
-"""The planner chosen by start-up flags: `--header`, `--cors` and `--max-ranges`.
+"""The planner chosen by start-up flags: `--header`, `--cors`, `--max-ranges` and
+`--precompressed`.
 
 Chosen once, at start-up: with none of them set the planner is `plan_reply` itself,
 so a plain GET does no extra work. With one, each planned reply's head gets a
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 from zcserve.errors import ConfigError
 from zcserve.server.files import MAX_RANGES, Resolver
 from zcserve.server.http import Request, render_head
+from zcserve.server.precompressed import plan_with_sidecars
 from zcserve.server.respond import Reply, plan_reply
 
 Planner = Callable[[Request, Resolver], Reply]
@@ -66,13 +68,22 @@ def _with(head: bytes, extra: bytes) -> bytes:
 
 
 def make_planner(
-    headers: Sequence[str] = (), *, cors: bool = False, max_ranges: int = MAX_RANGES
+    headers: Sequence[str] = (),
+    *,
+    cors: bool = False,
+    max_ranges: int = MAX_RANGES,
+    precompressed: tuple[str, ...] = (),
 ) -> Planner:
     """The planner for these flags; `plan_reply` itself when none is on."""
-    if not headers and not cors:
+    if not headers and not cors and not precompressed:
         if max_ranges == MAX_RANGES:
             return plan_reply
         return functools.partial(plan_reply, max_ranges=max_ranges)
+    base: Planner = functools.partial(plan_reply, max_ranges=max_ranges)
+    if precompressed:
+        base = functools.partial(plan_with_sidecars, encodings=precompressed, plan=base)
+    if not headers and not cors:
+        return base
     cors_lines = _render(CORS_HEADERS) if cors else b""
     success_lines = _render([parse_header(text) for text in headers]) + cors_lines
 
@@ -81,7 +92,7 @@ def make_planner(
             preflight = preflight_reply(request)
             if preflight is not None:
                 return preflight
-        reply = plan_reply(request, root, max_ranges)
+        reply = base(request, root)
         # --header goes on success and redirects (304 included), as nginx's add_header
         # does; CORS goes on errors too, so a script can read why a fetch failed.
         extra = success_lines if reply.status < 400 else cors_lines

@@ -92,7 +92,12 @@ class Server:
             max_pipelined=config.max_pipelined,
         )
         self.access_log = AccessLog.open(config.access_log, config.access_log_format)
-        self.plan = make_planner(config.headers, cors=config.cors, max_ranges=config.max_ranges)
+        self.plan = make_planner(
+            config.headers,
+            cors=config.cors,
+            max_ranges=config.max_ranges,
+            precompressed=config.precompressed,
+        )
         self.tls = _tls_context(config)
         self.metrics = Metrics()
         self.metrics_on = config.metrics is not None or snapshot_dir is not None
