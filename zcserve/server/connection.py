@@ -86,7 +86,8 @@ class ServerState(Protocol):
     timed: bool
     """True when the metrics or the access log need each request's start time."""
     plan: Planner
-    """`plan_reply`, or it with the --header and --cors headers added."""
+    """`plan_reply`, or the planner --header, --cors, --max-ranges and --precompressed
+    chose at start-up (`decorate.make_planner`)."""
 
     @property
     def closing(self) -> bool:
@@ -738,12 +739,12 @@ async def _respond(server: ServerState, stream: SocketStream, request: Request, 
         if file is None:
             await stream.send_all(reply.head + reply.body if reply.body else reply.head)
         else:
-            strategy = server.strategy.choose(stream)
-            strategy_name = strategy.name
-            if strategy is not server.strategy and strategy.name == FallbackStrategy.name:
+            strategy = chosen = server.strategy.choose(stream)
+            strategy_name = chosen.name
+            if isinstance(reply, MultipartReply):  # several ranges: parts go one by one
+                strategy = multipart_body(chosen, reply)
+            if chosen is not server.strategy and chosen.name == FallbackStrategy.name:
                 server.metrics.fallbacks += 1  # auto could not use its zero-copy path
-            if isinstance(reply, MultipartReply):
-                strategy = multipart_body(strategy, reply)
             try:  # what the body needs is taken before the head goes out
                 transfer = strategy.start(stream, file, reply.offset, reply.count)
             except Exception as exc:
