@@ -47,7 +47,7 @@ def test_announces_serves_and_stops_cleanly(site: Site, stop: int) -> None:
         (["serve", "--raw", "/no/such/file"], "is not a regular file"),
         # argparse's prefix matching would take these as --keepalive-timeout etc.
         (["serve", ".", "--keepalive", "5"], "unrecognized arguments: --keepalive"),
-        (["serve", ".", "--header", "5"], "unrecognized arguments: --header"),
+        (["serve", ".", "--header-time", "5"], "unrecognized arguments: --header-time"),
         (["serve", ".", "--header-timeout", "nan"], "must be a finite number"),
         (["serve", ".", "--send-timeout", "inf"], "must be a finite number"),
         (["serve", ".", "--grace", "nan"], "must be a finite number"),

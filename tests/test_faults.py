@@ -201,7 +201,7 @@ def test_error_before_anything_is_sent_gives_500(
             raise fault
         return plan_reply(request, root)
 
-    monkeypatch.setattr("zcserve.server.connection.plan_reply", faulty_plan)
+    monkeypatch.setattr("zcserve.server.decorate.plan_reply", faulty_plan)
     with running(root=site.root, loop=loop) as server:
         with connect(server.port) as sock:
             sock.sendall(b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n")

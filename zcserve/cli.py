@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, NoReturn
 
 from zcserve import __version__
@@ -22,6 +22,7 @@ from zcserve.bench import sweep as bench
 from zcserve.errors import ConfigError, RunError
 from zcserve.load import run as loadgen
 from zcserve.runtime import LOOP_NAMES
+from zcserve.server.accesslog import ACCESS_LOG_FORMATS
 from zcserve.server.config import ServerConfig
 from zcserve.server.strategies import STRATEGY_NAMES
 from zcserve.units import parse_size
@@ -36,12 +37,94 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but errors are one line (`zcserve serve: error: ...`) and flags are
     never matched by prefix: `--keepalive 5` must not become `--keepalive-timeout`."""
 
+    env_prefix: str | None = None
+    """Set on `serve`: its flags' defaults are then read from the environment."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self.env_prefix is not None:
+            _defaults_from_env(self, self.env_prefix, os.environ)
+        return super().parse_known_args(args, namespace)
+
+
+ENV_PREFIX = "ZCSERVE_"
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def env_name(action: argparse.Action, prefix: str = ENV_PREFIX) -> str:
+    """`--access-log` is read from ZCSERVE_ACCESS_LOG: the first long flag's name,
+    or the positional's (ZCSERVE_ROOT)."""
+    longs = [flag for flag in action.option_strings if flag.startswith("--")]
+    name = longs[0][2:] if longs else action.dest
+    return prefix + name.replace("-", "_").upper()
+
+
+def _env_value(parser: argparse.ArgumentParser, action: argparse.Action, text: str) -> Any:
+    """`text` converted as the flag's own value would be; raises ValueError saying why."""
+    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
+        word = text.strip().lower()
+        if word in TRUE_WORDS:
+            return True if action.const is None else action.const
+        if word in FALSE_WORDS:
+            return False
+        raise ValueError(f"expected one of {'/'.join(TRUE_WORDS + FALSE_WORDS)}")
+    convert = action.type if callable(action.type) else str
+    try:
+        value = convert(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(str(exc)) from None
+    except (TypeError, ValueError):
+        kind = getattr(convert, "__name__", "value")
+        raise ValueError(f"invalid {kind} value") from None
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(f"expected one of {', '.join(map(str, action.choices))}")
+    if action.nargs == "*" or isinstance(action, argparse._AppendAction):
+        return [value]
+    return value
+
+
+def _defaults_from_env(
+    parser: argparse.ArgumentParser, prefix: str, environ: Mapping[str, str]
+) -> None:
+    """Make ZCSERVE_<FLAG> the default of each flag, so a flag given still wins. An
+    empty variable counts as unset; a bad one ends the run on one line naming it."""
+    for action in parser._actions:
+        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        name = env_name(action, prefix)
+        text = environ.get(name, "")
+        if not text:
+            continue
+        try:
+            action.default = _env_value(parser, action, text)
+        except ValueError as exc:
+            parser.error(f"environment variable {name}={text!r}: {exc}")
+        action.required = False
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only when it says something: never "None" or "False", never
+    twice when the help text states it already; a flag that is on says "on"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        default = action.default
+        if default is None or default is False or default is argparse.SUPPRESS:
+            return help_text
+        if default == [] or "default" in help_text:
+            return help_text
+        if default is True:
+            return help_text + " (default: on)"
+        return super()._get_help_string(action)
 
 
 def _size(text: str) -> int:
@@ -71,6 +154,16 @@ _positive_float = _seconds(zero_allowed=False)
 _non_negative_float = _seconds(zero_allowed=True)
 
 
+def _encodings(text: str) -> tuple[str, ...]:
+    from zcserve.server.precompressed import parse_encodings
+
+    try:
+        return parse_encodings(text)
+    except ConfigError as exc:
+        message = str(exc).removeprefix(f"--precompressed {text!r}: ")
+        raise argparse.ArgumentTypeError(message) from None
+
+
 def _workers(text: str) -> int:
     from zcserve.server.workers import worker_count
 
@@ -88,16 +181,19 @@ class _Option(NamedTuple):
     help: str
     type: Callable[[str], Any] = str
     metavar: str | None = None
+    aliases: tuple[str, ...] = ()
+    """Other spellings: short forms first (`-p`), then long ones (`--bind`)."""
+    choices: tuple[str, ...] | None = None
 
 
 _SERVE_OPTIONS = (
-    _Option("--host", "host", "address to listen on"),
-    _Option("--port", "port", "port; 0 picks a free one", int),
+    _Option("--host", "host", "address to listen on", aliases=("-b", "--bind")),
+    _Option("--port", "port", "port; 0 picks a free one", int, aliases=("-p",)),
     _Option(
         "--chunk-size",
         "chunk_size",
-        "copy size: buffer, mmap slice or pipe; None means 256KiB for readwrite/fallback, "
-        "1MiB for mmap/splice",
+        "copy size: buffer, mmap slice or pipe (default: 256KiB for readwrite/fallback, "
+        "1MiB for mmap/splice)",
         _size,
     ),
     _Option("--sendfile-chunk", "sendfile_chunk", "largest sendfile call, bytes", _size),
@@ -139,8 +235,27 @@ _SERVE_OPTIONS = (
         "requests buffered per connection; 429 and close past this",
         int,
     ),
+    _Option(
+        "--max-ranges",
+        "max_ranges",
+        "ranges one request may ask for (multipart/byteranges); past it the whole file, 200; "
+        "1 turns multi-range off",
+        int,
+    ),
     _Option("--grace", "grace", "shutdown drain, seconds", _non_negative_float),
-    _Option("--access-log", "access_log", "Common Log Format", metavar="FILE|-"),
+    _Option(
+        "--access-log",
+        "access_log",
+        "append one line per response to FILE, or stdout for '-' (default: off)",
+        metavar="FILE|-",
+    ),
+    _Option(
+        "--access-log-format",
+        "access_log_format",
+        "common: CLF; combined: CLF with referer and user agent; json: one object a line, "
+        "with duration_us and the copy strategy",
+        choices=ACCESS_LOG_FORMATS,
+    ),
     _Option("--raw", "raw_file", "no HTTP: send FILE to every connection, close", metavar="FILE"),
     _Option(
         "--open-file-cache",
@@ -151,10 +266,15 @@ _SERVE_OPTIONS = (
     _Option(
         "--metrics",
         "metrics",
-        "serve Prometheus metrics on this separate listener (merged across workers)",
+        "serve Prometheus metrics on this separate listener (merged across workers; default: off)",
         metavar="HOST:PORT",
     ),
-    _Option("--tls-cert", "tls_cert", "serve HTTPS with this PEM chain", metavar="FILE"),
+    _Option(
+        "--tls-cert",
+        "tls_cert",
+        "serve HTTPS with this PEM chain (default: plain HTTP)",
+        metavar="FILE",
+    ),
     _Option("--tls-key", "tls_key", "the certificate's private key", metavar="FILE"),
 )
 
@@ -164,8 +284,16 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
         "serve",
         help="serve a folder over HTTP/1.1",
         description="Serve ROOT over HTTP/1.1 with a chosen copy strategy.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
+        epilog=(
+            f"Every flag can also be set by an environment variable {ENV_PREFIX}<FLAG>, "
+            f"for example {ENV_PREFIX}PORT=8080, {ENV_PREFIX}ACCESS_LOG=-, "
+            f"{ENV_PREFIX}LISTING=1 (booleans: 1/0, true/false, yes/no); a flag given "
+            "on the command line wins."
+        ),
     )
+    assert isinstance(p, _Parser)
+    p.env_prefix = ENV_PREFIX
     default = {name: spec.default for name, spec in SERVE_DEFAULTS.items()}
     p.add_argument("root", nargs="?", default=default["root"], help="folder to serve")
     p.add_argument(
@@ -193,14 +321,42 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
         "BENCHMARKS.md)",
     )
     for option in _SERVE_OPTIONS:
+        shorts = [alias for alias in option.aliases if not alias.startswith("--")]
+        longs = [alias for alias in option.aliases if alias.startswith("--")]
         p.add_argument(
+            *shorts,
             option.flag,
+            *longs,
             dest=option.field,
             type=option.type,
             default=default[option.field],
             metavar=option.metavar,
+            choices=option.choices,
             help=option.help,
         )
+    p.add_argument(
+        "--header",
+        dest="headers",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="add this header to 2xx and 3xx answers (304 included), e.g. "
+        "'Cache-Control: max-age=60'; repeatable",
+    )
+    p.add_argument(
+        "--cors",
+        action="store_true",
+        help="let any origin read the files (Access-Control-Allow-Origin: *, Range "
+        "headers exposed) and answer CORS preflight OPTIONS with 204",
+    )
+    p.add_argument(
+        "--precompressed",
+        type=_encodings,
+        default=default["precompressed"],
+        metavar="br,gzip,zstd",
+        help="serve x.css.br, .gz or .zst beside x.css, when no older and the client's "
+        "Accept-Encoding takes it, in this order (default: off)",
+    )
     p.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
@@ -225,7 +381,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     from zcserve.server import server
 
-    given = vars(args)
+    given = vars(args) | {"headers": tuple(args.headers)}
     config = ServerConfig(**{name: given[name] for name in SERVE_DEFAULTS})
     announce = functools.partial(_announce, config, args.workers, args.ready_json)
     if args.workers == 1:

@@ -7,8 +7,12 @@ from dataclasses import dataclass
 
 from zcserve.errors import ConfigError
 from zcserve.runtime import LOOP_NAMES, LoopName
+from zcserve.server.accesslog import ACCESS_LOG_FORMATS, AccessLogFormat
+from zcserve.server.decorate import parse_header
+from zcserve.server.files import MAX_RANGES
 from zcserve.server.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
 from zcserve.server.metrics import parse_address
+from zcserve.server.precompressed import parse_encodings
 from zcserve.server.strategies import (
     READALL_MAX,
     SENDFILE_MAX_CHUNK,
@@ -60,16 +64,31 @@ class ServerConfig:
     max_pipelined: int = MAX_PIPELINED
     grace: float = 10.0
     access_log: str | None = None
+    access_log_format: AccessLogFormat = "common"
+    """common (CLF), combined (with referer and user agent) or json."""
     raw_file: str | None = None
     metrics: str | None = None
     """HOST:PORT of the Prometheus listener, or None."""
     tls_cert: str | None = None
     tls_key: str | None = None
+    headers: tuple[str, ...] = ()
+    """`--header` values, "Name: value", added to 2xx and 3xx answers."""
+    max_ranges: int = MAX_RANGES
+    """Ranges one request may ask for; past it the whole file is sent (200)."""
+    cors: bool = False
+    precompressed: tuple[str, ...] = ()
+    """Content codings whose sidecars (x.css.br, .gz, .zst) are served, in this order."""
+    """Allow any origin to read files, and answer CORS preflights."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGY_NAMES:
             raise ConfigError(
                 f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGY_NAMES)}"
+            )
+        if self.access_log_format not in ACCESS_LOG_FORMATS:
+            raise ConfigError(
+                f"unknown access log format {self.access_log_format!r}; expected one of "
+                f"{', '.join(ACCESS_LOG_FORMATS)}"
             )
         if self.loop not in LOOP_NAMES:
             raise ConfigError(
@@ -78,6 +97,10 @@ class ServerConfig:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} out of range; expected 0-65535")
         self._check_tls()
+        for header in self.headers:
+            parse_header(header)
+        if self.precompressed:
+            parse_encodings(",".join(self.precompressed))
         if self.metrics is not None:
             parse_address(self.metrics)
         if self.raw_file is not None:
@@ -110,6 +133,7 @@ class ServerConfig:
             "max_header_bytes",
             "max_headers",
             "max_pipelined",
+            "max_ranges",
         )
         for name in positive:
             if getattr(self, name) <= 0:

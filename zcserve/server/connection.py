@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from zcserve.errors import FileShrankError, HttpError, SendStalledError, TransferError
 from zcserve.server.accesslog import AccessLog
 from zcserve.server.config import ServerConfig
+from zcserve.server.decorate import Planner
 from zcserve.server.filecache import OpenFileCache
 from zcserve.server.files import OpenedFile
 from zcserve.server.http import (
@@ -39,7 +40,8 @@ from zcserve.server.http import (
     without_keep_alive,
 )
 from zcserve.server.metrics import Metrics
-from zcserve.server.respond import Reply, error_reply, plan_reply
+from zcserve.server.multipart import multipart_body
+from zcserve.server.respond import MultipartReply, Reply, error_reply
 from zcserve.server.sockio import MSG_MORE, SocketStream, wait_readable
 from zcserve.server.strategies import (
     CopyStrategy,
@@ -81,6 +83,11 @@ class ServerState(Protocol):
     metrics: Metrics
     metrics_on: bool
     """False when nothing reads the metrics: the hot path then skips its counters."""
+    timed: bool
+    """True when the metrics or the access log need each request's start time."""
+    plan: Planner
+    """`plan_reply`, or the planner --header, --cors, --max-ranges and --precompressed
+    chose at start-up (`decorate.make_planner`)."""
 
     @property
     def closing(self) -> bool:
@@ -270,14 +277,14 @@ class HttpConnection:
 
     def _respond(self, request: Request) -> None:
         server = self.server
-        if server.metrics_on:
+        if server.timed:
             self._started = self.loop.time()
         if server.closing:  # say so, rather than drop the connection unannounced
             request = without_keep_alive(request)
         self._request = request
         self.busy = True
         try:
-            reply = plan_reply(request, server.files)
+            reply = server.plan(request, server.files)
         except Exception:
             # Nothing is sent yet, so any failure, an OSError from the file system
             # included, is the server's own: a 500, not the silence of a lost peer.
@@ -293,6 +300,8 @@ class HttpConnection:
         strategy = server.strategy.choose(self.stream)
         if strategy is not server.strategy and strategy.name == FallbackStrategy.name:
             server.metrics.fallbacks += 1  # auto could not use its zero-copy path
+        if reply.__class__ is MultipartReply:  # several ranges: parts go one by one
+            strategy = multipart_body(strategy, reply)
         # What the body needs (a pipe, a descriptor of its own) is taken before the
         # head goes out: after a 200 and its length, a missing one could only cut
         # the body short.
@@ -441,16 +450,14 @@ class HttpConnection:
         reply, request = self._reply, self._request
         assert reply is not None and request is not None
         server = self.server
+        if server.access_log.on:  # first, while the strategy is still known
+            self._log_response(reply, request)
         file = reply.file
         if file is not None:
-            body = self._release_body()
+            self._release_body()
             file.close()  # what `reply.close()` does, one call shorter
-        else:
-            body = len(reply.body)
         if server.metrics_on:
             server.metrics.response(reply.status, self.loop.time() - self._started)
-        if server.access_log.on:
-            log_access(server, self.peer, request, reply.status, body)
         self._reply = None
         self.busy = False
         if not reply.keep_alive or server.closing:
@@ -463,6 +470,19 @@ class HttpConnection:
                 self.close()
         elif not self._advancing:  # else the `_advance` below us goes on
             self._advance()
+
+    def _log_response(self, reply: Reply, request: Request) -> None:
+        """The access-log line of the response in flight, finished or cut short: the
+        body bytes counted are those actually sent."""
+        server = self.server
+        if reply.file is None:
+            body = max(0, len(reply.body) - len(self._unsent))
+            strategy = None
+        else:
+            body = self.stream.bytes_sent - self._body_start
+            strategy = self._strategy.name if self._strategy is not None else None
+        seconds = self.loop.time() - self._started if server.access_log.timed else None
+        log_access(server, self.peer, request, reply.status, body, seconds, strategy)
 
     def _client_sent_more(self) -> bool:
         if self.pending or self.parser.in_head:
@@ -501,9 +521,13 @@ class HttpConnection:
         self._resume_reading()
 
     def _end(self, exc: BaseException) -> None:
-        """The peer left, stalled or broke the connection."""
+        """The peer left, stalled or broke the connection; a response cut short is
+        still logged, with the bytes that went out."""
         self.server.metrics.error(_error_kind(exc))
         log.debug("connection from %s ended: %s", self.peer, exc)
+        reply, request = self._reply, self._request
+        if self.busy and reply is not None and request is not None and self.server.access_log.on:
+            self._log_response(reply, request)
         self.close()
 
     def _internal_error(self, exc: BaseException | None = None) -> None:
@@ -704,19 +728,23 @@ async def _respond(server: ServerState, stream: SocketStream, request: Request, 
     try:
         if server.closing:  # say so, rather than drop the connection unannounced
             request = without_keep_alive(request)
-        reply = plan_reply(request, server.files)
+        reply = server.plan(request, server.files)
     except Exception:
         # Nothing is sent yet, so any failure, an OSError from the file system
         # included, is the server's own: a 500, not the silence of a lost peer.
         return await _fail(server, stream, request, peer, sent_before)
     transfer: Transfer | None = None
+    strategy_name: str | None = None
     try:
         file = reply.file
         if file is None:
             await stream.send_all(reply.head + reply.body if reply.body else reply.head)
         else:
-            strategy = server.strategy.choose(stream)
-            if strategy is not server.strategy and strategy.name == FallbackStrategy.name:
+            strategy = chosen = server.strategy.choose(stream)
+            strategy_name = chosen.name
+            if isinstance(reply, MultipartReply):  # several ranges: parts go one by one
+                strategy = multipart_body(chosen, reply)
+            if chosen is not server.strategy and chosen.name == FallbackStrategy.name:
                 server.metrics.fallbacks += 1  # auto could not use its zero-copy path
             try:  # what the body needs is taken before the head goes out
                 transfer = strategy.start(stream, file, reply.offset, reply.count)
@@ -736,7 +764,9 @@ async def _respond(server: ServerState, stream: SocketStream, request: Request, 
                         await pump(transfer)
                 finally:
                     server.metrics.sent(strategy.name, stream.bytes_sent - body_start)
-    except PEER_GONE:
+    except PEER_GONE:  # the client left: its line says how much of the body went out
+        body_sent = max(0, stream.bytes_sent - sent_before - len(reply.head))
+        log_access(server, peer, request, reply.status, body_sent, None, strategy_name)
         raise
     except Exception:
         return await _fail(server, stream, request, peer, sent_before, len(reply.head))
@@ -745,8 +775,9 @@ async def _respond(server: ServerState, stream: SocketStream, request: Request, 
             transfer.close()  # a no-op once `pump` closed it
         reply.close()
     body_sent = stream.bytes_sent - sent_before - len(reply.head)
-    server.metrics.response(reply.status, stream.loop.time() - started)
-    log_access(server, peer, request, reply.status, body_sent)
+    elapsed = stream.loop.time() - started
+    server.metrics.response(reply.status, elapsed)
+    log_access(server, peer, request, reply.status, body_sent, elapsed, strategy_name)
     return reply.keep_alive and not server.closing
 
 
@@ -793,10 +824,16 @@ async def serve_raw(server: ServerState, sock: socket.socket, state: ConnectionS
 
 
 def log_access(
-    server: ServerState, peer: str, request: Request | None, status: int, size: int
+    server: ServerState,
+    peer: str,
+    request: Request | None,
+    status: int,
+    size: int,
+    seconds: float | None = None,
+    strategy: str | None = None,
 ) -> None:
     """One access-log line; a line the log cannot take is counted, never raised."""
-    if not server.access_log.write(peer, request, status, size):
+    if not server.access_log.write(peer, request, status, size, seconds, strategy):
         server.metrics.access_log_errors += 1
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import html
 import mimetypes
 import os
 import re
@@ -22,6 +21,7 @@ from urllib.parse import quote, unquote_to_bytes
 
 from zcserve.errors import HttpError
 from zcserve.server.http import parse_http_date
+from zcserve.server.listing import Entry, render_html, sort_entries
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK  # no FIFO hangs
 _PROC_FD = os.path.isdir("/proc/self/fd")
@@ -134,8 +134,16 @@ class Resolved:
 
     kind: Kind
     file: OpenedFile | None = None
-    listing: bytes = b""
+    entries: list[Entry] | None = None
+    """A listing's entries, unsorted; `directory` is its URL path."""
+    directory: str = ""
     location: str = ""
+
+    @property
+    def listing(self) -> bytes:
+        """The listing page sorted by name, as a browser first sees it."""
+        entries = sort_entries(self.entries or [], "name", False)
+        return render_html(self.directory, entries)
 
 
 class Resolver(Protocol):
@@ -227,16 +235,17 @@ class Root:
             os.close(index_fd)
         if not self.listing:
             raise HttpError(404, "directory without index")
-        page = render_listing("/" + "/".join(segments), fd, hidden=self.hidden)
-        return Resolved(Kind.LISTING, listing=page)
+        url_dir = "/" + "/".join(segments)
+        entries = list_entries(url_dir, fd, hidden=self.hidden)
+        return Resolved(Kind.LISTING, entries=entries, directory=url_dir)
 
 
 def _opened(fd: int, name: str, info: os.stat_result) -> OpenedFile:
     return OpenedFile(fd, name, info.st_size, info.st_mtime, info.st_mtime_ns)
 
 
-def render_listing(url_dir: str, dir_fd: int, *, hidden: bool = False) -> bytes:
-    """An HTML index of a directory; every name is escaped for HTML and for URLs.
+def list_entries(url_dir: str, dir_fd: int, *, hidden: bool = False) -> list[Entry]:
+    """The entries of a directory worth listing, with their size and mtime.
 
     Only names the server would serve are listed: names that are not UTF-8 or hold
     a backslash (refused with 404), dot-names unless `hidden` (but `.well-known` at
@@ -260,23 +269,17 @@ def render_listing(url_dir: str, dir_fd: int, *, hidden: bool = False) -> bytes:
                 is_dir = entry.is_dir()
                 if not is_dir and not entry.is_file():
                     continue
+                info = entry.stat()  # follows a symlink, as serving it would
             except OSError:
                 continue
-            entries.append((not is_dir, name, is_dir))
-    entries.sort()
-    title = html.escape(url_dir if url_dir.endswith("/") else url_dir + "/")
-    rows = [] if at_root else ['<li><a href="../">../</a></li>']
-    for _, name, is_dir in entries:
-        suffix = "/" if is_dir else ""
-        href = quote(name, safe="") + suffix
-        rows.append(f'<li><a href="{html.escape(href)}">{html.escape(name)}{suffix}</a></li>')
-    page = (
-        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Index of {title}</title>"
-        f"</head>\n<body><h1>Index of {title}</h1>\n<ul>\n"
-        + "\n".join(rows)
-        + "\n</ul></body></html>\n"
-    )
-    return page.encode("utf-8")
+            entries.append(Entry(name, is_dir, 0 if is_dir else info.st_size, info.st_mtime))
+    return entries
+
+
+def render_listing(url_dir: str, dir_fd: int, *, hidden: bool = False) -> bytes:
+    """An HTML index of a directory, sorted by name; see `list_entries`."""
+    entries = sort_entries(list_entries(url_dir, dir_fd, hidden=hidden), "name", False)
+    return render_html(url_dir, entries)
 
 
 # Ranges (RFC 9110 14.2) ---------------------------------------------------------------
@@ -347,6 +350,70 @@ def parse_range(header: str | None, size: int) -> ByteRange:
     if start >= size:
         return UNSATISFIABLE
     return ByteRange(RangeKind.PARTIAL, start, min(end, size - 1))
+
+
+MAX_RANGES = 16
+"""Ranges one request may ask for before it gets the whole file: nginx's max_ranges
+has no default cap, Apache's MaxRanges is 200; 16 covers PDF readers and video
+seeking, and after coalescing no request can cost more than the file itself."""
+
+
+def _one_range(spec: str, size: int) -> ByteRange | None:
+    """One range-spec as a ByteRange (PARTIAL or UNSATISFIABLE), or None when it is
+    not a valid range-spec (or the file is empty, where no part can say "0 bytes")."""
+    first, dash, last = spec.partition("-")
+    if not dash or not _DIGITS.fullmatch(first + "0") or not _DIGITS.fullmatch(last + "0"):
+        return None
+    if first == "":
+        if last == "" or size == 0:
+            return None
+        suffix = _bounded_int(last)
+        if suffix == 0:
+            return UNSATISFIABLE
+        return ByteRange(RangeKind.PARTIAL, max(0, size - suffix), size - 1)
+    start = _bounded_int(first)
+    end = _bounded_int(last) if last else size - 1
+    if last and end < start:
+        return None
+    if start >= size:
+        return UNSATISFIABLE
+    return ByteRange(RangeKind.PARTIAL, start, min(end, size - 1))
+
+
+def parse_ranges(header: str, size: int, max_ranges: int = MAX_RANGES) -> list[ByteRange]:
+    """The satisfiable ranges of a Range header asking for several, coalesced.
+
+    Returns `[FULL]` for an invalid header, an empty file or more than `max_ranges`
+    ranges (the whole file, 200), `[UNSATISFIABLE]` when no range is satisfiable
+    (416), else PARTIAL ranges. Overlapping and adjacent ranges are merged (RFC
+    9110 14.2, 15.3.7.2), so the parts never add up to more than the file; the
+    merged parts keep the order the client asked in (15.3.7.2)."""
+    unit, sep, spec = header.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return [FULL]
+    specs = [p.strip() for p in spec.split(",") if p.strip()]
+    if not specs or len(specs) > max_ranges:
+        return [FULL]
+    asked: list[ByteRange] = []
+    for text in specs:
+        one = _one_range(text, size)
+        if one is None:
+            return [FULL]
+        if one.kind is RangeKind.PARTIAL:
+            asked.append(one)
+    if not asked:
+        return [UNSATISFIABLE]
+    by_start = sorted(range(len(asked)), key=lambda i: asked[i].start)
+    merged: list[tuple[int, int, int]] = []  # (first index asked, start, end)
+    for i in by_start:
+        piece = asked[i]
+        if merged and piece.start <= merged[-1][2] + 1:
+            first, start, end = merged[-1]
+            merged[-1] = (min(first, i), start, max(end, piece.end))
+        else:
+            merged.append((i, piece.start, piece.end))
+    merged.sort()
+    return [ByteRange(RangeKind.PARTIAL, start, end) for _, start, end in merged]
 
 
 # Conditionals (RFC 9110 13) -----------------------------------------------------------

@@ -45,6 +45,7 @@ SERVER_NAME = "zcserve"
 
 REASONS: dict[int, str] = {
     200: "OK",
+    204: "No Content",
     206: "Partial Content",
     301: "Moved Permanently",
     304: "Not Modified",

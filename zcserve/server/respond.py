@@ -7,11 +7,14 @@ This is where HTTP semantics meet the file system; it opens files (through
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from zcserve.errors import HttpError
 from zcserve.server.files import (
+    MAX_RANGES,
+    ByteRange,
     Kind,
     OpenedFile,
     Precondition,
@@ -20,6 +23,7 @@ from zcserve.server.files import (
     Resolver,
     if_range_matches,
     parse_range,
+    parse_ranges,
     preconditions,
 )
 from zcserve.server.http import (
@@ -31,6 +35,7 @@ from zcserve.server.http import (
     http_date,
     render_head,
 )
+from zcserve.server.listing import parse_query, render_html, render_json, sort_entries, wants_json
 
 _RANGE_OR_CONDITIONAL = frozenset(
     ("range", "if-match", "if-unmodified-since", "if-none-match", "if-modified-since")
@@ -59,6 +64,16 @@ class Reply:
             self.file.close()
 
 
+@dataclass(slots=True)
+class MultipartReply(Reply):
+    """A 206 multipart/byteranges reply: each part's head (`parts[i][0]`), then
+    `parts[i][2]` bytes of `file` from `parts[i][1]`, then `tail`. `count` is the
+    whole body's length."""
+
+    parts: tuple[tuple[bytes, int, int], ...] = ()
+    tail: bytes = b""
+
+
 def error_reply(error: HttpError, request: Request | None = None) -> Reply:
     """A short plain-text error. The connection stays open only for a 403, 404, 405
     or 412, where the request itself was well-formed."""
@@ -69,9 +84,9 @@ def error_reply(error: HttpError, request: Request | None = None) -> Reply:
     return Reply(error.status, head, keep, body)
 
 
-def plan_reply(request: Request, root: Resolver) -> Reply:
+def plan_reply(request: Request, root: Resolver, max_ranges: int = MAX_RANGES) -> Reply:
     """The reply to `request` for files under `root`; errors become error replies.
-    One function, not a wrapper around a planner: it runs once per request."""
+    A Range of more than `max_ranges` ranges gets the whole file."""
     try:
         # Each field read once (a NamedTuple read goes through a descriptor): the reads
         # saved pay for the header check below.
@@ -112,7 +127,13 @@ def plan_reply(request: Request, root: Resolver) -> Reply:
                 return Reply(
                     304, render_head(304, validators, keep_alive=keep, version=version), keep
                 )
-            byte_range = parse_range(asked.get("range"), file.size)
+            range_header = asked.get("range")
+            byte_range = parse_range(range_header, file.size)
+            if byte_range.kind is RangeKind.FULL and range_header and "," in range_header:
+                ranges = parse_ranges(range_header, file.size, max_ranges)
+                if len(ranges) > 1 and if_range_matches(asked.get("if-range"), file):
+                    return _multipart(request, file, ranges, validators, head_only)
+                byte_range = ranges[0]  # whole, unsatisfiable, or merged into one
             if byte_range.kind is not RangeKind.FULL and not if_range_matches(
                 asked.get("if-range"), file
             ):
@@ -143,9 +164,45 @@ def plan_reply(request: Request, root: Resolver) -> Reply:
         except BaseException:
             file.close()
             raise
-
     except HttpError as error:
         return error_reply(error, request)
+
+
+def _multipart(
+    request: Request,
+    file: OpenedFile,
+    ranges: list[ByteRange],
+    validators: list[tuple[str, str]],
+    head_only: bool,
+) -> Reply:
+    """206 multipart/byteranges (RFC 9110 14.6): the parts' heads are rendered here,
+    their bytes are moved by the copy strategy, part after part."""
+    boundary = "zcserve-" + secrets.token_hex(8)  # random: no file can hold it by design
+    media, size = file.content_type, file.size
+    parts = []
+    length = 0
+    for index, part in enumerate(ranges):
+        after_previous = "\r\n" if index else ""  # the CRLF that ends the part before
+        part_head = (
+            f"{after_previous}--{boundary}\r\nContent-Type: {media}\r\n"
+            f"Content-Range: bytes {part.start}-{part.end}/{size}\r\n\r\n"
+        ).encode("latin-1")
+        parts.append((part_head, part.start, part.length))
+        length += len(part_head) + part.length
+    tail = f"\r\n--{boundary}--\r\n".encode("latin-1")
+    length += len(tail)
+    headers = [
+        ("Content-Type", f"multipart/byteranges; boundary={boundary}"),
+        ("Accept-Ranges", "bytes"),
+        *validators,
+        ("Content-Length", str(length)),
+    ]
+    keep = request.keep_alive
+    head = render_head(206, headers, keep_alive=keep, version=request.version)
+    if head_only:
+        file.close()
+        return Reply(206, head, keep)
+    return MultipartReply(206, head, keep, file=file, count=length, parts=tuple(parts), tail=tail)
 
 
 def _not_a_file(resolved: Resolved, request: Request) -> Reply:
@@ -161,8 +218,23 @@ def _not_a_file(resolved: Resolved, request: Request) -> Reply:
             ("Content-Length", str(len(body))),
         ]
         return _simple(301, headers, body, request)
-    body = resolved.listing
-    headers = [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))]
+    return _listing(resolved, request)
+
+
+def _listing(resolved: Resolved, request: Request) -> Reply:
+    """The folder as HTML, or JSON for a client that asks for it, sorted as the
+    query says (`?sort=size&order=desc`)."""
+    sort, descending = parse_query(request.query)
+    entries = sort_entries(resolved.entries or [], sort, descending)
+    if wants_json(request.headers.get("accept")):
+        body, media = render_json(entries), "application/json"
+    else:
+        body, media = render_html(resolved.directory, entries, sort, descending), "text/html"
+    headers = [
+        ("Content-Type", f"{media}; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        ("Vary", "Accept"),
+    ]
     return _simple(200, headers, body, request)
 
 

@@ -29,6 +29,7 @@ from zcserve.server.connection import (
     serve_http,
     serve_raw,
 )
+from zcserve.server.decorate import make_planner
 from zcserve.server.filecache import OpenFileCache
 from zcserve.server.files import Root
 from zcserve.server.http import Limits
@@ -91,10 +92,17 @@ class Server:
             max_header_count=config.max_headers,
             max_pipelined=config.max_pipelined,
         )
-        self.access_log = AccessLog.open(config.access_log)
+        self.access_log = AccessLog.open(config.access_log, config.access_log_format)
+        self.plan = make_planner(
+            config.headers,
+            cors=config.cors,
+            max_ranges=config.max_ranges,
+            precompressed=config.precompressed,
+        )
         self.tls = _tls_context(config)
         self.metrics = Metrics()
         self.metrics_on = config.metrics is not None or snapshot_dir is not None
+        self.timed = self.metrics_on or self.access_log.timed
         self._connections: set[HttpConnection] = set()
         self._tasks: dict[asyncio.Task[None], ConnectionState] = {}
         """Connections served by a coroutine: TLS and raw mode."""
