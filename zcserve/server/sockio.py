@@ -88,11 +88,11 @@ class SocketStream:
     async def send_all(self, data: bytes | bytearray | memoryview, *, more: bool = False) -> None:
         """Hand every byte of `data` to the kernel. `more` sets MSG_MORE (cork until the
         next send), so a head and the body that follows leave in the same segments."""
-        view = memoryview(data)
-        await self._send_raw(view, MSG_MORE if more else 0)
-        self.bytes_sent += view.nbytes
+        await self._send_raw(memoryview(data), MSG_MORE if more else 0, counted=True)
 
-    async def _send_raw(self, view: memoryview, flags: int) -> None:
+    async def _send_raw(self, view: memoryview, flags: int, *, counted: bool = False) -> None:
+        """Send all of `view`; `counted` adds each send's bytes to `bytes_sent` as it
+        goes, so a peer that leaves mid-body is logged with what it was sent."""
         send = self.sock.send
         while view:
             try:
@@ -100,6 +100,8 @@ class SocketStream:
             except BlockingIOError:
                 await self.wait_writable()
                 continue
+            if counted:
+                self.bytes_sent += sent
             view = view[sent:]
 
 
