@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from types import MappingProxyType
@@ -341,6 +341,24 @@ class RequestParser:
         self._header_bytes = 0
         self._header_count = 0
         self._head = None
+
+
+def weighted_items(header: str) -> Iterator[tuple[str, float]]:
+    """Each item of an Accept-style header, lower-cased, with its q-value (RFC 9110
+    12.4.2): 1 when absent, 0 when it does not parse. Empty items are skipped."""
+    for item in header.split(","):
+        token, *params = (part.strip() for part in item.split(";"))
+        if not token:
+            continue
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        yield token.lower(), weight
 
 
 def without_keep_alive(request: Request) -> Request:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 from urllib.parse import parse_qsl, quote
 
+from zcserve.server.http import weighted_items
+
 SortKey = Literal["name", "size", "mtime"]
 SORT_KEYS: tuple[str, ...] = get_args(SortKey)
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
@@ -93,17 +95,8 @@ def wants_json(accept: str | None) -> bool:
     if accept is None or "json" not in accept:
         return False
     weights: dict[str, float] = {}
-    for item in accept.split(","):
-        media, *params = (part.strip() for part in item.split(";"))
-        weight = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    weight = float(value)
-                except ValueError:
-                    weight = 0.0
-        weights.setdefault(media.lower(), weight)
+    for media, weight in weighted_items(accept):
+        weights.setdefault(media, weight)
     json_weight = weights.get("application/json", 0.0)
     return json_weight > 0 and json_weight >= weights.get("text/html", 0.0)
 

@@ -13,7 +13,7 @@ from typing import Literal, get_args
 
 from zcserve.errors import ConfigError, HttpError
 from zcserve.server.files import Kind, OpenedFile, Resolved, Resolver
-from zcserve.server.http import Request
+from zcserve.server.http import Request, weighted_items
 from zcserve.server.respond import Reply
 
 Encoding = Literal["br", "gzip", "zstd"]
@@ -43,19 +43,7 @@ def accepted(accept_encoding: str, encodings: tuple[str, ...]) -> list[str]:
     covered by `*` with q > 0 and not listed; q=0 refuses. Highest q first, the
     server's order between equals."""
     weights: dict[str, float] = {}
-    for item in accept_encoding.split(","):
-        coding, *params = (part.strip() for part in item.split(";"))
-        if not coding:
-            continue
-        weight = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    weight = float(value)
-                except ValueError:
-                    weight = 0.0
-        coding = coding.lower()
+    for coding, weight in weighted_items(accept_encoding):
         if coding == "x-gzip":  # RFC 9110 8.4.1.3: the same coding
             coding = "gzip"
         weights[coding] = max(weight, weights.get(coding, weight))

@@ -262,7 +262,28 @@ def _has_native_sock_sendfile(loop: asyncio.AbstractEventLoop) -> bool:
     return isinstance(loop, asyncio.SelectorEventLoop) and hasattr(os, "sendfile")
 
 
-class ReadWriteStrategy:
+class AwaitedReadStrategy:
+    """A strategy whose file reads are awaitable by nature (aiofiles): the whole body
+    moves in its `_copy` coroutine, handed off from the first step."""
+
+    name: ClassVar[str]
+
+    def choose(self, stream: SocketStream) -> CopyStrategy:
+        return self
+
+    def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
+        return _handed_off(stream, file, offset, count, self._copy)
+
+    async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
+        await pump(self.start(stream, file, offset, count))
+
+    async def _copy(
+        self, stream: SocketStream, file: OpenedFile, fd: int, offset: int, count: int
+    ) -> None:
+        raise NotImplementedError
+
+
+class ReadWriteStrategy(AwaitedReadStrategy):
     """The classic path: read a chunk into a userspace buffer (aiofiles, one
     thread-pool hop per read), write it out, repeat. The next read is in flight
     while a chunk is sent (read-ahead), into the other of two buffers made once per
@@ -273,15 +294,6 @@ class ReadWriteStrategy:
 
     def __init__(self, options: CopyOptions) -> None:
         self.chunk_size = options.chunk_size or DEFAULT_CHUNK
-
-    def choose(self, stream: SocketStream) -> CopyStrategy:
-        return self
-
-    def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
-        return _handed_off(stream, file, offset, count, self._copy)
-
-    async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
-        await pump(self.start(stream, file, offset, count))
 
     async def _copy(
         self, stream: SocketStream, file: OpenedFile, fd: int, offset: int, count: int
@@ -313,7 +325,7 @@ class ReadWriteStrategy:
                     await asyncio.gather(reading, return_exceptions=True)
 
 
-class ReadAllStrategy:
+class ReadAllStrategy(AwaitedReadStrategy):
     """The lab's naive server: read the whole range into one `bytes` with a single
     aiofiles read, then send it, as `f.read()` then `sendall()` do in the lab.
 
@@ -329,9 +341,6 @@ class ReadAllStrategy:
     def __init__(self, options: CopyOptions) -> None:
         self.max_size = options.readall_max
 
-    def choose(self, stream: SocketStream) -> CopyStrategy:
-        return self
-
     def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
         if count > self.max_size:
             # The connection answers ENOMEM with 503 before the head; the limit is
@@ -340,10 +349,7 @@ class ReadAllStrategy:
                 errno.ENOMEM,
                 f"{file.name}: {count} bytes in one read is over --readall-max {self.max_size}",
             )
-        return _handed_off(stream, file, offset, count, self._copy)
-
-    async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
-        await pump(self.start(stream, file, offset, count))
+        return super().start(stream, file, offset, count)
 
     async def _copy(
         self, stream: SocketStream, file: OpenedFile, fd: int, offset: int, count: int
