@@ -331,25 +331,15 @@ def parse_range(header: str | None, size: int) -> ByteRange:
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     if len(parts) != 1:
         return FULL
-    first, dash, last = parts[0].partition("-")
-    if not dash or not _DIGITS.fullmatch(first + "0") or not _DIGITS.fullmatch(last + "0"):
-        return FULL  # "0" lets an empty side through; str.isdigit would take "²"
-    if first == "":
-        if last == "":
-            return FULL
-        suffix = _bounded_int(last)
-        if suffix == 0:
-            return UNSATISFIABLE
-        if size == 0:
-            return FULL  # satisfiable (14.1.3), yet no 206 can say "0 bytes": 200, as nginx
-        return ByteRange(RangeKind.PARTIAL, max(0, size - suffix), size - 1)
-    start = _bounded_int(first)
-    end = _bounded_int(last) if last else size - 1
-    if last and end < start:
-        return FULL
-    if start >= size:
+    one = _one_range(parts[0], size)
+    if one is not None:
+        return one
+    # Invalid, or a suffix of an empty file: satisfiable (14.1.3), yet no 206 can say
+    # "0 bytes", so 200, as nginx; but a zero-length suffix is unsatisfiable anywhere.
+    first, _, last = parts[0].partition("-")
+    if size == 0 and first == "" and _DIGITS.fullmatch(last) and _bounded_int(last) == 0:
         return UNSATISFIABLE
-    return ByteRange(RangeKind.PARTIAL, start, min(end, size - 1))
+    return FULL
 
 
 MAX_RANGES = 16
@@ -363,7 +353,7 @@ def _one_range(spec: str, size: int) -> ByteRange | None:
     not a valid range-spec (or the file is empty, where no part can say "0 bytes")."""
     first, dash, last = spec.partition("-")
     if not dash or not _DIGITS.fullmatch(first + "0") or not _DIGITS.fullmatch(last + "0"):
-        return None
+        return None  # "0" lets an empty side through; str.isdigit would take "²"
     if first == "":
         if last == "" or size == 0:
             return None
