@@ -485,12 +485,7 @@ class HttpConnection:
         log_access(server, self.peer, request, reply.status, body, seconds, strategy)
 
     def _client_sent_more(self) -> bool:
-        if self.pending or self.parser.in_head:
-            return True
-        try:
-            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        except OSError:  # BlockingIOError: nothing waiting; anything else: gone
-            return False
+        return bool(self.pending) or self.parser.in_head or _unread_input(self.sock)
 
     def _release_body(self) -> int:
         """Close the transfer and count its bytes; return them."""
