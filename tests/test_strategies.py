@@ -162,6 +162,50 @@ def test_strategy_gives_up_on_a_peer_that_stops_reading(
         file.close()
 
 
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_readwrite_buffers_stay_within_its_budget(site: Site, loop_name: str) -> None:
+    """readwrite gives large buffers (fewer thread-pool hops) only while its
+    buffers hold less than its budget; past it, 256 KiB ones. Peers that read
+    nothing keep every transfer alive, so what each took shows; once they are
+    cancelled, the strategy holds nothing."""
+    strategy = make_strategy("readwrite")
+    assert isinstance(strategy, strategies.ReadWriteStrategy)
+    large, budget = strategy.LARGE_CHUNK, strategy.LARGE_BUDGET
+    fits = budget // (2 * large)
+    extra = 3
+    file = open_file(site.path("big.bin"))
+    assert file.size > 2 * large
+
+    async def stalled_transfers() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        pairs = [await _pair() for _ in range(fits + extra)]
+        sends = []
+        for server_side, _ in pairs:
+            stream = SocketStream(server_side, loop, send_timeout=30)
+            sends.append(asyncio.ensure_future(strategy.send(stream, file, 0, file.size)))
+        held, unchanged = -1, 0
+        for _ in range(500):  # until every transfer has its buffers and waits
+            await asyncio.sleep(0.02)
+            unchanged = unchanged + 1 if strategy.buffered == held else 0
+            held = strategy.buffered
+            if unchanged == 10:
+                break
+        for send in sends:  # as the connection does when its peer leaves
+            send.cancel()
+        await asyncio.gather(*sends, return_exceptions=True)
+        for server_side, client in pairs:
+            client.close()
+            server_side.close()
+        return held, strategy.buffered
+
+    try:
+        held, after = run_on(loop_name, stalled_transfers)
+    finally:
+        file.close()
+    assert held == fits * 2 * large + extra * 2 * strategies.DEFAULT_CHUNK
+    assert after == 0
+
+
 # Byte accounting: what the access log and the metrics report. ----------------------
 
 

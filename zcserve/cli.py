@@ -192,8 +192,8 @@ _SERVE_OPTIONS = (
     _Option(
         "--chunk-size",
         "chunk_size",
-        "copy size: buffer, mmap slice or pipe (default: 256KiB for readwrite/fallback, "
-        "1MiB for mmap/splice)",
+        "copy size: buffer, mmap slice or pipe (default: 256KiB for fallback, 1MiB for "
+        "mmap/splice, 2MiB for readwrite up to 64MiB of buffers, then 256KiB)",
         _size,
     ),
     _Option("--sendfile-chunk", "sendfile_chunk", "largest sendfile call, bytes", _size),

@@ -288,23 +288,41 @@ class ReadWriteStrategy(AwaitedReadStrategy):
     thread-pool hop per read), write it out, repeat. The next read is in flight
     while a chunk is sent (read-ahead), into the other of two buffers made once per
     transfer: a fresh `bytes` per chunk would cost more in page faults and zeroing
-    than the copy itself (see readall)."""
+    than the copy itself (see readall).
+
+    Each hop costs about as much as copying 256 KiB, so while the strategy's
+    buffers hold less than `LARGE_BUDGET`, a transfer gets `LARGE_CHUNK` buffers
+    (one download runs at the fallback's pace); past it, 256 KiB ones (512
+    downloads still hold 256 MiB, not 2 GiB). `--chunk-size` sets one size for all."""
 
     name: ClassVar[str] = "readwrite"
+    LARGE_CHUNK: ClassVar[int] = 2 * 1024 * 1024
+    LARGE_BUDGET: ClassVar[int] = 64 * 1024 * 1024
 
     def __init__(self, options: CopyOptions) -> None:
-        self.chunk_size = options.chunk_size or DEFAULT_CHUNK
+        self.chunk_size = options.chunk_size
+        self.buffered = 0
+        """Bytes of buffers that live transfers hold now."""
+
+    def _chunk_for(self, count: int) -> int:
+        if self.chunk_size is not None:
+            return self.chunk_size
+        if count > DEFAULT_CHUNK and self.buffered + 2 * self.LARGE_CHUNK <= self.LARGE_BUDGET:
+            return self.LARGE_CHUNK
+        return DEFAULT_CHUNK
 
     async def _copy(
         self, stream: SocketStream, file: OpenedFile, fd: int, offset: int, count: int
     ) -> None:
         async with aiofiles.open(fd, "rb", buffering=0) as afile:  # closes `fd`
             await afile.seek(offset)
-            chunk, left = self.chunk_size, count
+            chunk, left = self._chunk_for(count), count
             # One buffer being sent while the other fills; the second only if needed.
             buffers = [memoryview(bytearray(min(chunk, left)))]
             if left > chunk:
                 buffers.append(memoryview(bytearray(min(chunk, left - chunk))))
+            held = sum(map(len, buffers))
+            self.buffered += held
             filling = 0
             reading = asyncio.ensure_future(afile.readinto(buffers[0][: min(chunk, left)]))
             try:
@@ -320,6 +338,7 @@ class ReadWriteStrategy(AwaitedReadStrategy):
                         reading = asyncio.ensure_future(afile.readinto(target))
                     await stream.send_all(data)
             finally:
+                self.buffered -= held
                 if not reading.done():  # the file must not close under a read
                     reading.cancel()
                     await asyncio.gather(reading, return_exceptions=True)
