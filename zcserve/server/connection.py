@@ -149,6 +149,8 @@ class HttpConnection:
         "_request",
         "_started",
         "_strategy",
+        "_chosen",
+        "_fell_back",
         "_transfer",
         "_body_start",
         "_task",
@@ -189,6 +191,13 @@ class HttpConnection:
         self._request: Request | None = None
         self._started = 0.0
         self._strategy: CopyStrategy | None = None
+        # What moves this connection's bodies is known once its stream is: auto's
+        # choice depends only on the socket.
+        self._chosen = server.strategy.choose(self.stream)
+        self._fell_back = (
+            self._chosen is not server.strategy and self._chosen.name == FallbackStrategy.name
+        )
+        """auto could not use its zero-copy path here: each body is counted."""
         self._transfer: Transfer | None = None
         self._body_start = 0
         self._task: asyncio.Task[None] | None = None
@@ -297,9 +306,9 @@ class HttpConnection:
         if file is None:
             self._send(reply.head + reply.body if reply.body else reply.head, 0)
             return
-        strategy = server.strategy.choose(self.stream)
-        if strategy is not server.strategy and strategy.name == FallbackStrategy.name:
-            server.metrics.fallbacks += 1  # auto could not use its zero-copy path
+        strategy = self._chosen
+        if self._fell_back:
+            server.metrics.fallbacks += 1
         if reply.__class__ is MultipartReply:  # several ranges: parts go one by one
             strategy = multipart_body(strategy, reply)
         # What the body needs (a pipe, a descriptor of its own) is taken before the
@@ -454,7 +463,15 @@ class HttpConnection:
             self._log_response(reply, request)
         file = reply.file
         if file is not None:
-            self._release_body()
+            # `_release_body`, inlined: this runs once per file response.
+            transfer, strategy = self._transfer, self._strategy
+            if transfer is not None:
+                transfer.close()
+                self._transfer = None
+            if strategy is not None:
+                if server.metrics_on:
+                    server.metrics.sent(strategy.name, self.stream.bytes_sent - self._body_start)
+                self._strategy = None
             file.close()  # what `reply.close()` does, one call shorter
         if server.metrics_on:
             server.metrics.response(reply.status, self.loop.time() - self._started)

@@ -28,8 +28,8 @@ reopening a file every two seconds costs nothing, idle descriptors do)."""
 class _Entry:
     fd: int
     name: str
-    path: str
-    identity: tuple[int, ...]
+    path: bytes
+    identity: tuple[object, ...]
     size: int
     mtime: float
     mtime_ns: int
@@ -41,14 +41,9 @@ class _Entry:
 
     def lend(self) -> OpenedFile:
         self.users += 1
+        # Positional, once per request: keywords cost more.
         return OpenedFile(
-            self.fd,
-            self.name,
-            self.size,
-            self.mtime,
-            self.mtime_ns,
-            on_close=self._release,
-            heads=self.heads,
+            self.fd, self.name, self.size, self.mtime, self.mtime_ns, self._release, self.heads
         )
 
     def _release(self) -> None:
@@ -63,19 +58,11 @@ class _Entry:
                 os.close(self.fd)
 
 
-def _identity(info: os.stat_result) -> tuple[int, ...]:
+def _identity(info: os.stat_result) -> tuple[object, ...]:
     # ctime moves on chmod, chown, rename and link: a file made unreadable, or moved
-    # away and linked back from outside the root, is resolved afresh.
-    return (
-        info.st_dev,
-        info.st_ino,
-        info.st_size,
-        info.st_mtime_ns,
-        info.st_ctime_ns,
-        info.st_mode,
-        info.st_uid,
-        info.st_gid,
-    )
+    # away and linked back from outside the root, is resolved afresh. The first seven
+    # fields, in one slice: mode, inode, device, links, owner, group, size.
+    return (info[:7], info.st_mtime_ns, info.st_ctime_ns)
 
 
 class OpenFileCache:
@@ -95,17 +82,25 @@ class OpenFileCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def resolve(self, url_path: bytes) -> Resolved:
+    def cached(self, url_path: bytes) -> OpenedFile | None:
         entry = self._entries.get(url_path)
-        if entry is not None:
-            try:
-                current = _identity(os.stat(entry.path))
-            except OSError:
-                current = None
-            if current == entry.identity:
-                entry.last_used = time.monotonic()
-                return Resolved(_FILE, entry.lend())
-            self._drop(url_path)
+        if entry is None:
+            return None
+        try:
+            info = os.stat(entry.path)
+        except OSError:
+            info = None
+        # `_identity(info)`, inlined: this runs once per request.
+        if info is not None and (info[:7], info.st_mtime_ns, info.st_ctime_ns) == entry.identity:
+            entry.last_used = time.monotonic()
+            return entry.lend()
+        self._drop(url_path)
+        return None
+
+    def resolve(self, url_path: bytes) -> Resolved:
+        file = self.cached(url_path)
+        if file is not None:
+            return Resolved(_FILE, file)
         resolved = self.root.resolve(url_path)
         if resolved.kind is Kind.FILE and resolved.file is not None and self.capacity > 0:
             if not url_path.endswith(b"/"):  # an index.html is found through its folder
@@ -113,7 +108,8 @@ class OpenFileCache:
         return resolved
 
     def _keep(self, url_path: bytes, file: OpenedFile) -> OpenedFile:
-        path = os.path.join(self.root.path, *url_segments(url_path))
+        # bytes: the path is stat'ed on every hit, and a str would be encoded each time
+        path = os.fsencode(os.path.join(self.root.path, *url_segments(url_path)))
         info = os.fstat(file.fd)
         if len(self._entries) >= self.capacity:
             self._drop(next(iter(self._entries)))  # the oldest

@@ -151,6 +151,10 @@ class Resolver(Protocol):
 
     def resolve(self, url_path: bytes) -> Resolved: ...
 
+    def cached(self, url_path: bytes) -> OpenedFile | None:
+        """The file `url_path` named when last resolved, if a stat shows it still does;
+        None: ask `resolve`. The hot path's lookup, with no `Resolved` made."""
+
 
 class Root:
     """The served folder. Resolves URL paths to open files without leaving it."""
@@ -161,6 +165,10 @@ class Root:
         self.hidden = hidden
         """Serve and list names starting with "." too (`--hidden`)."""
         self._prefix = self.path.rstrip(os.sep) + os.sep
+
+    def cached(self, url_path: bytes) -> OpenedFile | None:
+        """Nothing is kept here: the open-file cache keeps files."""
+        return None
 
     def _inside(self, real: str) -> bool:
         return real == self.path or real.startswith(self._prefix)

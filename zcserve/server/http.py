@@ -41,6 +41,19 @@ _host_match = re.compile(
 """A Host value (RFC 9112 3.2, RFC 3986 3.2.2): uri-host [":" port]. Spaces, "@",
 "/", "?", "#" and "\\" have no place in it (nginx answers 400 to them too)."""
 
+_COMMON_NAMES = (
+    "Host", "User-Agent", "Accept", "Accept-Encoding", "Accept-Language", "Connection",
+    "Range", "If-Range", "If-Match", "If-None-Match", "If-Modified-Since",
+    "If-Unmodified-Since", "Cache-Control", "Pragma", "Referer", "Cookie", "Origin",
+    "Content-Length", "Transfer-Encoding", "Expect", "Upgrade", "Priority", "DNT",
+    "Sec-Fetch-Dest", "Sec-Fetch-Mode", "Sec-Fetch-Site", "Upgrade-Insecure-Requests",
+)  # fmt: skip
+_HEADER_KEYS = {
+    spelled.encode(): name.lower() for name in _COMMON_NAMES for spelled in (name, name.lower())
+}
+"""Header names as clients send them, to their key: one fixed lookup instead of a
+decode and a lower() per header. Other names are decoded."""
+
 SERVER_NAME = "zcserve"
 
 REASONS: dict[int, str] = {
@@ -116,7 +129,10 @@ class RequestParser:
         self._ready: list[Request | HttpError] = []
         self._failed = False
         self._in_head = False
-        self._in_body = False
+        self.in_head = False
+        """True while a request has started but not finished arriving, its body
+        included: the header deadline covers both, so a trickled body cannot hold
+        a connection forever. An attribute, not a property: read once per request."""
         self._in_trailer = False
         self._body_bytes = 0
         self._head_tail = 0
@@ -138,13 +154,6 @@ class RequestParser:
     @property
     def failed(self) -> bool:
         return self._failed
-
-    @property
-    def in_head(self) -> bool:
-        """True while a request has started but not finished arriving, its body
-        included: the header deadline covers both, so a trickled body cannot hold
-        a connection forever."""
-        return self._in_head or self._in_body
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Request | HttpError]:
         """Parse `data`; return every request (or the terminal error) it completes."""
@@ -211,7 +220,7 @@ class RequestParser:
     # needs was reset when the previous message completed.
 
     def on_url(self, url: bytes) -> None:
-        self._in_head = True
+        self._in_head = self.in_head = True
         self._url = self._url + url if self._url else url  # llhttp may split a long one
         if len(self._url) > self._limits.max_request_line:
             raise _Reject(HttpError(414, "request target too long"))
@@ -225,7 +234,9 @@ class RequestParser:
             raise _Reject(HttpError(431, "request headers too large"))
         if self._header_count > self._max_header_count:
             raise _Reject(HttpError(431, "too many request headers"))
-        key = name.decode("latin-1").lower()
+        key = _HEADER_KEYS.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         previous = self._headers.get(key)
         if previous is None:
@@ -251,7 +262,6 @@ class RequestParser:
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._in_body = True
         self._body_bytes = 0
         parser = self._parser
         version = parser.get_http_version()
@@ -329,7 +339,7 @@ class RequestParser:
                 raise _Reject(without_keep_alive(head))
 
     def on_message_complete(self) -> None:
-        self._in_body = False
+        self.in_head = False
         if self._head is None:  # pragma: no cover - llhttp always completes a head first
             return
         if len(self._ready) >= self._limits.max_pipelined:

@@ -73,6 +73,10 @@ class _Sidecars:
         self.wanted = wanted
         self.used: str | None = None
 
+    def cached(self, url_path: bytes) -> OpenedFile | None:
+        """Always `resolve`: which file answers depends on the sidecars."""
+        return None
+
     def resolve(self, url_path: bytes) -> Resolved:
         resolved = self.root.resolve(url_path)
         original = resolved.file
