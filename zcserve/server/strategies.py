@@ -87,7 +87,9 @@ class Transfer:
     a strategy supplies only its `Step`. Driven from loop callbacks by the
     connection, or awaited by `pump`."""
 
-    __slots__ = ("stream", "file", "offset", "end", "rest", "_step", "_release", "_steps_left")
+    __slots__ = (
+        "stream", "file", "offset", "end", "rest", "_step", "_release", "_steps_left", "_largest"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -98,6 +100,7 @@ class Transfer:
         step: Step,
         release: Callable[[bool], None] | None = None,
         rest: Callable[[int, int], Coroutine[Any, Any, None]] | None = None,
+        largest: int = TURN_BYTES,
     ) -> None:
         self.stream = stream
         self.file = file
@@ -107,16 +110,19 @@ class Transfer:
         self._step = step
         self._release = release
         self._steps_left = 1 if rest is not None else -1
+        self._largest = largest
+        """The most one step is asked for; a step may cap it lower itself."""
 
     def advance(self) -> Progress:
-        step, stream, end = self._step, self.stream, self.end
+        step, stream, end, largest = self._step, self.stream, self.end, self._largest
         moved = 0
         while self.offset < end:
             if self._steps_left == 0:
                 return Progress.HANDOFF
             self._steps_left -= 1
+            left = end - self.offset
             try:
-                sent = step(self.offset, end - self.offset)
+                sent = step(self.offset, left if left < largest else largest)
             except BlockingIOError:
                 return Progress.WAIT if self.rest is None else Progress.HANDOFF
             if sent == 0:
@@ -213,11 +219,8 @@ class SendfileStrategy(SteppedStrategy):
         """Whether `_loop` has a native sock_sendfile: asked once per loop, not per body."""
 
     def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
-        sendfile, sock_fd, file_fd, chunk = os.sendfile, stream.fd, file.fd, self.max_chunk
-
-        def step(offset: int, size: int) -> int:
-            return sendfile(sock_fd, file_fd, offset, min(chunk, size))
-
+        # The step is os.sendfile itself, its descriptors bound: no Python frame per step.
+        step = functools.partial(os.sendfile, stream.fd, file.fd)
         if stream.loop is not self._loop:
             self._loop = stream.loop
             self._native = _has_native_sock_sendfile(stream.loop)
@@ -225,8 +228,8 @@ class SendfileStrategy(SteppedStrategy):
         # the loop's own sock_sendfile, the path the standard library offers.
         if self._native:
             rest = functools.partial(self._sock_sendfile, stream, file)
-            return Transfer(stream, file, offset, count, step, None, rest)
-        return Transfer(stream, file, offset, count, step)
+            return Transfer(stream, file, offset, count, step, None, rest, self.max_chunk)
+        return Transfer(stream, file, offset, count, step, None, None, self.max_chunk)
 
     async def _sock_sendfile(
         self, stream: SocketStream, file: OpenedFile, offset: int, count: int
