@@ -100,6 +100,9 @@ class Request(NamedTuple):
     keep_alive: bool = True
 
 
+_new_request = tuple.__new__
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Size caps applied while parsing; the defaults are the module constants."""
@@ -293,15 +296,19 @@ class RequestParser:
             if _host_match(host) is None:
                 raise _Reject(HttpError(400, f"invalid Host {host!r}"))
             self._valid_host = host
-        # Positional: a NamedTuple builds faster without keywords, once per request.
-        self._head = Request(
-            parser.get_method().decode("ascii", "replace"),
-            target,
-            path,
-            query,
-            version,
-            headers,
-            parser.should_keep_alive(),
+        # tuple.__new__, as the NamedTuple's own `_make` does: no Python frame for its
+        # generated __new__, once per request.
+        self._head = _new_request(
+            Request,
+            (
+                parser.get_method().decode("ascii", "replace"),
+                target,
+                path,
+                query,
+                version,
+                headers,
+                parser.should_keep_alive(),
+            ),
         )
         if "transfer-encoding" in headers or "content-length" in headers:
             self._check_body(self._head)
