@@ -18,7 +18,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="small-file-goes-through-a-task",
         path=STRATEGIES,
-        old="        return Transfer(stream, file, offset, count, step)\n",
+        old="        return Transfer(stream, file, offset, count, step, None, None, self.max_chunk)"
+        "\n",
         new="        return None  # type: ignore[return-value]\n",
         tests=("tests/test_event_core.py",),
     ),

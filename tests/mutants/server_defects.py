@@ -16,7 +16,7 @@ BYTES_SENT = "tests/test_strategies.py::test_bytes_sent_grows_by_exactly_count"
 FAIRNESS = "tests/test_fairness.py::test_a_transfer_that_never_waits_still_lets_others_run"
 
 SENDFILE_START = (
-    "        sendfile, sock_fd, file_fd, chunk = os.sendfile, stream.fd, file.fd, self.max_chunk\n"
+    "        step = functools.partial(os.sendfile, stream.fd, file.fd)\n"
 )
 """The first line of the sendfile strategy's transfer: an extra read goes before it."""
 
