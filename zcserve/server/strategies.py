@@ -75,6 +75,8 @@ class Progress(enum.Enum):
     """The rest goes through `Transfer.rest`, a coroutine (asyncio's sock_sendfile)."""
 
 
+_DONE, _WAIT, _YIELD, _HANDOFF = Progress.DONE, Progress.WAIT, Progress.YIELD, Progress.HANDOFF
+
 Step = Callable[[int, int], int]
 """`step(offset, size)`: move up to `size` bytes from file `offset` to the socket
 now; return how many reached the socket, 0 if the file ended there. Raises
@@ -88,7 +90,7 @@ class Transfer:
     connection, or awaited by `pump`."""
 
     __slots__ = (
-        "stream", "file", "offset", "end", "rest", "_step", "_release", "_steps_left", "_largest"
+        "stream", "file", "offset", "end", "rest", "_step", "_release", "_largest"
     )  # fmt: skip
 
     def __init__(
@@ -109,32 +111,30 @@ class Transfer:
         self.rest = rest
         self._step = step
         self._release = release
-        self._steps_left = 1 if rest is not None else -1
         self._largest = largest
         """The most one step is asked for; a step may cap it lower itself."""
 
     def advance(self) -> Progress:
-        step, stream, end, largest = self._step, self.stream, self.end, self._largest
-        moved = 0
-        while self.offset < end:
-            if self._steps_left == 0:
-                return Progress.HANDOFF
-            self._steps_left -= 1
-            left = end - self.offset
+        # Locals and module-level members: this runs at least once per response.
+        step, end, largest, offset = self._step, self.end, self._largest, self.offset
+        turn_ends = offset + TURN_BYTES
+        while offset < end:
+            left = end - offset
             try:
-                sent = step(self.offset, left if left < largest else largest)
+                sent = step(offset, left if left < largest else largest)
             except BlockingIOError:
-                return Progress.WAIT if self.rest is None else Progress.HANDOFF
+                return _WAIT if self.rest is None else _HANDOFF
             if sent == 0:
-                raise FileShrankError(
-                    f"{self.file.name}: file ended at {self.offset}, expected {end}"
-                )
-            self.offset += sent
-            stream.bytes_sent += sent
-            moved += sent
-            if moved >= TURN_BYTES and self.offset < end:
-                return Progress.YIELD
-        return Progress.DONE
+                raise FileShrankError(f"{self.file.name}: file ended at {offset}, expected {end}")
+            offset += sent
+            self.offset = offset
+            self.stream.bytes_sent += sent
+            if offset < end:
+                if self.rest is not None:  # the first step only; the rest is awaited
+                    return _HANDOFF
+                if offset >= turn_ends:
+                    return _YIELD
+        return _DONE
 
     def close(self) -> None:
         """Release what the step holds; a pooled resource is reused only after a
