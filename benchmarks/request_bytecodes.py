@@ -1,0 +1,88 @@
+"""Bytecodes zcserve's connection core runs per keep-alive request, by function.
+
+A count, not a time: unlike µs on a shared machine it does not move with the noise,
+so it shows what a change to the hot path removed. One TCP connection on loopback;
+each request is written by the client, answered by one call of the connection's
+readable callback under `sys.settrace` (opcode events), and read back. The files
+named are this checkout's. Run: `python benchmarks/request_bytecodes.py [--size N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from request_cost import REQUEST, connected_pair  # noqa: E402
+
+from zcserve.server.config import ServerConfig  # noqa: E402
+from zcserve.server.connection import HttpConnection  # noqa: E402
+from zcserve.server.server import Server  # noqa: E402
+
+WARM_UP = 50
+
+
+def count(client: Any, on_readable: Any, size: int, n: int) -> Counter[str]:
+    """Opcodes per function over `n` requests, after `WARM_UP` untraced ones."""
+    seen: Counter[str] = Counter()
+
+    def tracer(frame: FrameType, event: str, arg: object) -> Any:
+        frame.f_trace_opcodes = True
+        frame.f_trace_lines = False
+        if event == "opcode":
+            code = frame.f_code
+            seen[f"{code.co_name} ({os.path.basename(code.co_filename)})"] += 1
+        return tracer
+
+    buffer = bytearray(size + 4096)
+    for index in range(WARM_UP + n):
+        client.sendall(REQUEST)
+        if index >= WARM_UP:
+            sys.settrace(tracer)
+        on_readable()
+        sys.settrace(None)
+        received = client.recv_into(buffer)
+        head_end = buffer.find(b"\r\n\r\n", 0, received)
+        while head_end < 0 or received < head_end + 4 + size:
+            received += client.recv_into(memoryview(buffer)[received:])
+            head_end = buffer.find(b"\r\n\r\n", 0, received)
+    return seen
+
+
+async def measure(root: str, strategy: str, size: int, n: int) -> None:
+    loop = asyncio.get_running_loop()
+    client, server_side = connected_pair()
+    server = Server(ServerConfig(root=root, strategy=strategy))  # type: ignore[arg-type]
+    connection = HttpConnection(server, server_side, loop, lambda _: None, "127.0.0.1")
+    seen = count(client, connection._on_readable, size, n)
+    client.close()
+    connection.close()
+    print(f"zcserve {strategy}, {size} bytes: {sum(seen.values()) / n:.0f} bytecodes per request")
+    for name, opcodes in seen.most_common():
+        print(f"{opcodes / n:8.1f}  {name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--strategy", default="sendfile")
+    parser.add_argument("--size", type=int, default=4096, help="body bytes")
+    parser.add_argument("-n", type=int, default=200, help="requests traced")
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory() as root:
+        Path(root, "body.bin").write_bytes(os.urandom(options.size))
+        uvloop.run(measure(root, options.strategy, options.size, options.n))
+
+
+if __name__ == "__main__":
+    main()
