@@ -103,8 +103,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="fairness-turn-removed",
         path=STRATEGIES,
-        old="            if moved >= TURN_BYTES and self.offset < end:\n"
-        "                return Progress.YIELD\n",
+        old="                if offset >= turn_ends:\n                    return _YIELD\n",
         new="",
         tests=(FAIRNESS,),
     ),
@@ -119,10 +118,11 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="bytes-sent-skips-splice-and-fallback",
         path=STRATEGIES,
-        old="            self.offset += sent\n            stream.bytes_sent += sent\n",
-        new="            self.offset += sent\n"
-        '            if not self._step.__qualname__.startswith(("Splice", "Fallback")):\n'
-        "                stream.bytes_sent += sent\n",
+        old="            self.offset = offset\n            self.stream.bytes_sent += sent\n",
+        new="            self.offset = offset\n"
+        '            name = getattr(self._step, "__qualname__", "")\n'
+        '            if not name.startswith(("Splice", "Fallback")):\n'
+        "                self.stream.bytes_sent += sent\n",
         tests=(BYTES_SENT,),
     ),
 ]
