@@ -193,7 +193,7 @@ _SERVE_OPTIONS = (
         "--chunk-size",
         "chunk_size",
         "copy size: buffer, mmap slice or pipe (default: 256KiB for fallback, 1MiB for "
-        "mmap/splice, 2MiB for readwrite up to 64MiB of buffers, then 256KiB)",
+        "mmap/splice, 2MiB for readwrite up to 64MiB of buffers per worker, then 256KiB)",
         _size,
     ),
     _Option("--sendfile-chunk", "sendfile_chunk", "largest sendfile call, bytes", _size),

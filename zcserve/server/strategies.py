@@ -294,7 +294,7 @@ class ReadWriteStrategy(AwaitedReadStrategy):
     than the copy itself (see readall).
 
     Each hop costs about as much as copying 256 KiB, so while the strategy's
-    buffers hold less than `LARGE_BUDGET`, a transfer gets `LARGE_CHUNK` buffers
+    buffers hold less than `LARGE_BUDGET` (in this process), a transfer gets `LARGE_CHUNK` buffers
     (one download runs at the fallback's pace); past it, 256 KiB ones (512
     downloads still hold 256 MiB, not 2 GiB). `--chunk-size` sets one size for all."""
 
@@ -341,10 +341,15 @@ class ReadWriteStrategy(AwaitedReadStrategy):
                         reading = asyncio.ensure_future(afile.readinto(target))
                     await stream.send_all(data)
             finally:
-                self.buffered -= held
-                if not reading.done():  # the file must not close under a read
-                    reading.cancel()
-                    await asyncio.gather(reading, return_exceptions=True)
+                try:
+                    if not reading.done():
+                        # Let it finish rather than cancel it: a cancelled read goes on
+                        # in its thread, and the file must not close under it.
+                        await asyncio.wait([reading])
+                    if not reading.cancelled():
+                        reading.exception()  # retrieved: the body's own error wins
+                finally:
+                    self.buffered -= held
 
 
 class ReadAllStrategy(AwaitedReadStrategy):
