@@ -9,26 +9,18 @@ named are this checkout's. Run: `python benchmarks/request_bytecodes.py [--size 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import uvloop
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from request_cost import REQUEST, connected_pair  # noqa: E402
-
-from zcserve.server.config import ServerConfig  # noqa: E402
-from zcserve.server.connection import HttpConnection  # noqa: E402
-from zcserve.server.server import Server  # noqa: E402
+from request_cost import REQUEST, main, zcserve_connection  # noqa: E402
 
 WARM_UP = 50
 
@@ -61,10 +53,7 @@ def count(client: Any, on_readable: Any, size: int, n: int) -> Counter[str]:
 
 
 async def measure(root: str, strategy: str, size: int, n: int) -> None:
-    loop = asyncio.get_running_loop()
-    client, server_side = connected_pair()
-    server = Server(ServerConfig(root=root, strategy=strategy))  # type: ignore[arg-type]
-    connection = HttpConnection(server, server_side, loop, lambda _: None, "127.0.0.1")
+    client, connection = zcserve_connection(root, strategy, asyncio.get_running_loop())
     seen = count(client, connection._on_readable, size, n)
     client.close()
     connection.close()
@@ -73,16 +62,5 @@ async def measure(root: str, strategy: str, size: int, n: int) -> None:
         print(f"{opcodes / n:8.1f}  {name}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--strategy", default="sendfile")
-    parser.add_argument("--size", type=int, default=4096, help="body bytes")
-    parser.add_argument("-n", type=int, default=200, help="requests traced")
-    options = parser.parse_args()
-    with tempfile.TemporaryDirectory() as root:
-        Path(root, "body.bin").write_bytes(os.urandom(options.size))
-        uvloop.run(measure(root, options.strategy, options.size, options.n))
-
-
 if __name__ == "__main__":
-    main()
+    main(measure, __doc__ or "", requests=200)

@@ -16,8 +16,9 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
@@ -60,11 +61,19 @@ def cost_per_request(
     return 1e6 * spent / n
 
 
-async def measure(root: str, strategy: str, size: int, n: int) -> None:
-    loop = asyncio.get_running_loop()
+def zcserve_connection(
+    root: str, strategy: str, loop: asyncio.AbstractEventLoop
+) -> tuple[socket.socket, HttpConnection]:
+    """A client socket and the zcserve connection serving it, not yet registered
+    with the loop: the caller calls its readable callback itself."""
     client, server_side = connected_pair()
     server = Server(ServerConfig(root=root, strategy=strategy))  # type: ignore[arg-type]
-    connection = HttpConnection(server, server_side, loop, lambda _: None, "127.0.0.1")
+    return client, HttpConnection(server, server_side, loop, lambda _: None, "127.0.0.1")
+
+
+async def measure(root: str, strategy: str, size: int, n: int) -> None:
+    loop = asyncio.get_running_loop()
+    client, connection = zcserve_connection(root, strategy, loop)
     zcserve = cost_per_request(client, connection._on_readable, size, n)
     client.close()
     connection.close()
@@ -76,11 +85,16 @@ async def measure(root: str, strategy: str, size: int, n: int) -> None:
     print(f"zcserve {strategy}: {zcserve:.1f} µs CPU per request; floor: {floor_cost:.1f} µs")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+Measure = Callable[[str, str, int, int], Coroutine[Any, Any, None]]
+"""`measure(root, strategy, size, n)`: `root` holds body.bin, of `size` bytes."""
+
+
+def main(measure: Measure = measure, doc: str = __doc__ or "", requests: int = 30_000) -> None:
+    """Read --strategy, --size and -n, write the body, run `measure` on uvloop."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--strategy", default="sendfile")
     parser.add_argument("--size", type=int, default=4096, help="body bytes")
-    parser.add_argument("-n", type=int, default=30_000, help="requests")
+    parser.add_argument("-n", type=int, default=requests, help="requests")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         Path(root, "body.bin").write_bytes(os.urandom(options.size))
