@@ -206,6 +206,83 @@ def test_readwrite_buffers_stay_within_its_budget(site: Site, loop_name: str) ->
     assert after == 0
 
 
+class _SlowDisk:
+    """A file whose reads wait at `gate`, as on a slow disk; `reading` is set once
+    a read is in flight in aiofiles' thread."""
+
+    def __init__(self, inner: Any, gate: threading.Event, reading: threading.Event) -> None:
+        self._inner, self._gate, self._reading = inner, gate, reading
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def read(self, *args: Any) -> Any:
+        self._reading.set()
+        self._gate.wait(10)
+        return self._inner.read(*args)
+
+    def readinto(self, buffer: Any) -> Any:
+        self._reading.set()
+        self._gate.wait(10)
+        return self._inner.readinto(buffer)
+
+
+@pytest.mark.parametrize("name", ["readwrite", "readall"])
+def test_a_cancelled_transfer_waits_for_its_read_in_flight(
+    site: Site, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read in aiofiles' thread goes on whatever asyncio cancels: the transfer must
+    not close the file under it (its descriptor's number could go to the next
+    accepted socket, whose bytes the read would take). So a cancelled transfer ends
+    only once its read has returned. (The abort storms check that no descriptor is
+    left behind.)"""
+    gate, reading = threading.Event(), threading.Event()
+    real_open = aiofiles.open
+
+    class SlowOpen:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._opening = real_open(*args, **kwargs)
+
+        async def __aenter__(self) -> Any:
+            afile = await self._opening.__aenter__()
+            afile._file = _SlowDisk(afile._file, gate, reading)
+            return afile
+
+        async def __aexit__(self, *exc: Any) -> Any:
+            return await self._opening.__aexit__(*exc)
+
+    monkeypatch.setattr(aiofiles, "open", SlowOpen)
+    file = open_file(site.path("64k1.bin"))
+
+    async def cancel_mid_read() -> tuple[bool, bool]:
+        server_side, client = await _pair()
+        stream = SocketStream(server_side, asyncio.get_running_loop(), send_timeout=10)
+        sending = asyncio.ensure_future(make_strategy(name).send(stream, file, 0, file.size))
+        try:
+            for _ in range(500):
+                if reading.is_set():
+                    break
+                await asyncio.sleep(0.01)
+            sending.cancel()
+            await asyncio.sleep(0.3)
+            ended_under_the_read = sending.done()
+            gate.set()
+            await asyncio.gather(sending, return_exceptions=True)
+            return ended_under_the_read, sending.cancelled()
+        finally:
+            gate.set()
+            server_side.close()
+            client.close()
+
+    try:
+        ended_under_the_read, cancelled = run_on("uvloop", cancel_mid_read)
+    finally:
+        file.close()
+    assert reading.is_set()
+    assert not ended_under_the_read, "the transfer ended while its read was in flight"
+    assert cancelled
+
+
 # Byte accounting: what the access log and the metrics report. ----------------------
 
 

@@ -330,7 +330,7 @@ class ReadWriteStrategy(AwaitedReadStrategy):
             reading = asyncio.ensure_future(afile.readinto(buffers[0][: min(chunk, left)]))
             try:
                 while left:
-                    got = await reading
+                    got = await asyncio.shield(reading)  # a cancel must not orphan it
                     if not got:
                         raise FileShrankError(f"{file.name}: file ended {left} bytes early")
                     data = buffers[filling][:got]
@@ -342,12 +342,7 @@ class ReadWriteStrategy(AwaitedReadStrategy):
                     await stream.send_all(data)
             finally:
                 try:
-                    if not reading.done():
-                        # Let it finish rather than cancel it: a cancelled read goes on
-                        # in its thread, and the file must not close under it.
-                        await asyncio.wait([reading])
-                    if not reading.cancelled():
-                        reading.exception()  # retrieved: the body's own error wins
+                    await _settle(reading)
                 finally:
                     self.buffered -= held
 
@@ -385,7 +380,11 @@ class ReadAllStrategy(AwaitedReadStrategy):
         # Buffered, as the lab's open(): its read(count) loops until `count` or the end
         # of the file, where one read(2) stops short of 2 GiB.
         async with aiofiles.open(fd, "rb") as afile:  # closes `fd`
-            body = await afile.read(count)
+            reading = asyncio.ensure_future(afile.read(count))
+            try:
+                body = await asyncio.shield(reading)  # a cancel must not orphan it
+            finally:
+                await _settle(reading)
         if len(body) != count:
             raise FileShrankError(f"{file.name}: read {len(body)} bytes of {count}")
         view = memoryview(body)
@@ -393,6 +392,17 @@ class ReadAllStrategy(AwaitedReadStrategy):
         for start in range(TURN_BYTES, count, TURN_BYTES):
             await asyncio.sleep(0)  # a turn for other connections, as `Transfer` gives
             await stream.send_all(view[start : start + TURN_BYTES])
+
+
+async def _settle(reading: asyncio.Future[Any]) -> None:
+    """Wait for a file read that a cancelled transfer leaves in flight. It goes on in
+    aiofiles' thread whatever asyncio says, so its file must not close under it: the
+    descriptor's number could be reused by the next accepted socket, and the read
+    would take that client's bytes."""
+    if not reading.done():
+        await asyncio.wait([reading])
+    if not reading.cancelled():
+        reading.exception()  # retrieved: the transfer's own error is the one raised
 
 
 def _handed_off(
