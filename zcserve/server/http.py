@@ -148,6 +148,8 @@ class RequestParser:
         self._max_head = self._limits.max_request_line + self._limits.max_header_bytes + 1024
         self._max_header_bytes = self._limits.max_header_bytes
         self._max_header_count = self._limits.max_header_count
+        self._max_request_line = self._limits.max_request_line
+        self._max_pipelined = self._limits.max_pipelined
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -228,7 +230,7 @@ class RequestParser:
     def on_url(self, url: bytes) -> None:
         self._in_head = self.in_head = True
         self._url = self._url + url if self._url else url  # llhttp may split a long one
-        if len(self._url) > self._limits.max_request_line:
+        if len(self._url) > self._max_request_line:
             raise _Reject(HttpError(414, "request target too long"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -268,7 +270,6 @@ class RequestParser:
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._body_bytes = 0
         parser = self._parser
         version = parser.get_http_version()
         if version not in ("1.0", "1.1"):
@@ -328,6 +329,7 @@ class RequestParser:
         the next request. Sending "100 Continue" instead would only invite bytes to
         discard. The close lingers (the connection drains what the client sends),
         so it does not reset the answer."""
+        self._body_bytes = 0
         headers, version = head.headers, head.version
         coding = headers.get("transfer-encoding")
         if coding is not None:
@@ -352,7 +354,7 @@ class RequestParser:
         self.in_head = False
         if self._head is None:  # pragma: no cover - llhttp always completes a head first
             return
-        if len(self._ready) >= self._limits.max_pipelined:
+        if len(self._ready) >= self._max_pipelined:
             raise _Reject(HttpError(429, "too many pipelined requests"))
         self._ready.append(self._head)
         # `_reset_message`, inlined: this runs once per request.
