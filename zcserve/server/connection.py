@@ -463,15 +463,7 @@ class HttpConnection:
             self._log_response(reply, request)
         file = reply.file
         if file is not None:
-            # `_release_body`, inlined: this runs once per file response.
-            transfer, strategy = self._transfer, self._strategy
-            if transfer is not None:
-                transfer.close()
-                self._transfer = None
-            if strategy is not None:
-                if server.metrics_on:
-                    server.metrics.sent(strategy.name, self.stream.bytes_sent - self._body_start)
-                self._strategy = None
+            self._release_body()
             file.close()  # what `reply.close()` does, one call shorter
         if server.metrics_on:
             server.metrics.response(reply.status, self.loop.time() - self._started)

@@ -87,11 +87,10 @@ class OpenFileCache:
         if entry is None:
             return None
         try:
-            info = os.stat(entry.path)
+            current = _identity(os.stat(entry.path))
         except OSError:
-            info = None
-        # `_identity(info)`, inlined: this runs once per request.
-        if info is not None and (info[:7], info.st_mtime_ns, info.st_ctime_ns) == entry.identity:
+            current = None
+        if current == entry.identity:
             entry.last_used = time.monotonic()
             return entry.lend()
         self._drop(url_path)

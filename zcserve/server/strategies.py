@@ -6,7 +6,7 @@ errors) is shared, so comparing two strategies measures the copy path alone.
 
 | strategy  | per chunk                         | copies of each byte           |
 |-----------|-----------------------------------|-------------------------------|
-| readwrite | executor read() -> new bytes, send | disk->page cache->user->socket |
+| readwrite | executor readinto() a reused buffer, send | disk->page cache->user->socket |
 | readall   | one read() of the whole range, send | as readwrite, all of it at once |
 | fallback  | preadv into a reused buffer, send | page cache->user->socket       |
 | sendfile  | sendfile(2)                       | page cache->socket (in-kernel) |
@@ -293,9 +293,9 @@ class ReadWriteStrategy(AwaitedReadStrategy):
     transfer: a fresh `bytes` per chunk would cost more in page faults and zeroing
     than the copy itself (see readall).
 
-    Each hop costs about as much as copying 256 KiB, so while the strategy's
-    buffers hold less than `LARGE_BUDGET` (in this process), a transfer gets `LARGE_CHUNK` buffers
-    (one download runs at the fallback's pace); past it, 256 KiB ones (512
+    Each hop costs about as much as copying 256 KiB, so while the strategy's buffers
+    hold less than `LARGE_BUDGET` (in this process), a transfer gets `LARGE_CHUNK`
+    buffers (one download runs at the fallback's pace); past it, 256 KiB ones (512
     downloads still hold 256 MiB, not 2 GiB). `--chunk-size` sets one size for all."""
 
     name: ClassVar[str] = "readwrite"
