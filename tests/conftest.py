@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -123,3 +126,41 @@ def pem(tmp_path_factory: pytest.TempPathFactory) -> Pem:
         check=True, capture_output=True,
     )  # fmt: skip
     return Pem(cert, key)
+
+
+@dataclass(frozen=True)
+class Transport:
+    """Plain TCP or TLS, as a connection test sees it: the server options that select
+    it, and a client socket over it. Every connection test runs over both, as
+    uvicorn runs its protocol tests over both of its HTTP implementations."""
+
+    name: str
+    pem: Pem | None
+
+    @property
+    def strategies(self) -> tuple[str, ...]:
+        """What can carry this transport's bodies: no zero-copy path under TLS."""
+        if self.pem is not None:
+            return ("auto", "fallback", "readwrite")
+        return ("auto", "sendfile", "fallback", "readwrite", "mmap", "splice")
+
+    def options(self) -> dict[str, Any]:
+        if self.pem is None:
+            return {}
+        return {"tls_cert": self.pem.cert, "tls_key": self.pem.key}
+
+    def connect(self, port: int, timeout: float = 20.0, *, rcvbuf: int = 0) -> socket.socket:
+        """A connected client socket, TLS handshake done; `rcvbuf` shrinks its
+        receive buffer first, so a server's response waits in flight."""
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if self.pem is None:
+            return sock
+        context = ssl.create_default_context(cafile=self.pem.cert)
+        return context.wrap_socket(sock, server_hostname="localhost")
+
+
+@pytest.fixture(scope="module", params=["plain", "tls"])
+def transport(request: pytest.FixtureRequest, pem: Pem) -> Transport:
+    return Transport(request.param, pem if request.param == "tls" else None)

@@ -196,3 +196,21 @@ def test_no_log_no_timing(site: Site) -> None:
         assert server.server.timed is True
     finally:
         server.stop()
+
+
+def test_durations_are_not_rounded_to_the_loop_clock(site: Site, tmp_path: Path) -> None:
+    """uvloop's loop.time() moves in whole milliseconds; a request's duration must
+    come from a finer clock, or every small request logs 0, 1000 or 2000 µs."""
+    path = tmp_path / "access.log"
+    server = start_server(
+        root=site.root, loop="uvloop", access_log=str(path), access_log_format="json"
+    )
+    try:
+        for _ in range(20):
+            get(server.port, "/hello.txt")
+        lines = wait_for_lines(path, 20)
+    finally:
+        server.stop()
+    durations = [json.loads(line)["duration_us"] for line in lines]
+    assert len(durations) == 20
+    assert any(duration % 1000 for duration in durations), durations

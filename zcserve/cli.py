@@ -232,7 +232,7 @@ _SERVE_OPTIONS = (
     _Option(
         "--max-pipelined",
         "max_pipelined",
-        "requests buffered per connection; 429 and close past this",
+        "requests parsed ahead of their answers per connection; the rest wait unread",
         int,
     ),
     _Option(

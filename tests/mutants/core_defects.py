@@ -11,9 +11,39 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="close-without-linger-after-last-response",
         path=CONNECTION,
-        old="            if self._client_sent_more():\n                self._linger()\n",
-        new="            if False:\n                self._linger()\n",
-        tests=("tests/test_graceful_close.py",),
+        old="        if inflight.linger or self._client_sent_more():\n            self._linger()\n",
+        new="        if inflight.linger:\n            self._linger()\n",
+        tests=("tests/test_graceful_close.py", "tests/test_one_core.py"),
+    ),
+    Mutant(
+        name="linger-cut-by-bytes-before-the-response-is-acknowledged",
+        path=CONNECTION,
+        old="        if self._drained >= LINGER_BYTES and unacknowledged(self.sock) == 0:\n",
+        new="        if self._drained >= 64 * 1024:\n",
+        tests=("tests/test_one_core.py::test_a_huge_body_with_many_requests_behind_is_whole",),
+    ),
+    Mutant(
+        name="requests-behind-a-closing-response-are-answered",
+        path=CONNECTION,
+        old="        while pending and self.phase is _READING:\n",
+        new="        while pending and self.phase is not _CLOSED:\n",
+        tests=("tests/test_one_core.py",),
+    ),
+    Mutant(
+        name="max-pipelined-counted-per-read",
+        path=CONNECTION,
+        old="            if len(data) > self._feed_max:\n",
+        new="            if False:\n",
+        tests=(
+            "tests/test_one_core.py::test_max_pipelined_counts_requests_per_connection_not_per_read",
+        ),
+    ),
+    Mutant(
+        name="tls-plaintext-left-in-the-record-layer-is-forgotten",
+        path=CONNECTION,
+        old="        if self._unparsed or (self._encrypted and self.stream.input_buffered()):\n",
+        new="        if self._unparsed:\n",
+        tests=("tests/test_one_core.py",),
     ),
     Mutant(
         name="small-file-goes-through-a-task",

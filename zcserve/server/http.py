@@ -33,7 +33,8 @@ MAX_HEADER_COUNT = 100
 MAX_BODY = 64 * 1024
 """Largest request body read (and discarded): zcserve answers GET and HEAD only."""
 MAX_PIPELINED = 128
-"""Most parsed-but-unanswered requests held per connection (wrk pipelines 16)."""
+"""Most requests parsed ahead of their answers per connection (wrk pipelines 16); the
+connection feeds the parser at most this many shortest requests' bytes at a time."""
 
 _host_match = re.compile(
     r"(?:\[[0-9A-Za-z:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?"

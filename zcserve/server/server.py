@@ -22,17 +22,11 @@ from zcserve.errors import ConfigError
 from zcserve.runtime import loop_factory, raise_nofile_limit
 from zcserve.server.accesslog import AccessLog
 from zcserve.server.config import ServerConfig
-from zcserve.server.connection import (
-    ConnectionState,
-    HttpConnection,
-    close_socket,
-    serve_http,
-    serve_raw,
-)
+from zcserve.server.connection import HttpConnection, close_socket
 from zcserve.server.decorate import make_planner
 from zcserve.server.filecache import OpenFileCache
-from zcserve.server.files import Root
-from zcserve.server.http import Limits
+from zcserve.server.files import OpenedFile, Root
+from zcserve.server.http import Limits, plain_http_on_tls_port
 from zcserve.server.metrics import (
     SNAPSHOT_INTERVAL,
     Metrics,
@@ -40,9 +34,9 @@ from zcserve.server.metrics import (
     SnapshotWriter,
     parse_address,
 )
-from zcserve.server.sockio import bind, url_of
+from zcserve.server.sockio import SocketStream, bind, url_of
 from zcserve.server.strategies import CopyOptions, make_strategy
-from zcserve.server.tls import server_context
+from zcserve.server.tls import TlsHandshake, TlsStream, server_context
 
 log = logging.getLogger("zcserve")
 
@@ -103,9 +97,8 @@ class Server:
         self.metrics = Metrics()
         self.metrics_on = config.metrics is not None or snapshot_dir is not None
         self.timed = self.metrics_on or self.access_log.timed
-        self._connections: set[HttpConnection] = set()
-        self._tasks: dict[asyncio.Task[None], ConnectionState] = {}
-        """Connections served by a coroutine: TLS and raw mode."""
+        self._connections: set[HttpConnection | TlsHandshake] = set()
+        """Every open connection, a TLS handshake included: the one registry."""
         self.closing = False
         self._stop: asyncio.Event | None = None
         self._listener: socket.socket | None = None
@@ -189,14 +182,11 @@ class Server:
         log.info("shutting down: %d connections open", self._open_connections())
         for connection in [c for c in self._connections if not c.busy]:
             connection.close()
-        for task, state in self._tasks.items():
-            if not state.busy:
-                task.cancel()
         if self._stop is not None:
             self._stop.set()
 
     def _open_connections(self) -> int:
-        return len(self._connections) + len(self._tasks)
+        return len(self._connections)
 
     async def _drain(self) -> None:
         """Let responses in flight finish for `grace` seconds, then cut them."""
@@ -207,10 +197,6 @@ class Server:
                     await self._all_closed.wait()
         for connection in list(self._connections):
             connection.close()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         # A connection whose body coroutine was cancelled closes when it lets go.
         for _ in range(100):
             if not self._connections:
@@ -270,29 +256,73 @@ class Server:
             return
         self.metrics.connections_total += 1
         self.metrics.active_connections += 1
-        if self.tls is None and self.config.raw_file is None:
-            peer = str(address[0]) if isinstance(address, tuple) else "-"
-            connection = HttpConnection(self, sock, self._loop, self._forget, peer)
-            self._connections.add(connection)
+        peer = str(address[0]) if isinstance(address, tuple) else "-"
+        # One header deadline, counted from the accept, covers the first byte, the TLS
+        # handshake and the first head.
+        deadline = self._loop.time() + self.config.header_timeout
+        if self.tls is not None:
+            handshake = TlsHandshake(
+                sock,
+                self._loop,
+                self.tls,
+                deadline=deadline,
+                send_timeout=self.config.send_timeout,
+                peer=peer,
+                on_ready=self._handshaken,
+                on_plain=self._refuse_plain_http,
+                on_close=self._forget,
+                count_error=self.metrics.error,
+            )
+            self._connections.add(handshake)
+            handshake.start()
+            return
+        connection = self._connection(self._stream(sock), peer, deadline)
+        if self.config.raw_file is None:
             connection.start()
             return
-        handler = serve_raw if self.config.raw_file else serve_http
-        state = ConnectionState()
-        task = self._loop.create_task(handler(self, sock, state))
-        self._tasks[task] = state
-        task.add_done_callback(self._forget)
+        try:
+            file = _open_raw(self.config.raw_file)
+        except OSError as exc:  # out of descriptors (EMFILE) included: close, go on
+            log.debug("raw transfer not started: %s", exc)
+            connection.close()
+            return
+        connection.start_raw(file)
 
-    def _forget(self, connection: HttpConnection | asyncio.Task[None]) -> None:
-        if isinstance(connection, HttpConnection):
-            self._connections.discard(connection)
-        else:
-            self._tasks.pop(connection, None)
+    def _stream(self, sock: socket.socket) -> SocketStream:
+        return SocketStream(sock, self._loop, send_timeout=self.config.send_timeout)
+
+    def _connection(self, stream: SocketStream, peer: str, deadline: float) -> HttpConnection:
+        connection = HttpConnection(self, stream, self._forget, peer, deadline=deadline)
+        self._connections.add(connection)
+        return connection
+
+    def _handshaken(self, handshake: TlsHandshake, stream: TlsStream) -> None:
+        """The TLS handshake is done: the connection core takes the stream over."""
+        self._connections.discard(handshake)
+        self._connection(stream, handshake.peer, handshake.deadline).start()
+
+    def _refuse_plain_http(self, handshake: TlsHandshake) -> None:
+        """Plain HTTP on the TLS port: answer as nginx does, with a 400 in clear text,
+        rather than a handshake failure the client cannot read; then close."""
+        self._connections.discard(handshake)
+        stream = self._stream(handshake.sock)
+        self._connection(stream, handshake.peer, handshake.deadline).refuse(
+            plain_http_on_tls_port()
+        )
+
+    def _forget(self, connection: HttpConnection | TlsHandshake) -> None:
+        self._connections.discard(connection)
         self.metrics.active_connections -= 1
         open_now = self._open_connections()
         if open_now < self.config.max_connections:
             self._accept_when_ready()
         if self._all_closed is not None and self.closing and open_now == 0:
             self._all_closed.set()
+
+
+def _open_raw(path: str) -> OpenedFile:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    return OpenedFile(fd, os.path.basename(path), os.fstat(fd).st_size, 0, 0)
 
 
 def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
+from typing import TypeAlias
 
 from zcserve.errors import ConfigError, SendStalledError
 
 MSG_MORE = getattr(socket, "MSG_MORE", 0)
+Buffer: TypeAlias = bytes | bytearray | memoryview
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -34,9 +37,17 @@ async def wait_readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
 
 
 class SocketStream:
-    """One accepted connection's socket, its loop and its send-stall timeout."""
+    """One accepted connection's socket, its loop and its send-stall timeout.
 
-    __slots__ = ("sock", "loop", "fd", "send_timeout", "bytes_sent", "supports_sendfile")
+    The connection core reads and writes through `io_calls()` and never asks which
+    stream it has: plain TCP hands out the socket's own calls, TLS (`tls.TlsStream`)
+    its record layer's, as wrk's sockets share one table of functions."""
+
+    __slots__ = (
+        "sock", "loop", "fd", "send_timeout", "bytes_sent", "supports_sendfile", "unflushed"
+    )  # fmt: skip
+
+    encrypted = False
 
     def __init__(
         self, sock: socket.socket, loop: asyncio.AbstractEventLoop, *, send_timeout: float
@@ -49,22 +60,32 @@ class SocketStream:
         self.bytes_sent = 0
         self.supports_sendfile = self._sendfile_capable()
         """Plain TCP or Unix stream sockets can take sendfile(2); TLS cannot."""
+        self.unflushed = memoryview(b"")
+        """Bytes accepted by `io_calls`' send that the kernel does not hold yet (TLS
+        ciphertext); always empty on plain TCP. `flush` moves them."""
 
     def _sendfile_capable(self) -> bool:
         return self.sock.type == socket.SOCK_STREAM and not hasattr(self.sock, "getpeercert")
 
-    def recv_ready(self, buffer: bytearray | memoryview) -> int | None:
-        """Bytes already waiting, read without blocking; None when there are none yet.
+    def io_calls(self) -> tuple[Callable[[Buffer], int], Callable[[Buffer, int], int]]:
+        """`(recv_into(buffer), send(data, flags))`, both non-blocking: they raise
+        BlockingIOError when nothing can move now; recv_into returns 0 at the end."""
+        return self.sock.recv_into, self.sock.send
 
-        Under load the next request is often in the kernel before the loop asks, and
-        reading it directly skips a future and a timer."""
-        try:
-            return self.sock.recv_into(buffer)
-        except BlockingIOError:
-            return None
+    def flush(self) -> None:
+        """Hand `unflushed` to the kernel; BlockingIOError while it cannot take it all."""
 
-    async def recv_into(self, buffer: bytearray | memoryview) -> int:
-        return await self.loop.sock_recv_into(self.sock, buffer)
+    def input_buffered(self) -> bool:
+        """Whether received bytes wait in userspace, where no readable event announces
+        them (TLS records decrypted or read but not yet asked for)."""
+        return False
+
+    def shutdown_write(self) -> None:
+        """Say the last word (TLS: close_notify), then shut the socket for writing."""
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def close_notify(self) -> None:
+        """TLS: send close_notify, best effort; nothing on plain TCP."""
 
     async def wait_writable(self) -> None:
         """Wait until the socket accepts more bytes, or raise `SendStalledError`."""
@@ -84,6 +105,11 @@ class SocketStream:
 
     async def drain(self) -> None:
         """Wait until bytes that `send_some` accepted are in the kernel (TLS may hold some)."""
+        while self.unflushed:
+            try:
+                self.flush()
+            except BlockingIOError:
+                await self.wait_writable()
 
     async def send_all(self, data: bytes | bytearray | memoryview, *, more: bool = False) -> None:
         """Hand every byte of `data` to the kernel. `more` sets MSG_MORE (cork until the

@@ -1,26 +1,34 @@
 """TLS on a socket zcserve owns: OpenSSL through memory BIOs, bytes through the
 same non-blocking socket calls as plain TCP.
 
-asyncio's sock_* calls refuse SSLSockets, and a transport would take the socket
-away from us, so the TLS record layer runs here on `ssl.SSLObject`. Encryption
-happens in userspace, so no zero-copy path can carry the body: `supports_sendfile`
-is False and `auto` picks the fallback.
+TLS is a detail below the connection core: `TlsHandshake` is a short first step
+that hands a ready `TlsStream` on, and the stream's `io_calls` encrypt and decrypt
+where plain TCP's move bytes. A transport would take the socket away from us (and
+uvloop's cannot be waited on for writability), so the record layer runs here on
+`ssl.SSLObject`. Encryption happens in userspace, so no zero-copy path can carry
+the body: `supports_sendfile` is False and `auto` picks the fallback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
+from collections.abc import Callable
 
-from zcserve.server.sockio import SocketStream
+from zcserve.server.sockio import MSG_MORE, Buffer, SocketStream
+
+log = logging.getLogger("zcserve")
 
 FLUSH_BYTES = 256 * 1024
-"""Plaintext encrypted before the ciphertext is flushed to the socket."""
+"""Most plaintext encrypted per send: the ciphertext a connection may hold unsent."""
 RECEIVE_BYTES = 64 * 1024
 """Most ciphertext read per call. Read into a new bytes object that lives only until
 the incoming BIO has copied it: a resident buffer per connection would cost its
 size on every idle one."""
+HTTP_METHOD_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+"""First bytes of a plain HTTP request; a TLS ClientHello starts with 0x16."""
 
 
 def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -33,12 +41,14 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
 
 
 class TlsStream(SocketStream):
-    """A `SocketStream` whose bytes are TLS records. Call `handshake()` first.
+    """A `SocketStream` whose bytes are TLS records; `TlsHandshake` makes one.
 
-    Build one once the client has sent its first byte: the SSLObject and its
-    buffers are most of what a TLS connection costs."""
+    Built once the client has sent its first byte: the SSLObject and its buffers
+    are most of what a TLS connection costs."""
 
-    __slots__ = ("_incoming", "_outgoing", "_tls", "_unsent", "_notified")
+    __slots__ = ("_incoming", "_outgoing", "_tls", "_notified")
+
+    encrypted = True
 
     def __init__(
         self,
@@ -52,8 +62,6 @@ class TlsStream(SocketStream):
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
-        self._unsent = memoryview(b"")
-        """Ciphertext `send_some` encrypted that the kernel has not taken yet."""
         self._notified = False
 
     def _sendfile_capable(self) -> bool:
@@ -63,79 +71,105 @@ class TlsStream(SocketStream):
     def alpn_protocol(self) -> str | None:
         return self._tls.selected_alpn_protocol()
 
-    async def handshake(self) -> None:
-        """Complete the TLS handshake, or raise `ssl.SSLError` / `ConnectionError`."""
+    # the handshake ------------------------------------------------------------------
+
+    def handshake_step(self) -> bool:
+        """Feed what the socket holds to the handshake; True once it is complete.
+        Raises BlockingIOError-free: ssl.SSLError, or ConnectionResetError at EOF."""
+        try:
+            received = self.sock.recv(RECEIVE_BYTES)
+        except BlockingIOError:
+            received = None
+        if received is not None:
+            if not received:
+                raise ConnectionResetError("peer closed during the TLS handshake")
+            self._incoming.write(received)
+        try:
+            self._tls.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        self._queue_output()
+        return done
+
+    # the core's calls ---------------------------------------------------------------
+
+    def io_calls(self) -> tuple[Callable[[Buffer], int], Callable[[Buffer, int], int]]:
+        return self.recv_into_now, self.send_now
+
+    def recv_into_now(self, buffer: Buffer) -> int:
+        """Plaintext into `buffer`: as much as one record layer read gives, reading
+        ciphertext from the socket while none is decrypted; 0 at the end."""
+        read, incoming = self._tls.read, self._incoming
         while True:
             try:
-                self._tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                await self._flush()
-                if not await self._fill():
-                    raise ConnectionResetError("peer closed during the TLS handshake") from None
-        await self._flush()
-
-    async def _fill(self) -> bool:
-        received = await self.loop.sock_recv(self.sock, RECEIVE_BYTES)
-        if not received:
-            self._incoming.write_eof()
-            return False
-        self._incoming.write(received)
-        return True
-
-    async def _flush(self) -> None:
-        await self.drain()
-        pending = self._outgoing.read()
-        if pending:
-            await self._send_raw(memoryview(pending), 0)
-
-    def recv_ready(self, buffer: bytearray | memoryview) -> int | None:
-        # Decrypted bytes may already sit in the TLS buffer; `recv_into` handles both.
-        return None
-
-    async def recv_into(self, buffer: bytearray | memoryview) -> int:
-        while True:
-            try:
-                # With a buffer, read() fills it and returns a count (typeshed says bytes).
-                count: int = self._tls.read(len(buffer), buffer)  # type: ignore[assignment]
+                # With a buffer, read() fills it and returns a count (typeshed: bytes).
+                count: int = read(len(buffer), buffer)  # type: ignore[assignment]
                 return count
             except ssl.SSLWantReadError:
-                await self._flush()
-                if not await self._fill():
-                    return 0
+                received = self.sock.recv(RECEIVE_BYTES)  # BlockingIOError: wait
+                if not received:
+                    incoming.write_eof()
+                else:
+                    incoming.write(received)
+                if self._outgoing.pending:  # a key update or a ticket to answer
+                    self._queue_output()
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 return 0
 
+    def send_now(self, data: Buffer, flags: int = 0) -> int:
+        """Encrypt up to FLUSH_BYTES of `data`; return how much was taken. Ciphertext
+        the socket does not take now stays in `unflushed` and goes first on the next
+        call. MSG_MORE keeps it back, so a head and its body leave in one send."""
+        if self.unflushed:
+            self.flush()  # BlockingIOError: still full, nothing taken
+        taken = self._tls.write(memoryview(data)[:FLUSH_BYTES])
+        self.unflushed = memoryview(self._outgoing.read())
+        if not flags & MSG_MORE:
+            try:
+                self.flush()
+            except BlockingIOError:
+                pass
+        return taken
+
     def send_some(self, data: memoryview) -> int:
-        """Encrypt up to FLUSH_BYTES of `data` and push what the socket takes now;
-        ciphertext it leaves behind goes out first on the next call or in `drain`."""
-        self._push()
-        accepted = self._tls.write(data[:FLUSH_BYTES])
-        self._unsent = memoryview(self._outgoing.read())
+        return self.send_now(data)
+
+    def flush(self) -> None:
+        unflushed, send = self.unflushed, self.sock.send
+        while unflushed:
+            unflushed = unflushed[send(unflushed) :]  # BlockingIOError: full
+            self.unflushed = unflushed
+
+    def input_buffered(self) -> bool:
+        return self._tls.pending() > 0 or self._incoming.pending > 0
+
+    def _queue_output(self) -> None:
+        """Move what OpenSSL wrote to `unflushed`, and send what the socket takes."""
+        more = self._outgoing.read()
+        if more:
+            self.unflushed = memoryview(bytes(self.unflushed) + more if self.unflushed else more)
         try:
-            self._push()
+            self.flush()
         except BlockingIOError:
             pass
-        return accepted
 
-    def _push(self) -> None:
-        while self._unsent:
-            sent = self.sock.send(self._unsent)
-            self._unsent = self._unsent[sent:]
+    # awaited sends (the strategies that run as coroutines) ------------------------
 
-    async def drain(self) -> None:
-        while self._unsent:
-            try:
-                self._push()
-            except BlockingIOError:
-                await self.wait_writable()
-
-    async def send_all(self, data: bytes | bytearray | memoryview, *, more: bool = False) -> None:
+    async def send_all(self, data: Buffer, *, more: bool = False) -> None:
         view = memoryview(data)
         for start in range(0, view.nbytes, FLUSH_BYTES):
+            await self.drain()
             self._tls.write(view[start : start + FLUSH_BYTES])
-            await self._flush()
+            self._queue_output()
+        await self.drain()
         self.bytes_sent += view.nbytes
+
+    # the end ------------------------------------------------------------------------
+
+    def shutdown_write(self) -> None:
+        self.close_notify()
+        super().shutdown_write()
 
     def close_notify(self) -> None:
         """Send TLS close_notify before the socket closes: best effort, never waiting,
@@ -147,9 +181,141 @@ class TlsStream(SocketStream):
             self._tls.unwrap()
         except ssl.SSLError:  # want-read: the peer's close_notify is not awaited
             pass
-        pending = self._outgoing.read()
+        pending = bytes(self.unflushed) + self._outgoing.read()
+        self.unflushed = memoryview(b"")
         if pending:
             try:
                 self.sock.send(pending)
             except OSError:
                 pass
+
+
+class TlsHandshake:
+    """The first step of a TLS connection, driven by loop callbacks: peek at the
+    first byte, then run the handshake; hand the ready stream on (`on_ready`), or
+    the socket when the client spoke plain HTTP (`on_plain`). It sits in the
+    server's registry like a connection, with the header deadline of the accept:
+    a slow handshake earns no second allowance."""
+
+    __slots__ = (
+        "sock", "loop", "fd", "deadline", "peer", "_context", "_send_timeout",
+        "_stream", "_on_ready", "_on_plain", "_on_close", "_count_error", "_reading",
+        "_writing", "_complete",
+    )  # fmt: skip
+
+    busy = False  # shutdown closes a handshake at once
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+        context: ssl.SSLContext,
+        *,
+        deadline: float,
+        send_timeout: float,
+        peer: str,
+        on_ready: Callable[[TlsHandshake, TlsStream], object],
+        on_plain: Callable[[TlsHandshake], object],
+        on_close: Callable[[TlsHandshake], object],
+        count_error: Callable[[str], object],
+    ) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop = loop
+        self.fd = sock.fileno()
+        self.deadline = deadline
+        self.peer = peer
+        self._context = context
+        self._send_timeout = send_timeout
+        self._stream: TlsStream | None = None
+        self._on_ready = on_ready
+        self._on_plain = on_plain
+        self._on_close: Callable[[TlsHandshake], object] | None = on_close
+        self._count_error = count_error
+        self._reading = False
+        self._writing = False
+        self._complete = False
+
+    def start(self) -> None:
+        self.loop.add_reader(self.fd, self._on_readable)
+        self._reading = True
+
+    def _on_readable(self) -> None:
+        try:
+            if self._stream is None:
+                first = self.sock.recv(1, socket.MSG_PEEK)
+                if not first:
+                    raise ConnectionResetError("peer closed before the TLS handshake")
+                if first[0] in HTTP_METHOD_START:
+                    self._let_go()
+                    self._on_plain(self)
+                    return
+                # Nothing of TLS exists before the client's first byte.
+                self._stream = TlsStream(
+                    self.sock, self.loop, self._context, send_timeout=self._send_timeout
+                )
+            done = self._stream.handshake_step()
+        except BlockingIOError:
+            return
+        except OSError as exc:  # ssl.SSLError is an OSError
+            self._fail(exc)
+            return
+        if self._stream.unflushed and not self._writing:
+            self.loop.add_writer(self.fd, self._on_writable)
+            self._writing = True
+        self._complete = done
+        if done and not self._stream.unflushed:
+            self._ready()
+
+    def _on_writable(self) -> None:
+        assert self._stream is not None
+        try:
+            self._stream.flush()
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._fail(exc)
+            return
+        self.loop.remove_writer(self.fd)
+        self._writing = False
+        if self._complete:
+            self._ready()
+
+    def _ready(self) -> None:
+        stream = self._stream
+        assert stream is not None
+        self._let_go()
+        self._on_ready(self, stream)
+
+    def _let_go(self) -> None:
+        """Stop watching the socket: what follows owns it."""
+        if self._reading:
+            self.loop.remove_reader(self.fd)
+            self._reading = False
+        if self._writing:
+            self.loop.remove_writer(self.fd)
+            self._writing = False
+        self._on_close = None
+
+    def _fail(self, exc: BaseException) -> None:
+        log.debug("TLS handshake with %s failed: %s", self.peer, exc)
+        self.close()
+
+    def check_deadline(self, now: float) -> None:
+        """Called by the server's sweep: close the handshake if it is past due."""
+        if now < self.deadline or self._on_close is None:
+            return
+        self._count_error("timeout")
+        log.debug("connection from %s timed out before its first request", self.peer)
+        self.close()
+
+    def close(self) -> None:
+        on_close = self._on_close
+        if on_close is None:
+            return
+        self._let_go()
+        try:
+            self.sock.close()
+        except OSError:  # pragma: no cover
+            pass
+        on_close(self)

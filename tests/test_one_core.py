@@ -1,0 +1,307 @@
+"""One connection core for plain TCP and TLS: whole responses on close, the same
+answers and the same closing moments for slow and malformed clients, over both
+transports."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SIZES, Pem, Site, Transport
+from tests.serverthread import ServerThread, start_server
+
+HELLO = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n"
+BIG_CLOSE = b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+HEADER_TIMEOUT = 1.0
+KEEPALIVE_TIMEOUT = 2.0
+SLACK = 2.0
+"""Scheduling slack on a loaded machine, on top of a timeout and the sweep's tick."""
+SAME_MOMENT = 0.75
+"""How far apart the plain and the TLS connection may close for 'the same moment':
+two sweep ticks (0.25 s each) plus scheduling."""
+HUGE = 64 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def huge(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A 64 MiB file of a repeated random MiB, and its hash."""
+    root = tmp_path_factory.mktemp("huge")
+    block = os.urandom(1024 * 1024)
+    digest = hashlib.sha256()
+    with open(root / "huge.bin", "wb") as out:
+        for _ in range(HUGE // len(block)):
+            out.write(block)
+            digest.update(block)
+    return str(root), digest.hexdigest()
+
+
+def read_all(sock: socket.socket, timeout: float = 30.0) -> tuple[bytes, bool]:
+    """Everything until the server closes; and whether the close was a reset."""
+    sock.settimeout(timeout)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except ConnectionResetError:
+            return b"".join(chunks), True
+        if not chunk:
+            return b"".join(chunks), False
+        chunks.append(chunk)
+
+
+def split_responses(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(head, body) of each complete Content-Length response in `data`."""
+    responses = []
+    at = 0
+    while True:
+        head_end = data.find(b"\r\n\r\n", at)
+        if head_end < 0:
+            break
+        head = data[at:head_end]
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        body_start = head_end + 4
+        if len(data) < body_start + length:
+            break
+        responses.append((head, data[body_start : body_start + length]))
+        at = body_start + length
+    return responses
+
+
+def exchange(sock: socket.socket, data: bytes, timeout: float = 60.0) -> tuple[bytes, bool]:
+    """Write `data` while reading answers as they come, from one thread (an SSL
+    socket cannot be read and written from two), until the server closes: what
+    arrived, and whether the close was a reset. A client that writes everything
+    before reading deadlocks against any server that answers in order."""
+    sock.setblocking(False)
+    unsent = memoryview(data)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        readable, writable, _ = select.select([sock], [sock] if unsent else [], [], 1.0)
+        while readable:
+            try:
+                chunk = sock.recv(1 << 20)
+            except (ssl.SSLWantReadError, BlockingIOError):
+                break
+            except ConnectionResetError:
+                return b"".join(chunks), True
+            if not chunk:
+                return b"".join(chunks), False
+            chunks.append(chunk)
+        if writable and unsent:
+            try:
+                unsent = unsent[sock.send(unsent[: 64 * 1024]) :]
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                pass
+            except (BrokenPipeError, ConnectionResetError):  # the server closed early
+                unsent = unsent[:0]
+    raise TimeoutError(f"the server did not close within {timeout}s")
+
+
+@pytest.fixture
+def server_for(transport: Transport) -> Iterator[list[ServerThread]]:
+    started: list[ServerThread] = []
+    yield started
+    for server in started:
+        server.stop()
+
+
+def start(started: list[ServerThread], transport: Transport, **options: object) -> ServerThread:
+    server = start_server(**transport.options(), **options)
+    started.append(server)
+    return server
+
+
+# Nothing lost on close ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "strategy", ["auto", "sendfile", "fallback", "readwrite", "mmap", "splice"]
+)
+def test_close_with_pipelined_requests_behind_is_whole_and_logs_what_was_sent(
+    transport: Transport,
+    server_for: list[ServerThread],
+    site: Site,
+    strategy: str,
+    tmp_path: Path,
+) -> None:
+    """`Connection: close` for 24 MiB with 16 KiB of GETs behind it in the same write:
+    the whole body, then a clean end; nothing behind it is answered or logged."""
+    if strategy not in transport.strategies:
+        pytest.skip(f"{strategy} cannot carry {transport.name}")
+    log_path = tmp_path / "access.log"
+    server = start(
+        server_for, transport, root=site.root, strategy=strategy, access_log=str(log_path)
+    )
+    behind = HELLO * (16 * 1024 // len(HELLO))
+    with transport.connect(server.port) as sock:
+        sock.sendall(BIG_CLOSE + behind)
+        received, reset = read_all(sock)
+    responses = split_responses(received)
+    assert not reset, f"reset after {len(received)} bytes"
+    assert len(responses) == 1, [head[:20] for head, _ in responses]
+    head, body = responses[0]
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in head
+    assert len(body) == SIZES["big.bin"], f"{len(body)} of {SIZES['big.bin']} body bytes"
+    assert hashlib.sha256(body).hexdigest() == site.hashes["big.bin"]
+    server.stop()
+    lines = log_path.read_text().splitlines()
+    assert len(lines) == 1 and '"GET /big.bin HTTP/1.1" 200' in lines[0], lines
+
+
+def test_a_huge_body_with_many_requests_behind_is_whole(
+    transport: Transport, server_for: list[ServerThread], huge: tuple[str, str]
+) -> None:
+    """64 MiB, then 200 KiB of requests behind it: the linger has no byte cap that
+    resets a client still reading its response."""
+    root, digest = huge
+    server = start(server_for, transport, root=root)
+    request = b"GET /huge.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    behind = b"GET /huge.bin HTTP/1.1\r\nHost: t\r\n\r\n" * (200 * 1024 // 37)
+    with transport.connect(server.port, rcvbuf=64 * 1024) as sock:
+        received, reset = exchange(sock, request + behind)
+    body = received.partition(b"\r\n\r\n")[2]
+    assert not reset, f"reset after {len(body)} of {HUGE} body bytes"
+    assert len(body) == HUGE and hashlib.sha256(body).hexdigest() == digest
+
+
+def test_3000_pipelined_requests_in_one_write_are_all_answered(
+    transport: Transport, server_for: list[ServerThread], site: Site
+) -> None:
+    count = 3000
+    server = start(server_for, transport, root=site.root)
+    request = b"GET /64k1.bin HTTP/1.1\r\nHost: t\r\n\r\n"
+    last = b"GET /64k1.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    with transport.connect(server.port) as sock:
+        received, reset = exchange(sock, request * (count - 1) + last)
+    responses = split_responses(received)
+    assert not reset and len(responses) == count, f"{len(responses)} of {count}, reset={reset}"
+    whole = sum(len(body) == SIZES["64k1.bin"] for _, body in responses)
+    assert whole == count
+
+
+def test_max_pipelined_counts_requests_per_connection_not_per_read(
+    transport: Transport, server_for: list[ServerThread], site: Site
+) -> None:
+    """1,000 requests of 38 bytes and the same padded to 240: both all answered."""
+    server = start(server_for, transport, root=site.root, max_pipelined=128)
+    short = b"GET /hello.txt HTTP/1.1\r\nHost: abc\r\n\r\n"  # 38 bytes, as in the report
+    padded = short[:-2] + b"X-Pad: " + b"p" * (240 - len(short) - 9) + b"\r\n\r\n"
+    last = short[:-2] + b"Connection: close\r\n\r\n"
+    for request in (short, padded):
+        with transport.connect(server.port) as sock:
+            received, reset = exchange(sock, request * 999 + last)
+        statuses = [head[9:12] for head, _ in split_responses(received)]
+        assert not reset and statuses == [b"200"] * 1000, (len(statuses), set(statuses))
+
+
+# The same answers and closing moments, plain and TLS ------------------------------
+
+
+def _crlf_only(sock: socket.socket) -> None:
+    for _ in range(40):
+        sock.sendall(b"\r\n")
+        time.sleep(0.2)
+
+
+def _one_byte_at_a_time(sock: socket.socket) -> None:
+    for byte in HELLO:
+        sock.sendall(bytes([byte]))
+        time.sleep(0.2)
+
+
+def _stalled_head(sock: socket.socket) -> None:
+    sock.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n")
+
+
+def _stalled_body(sock: socket.socket) -> None:
+    sock.sendall(b"POST /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+
+
+def _close_with_pipelined_behind(sock: socket.socket) -> None:
+    sock.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" + HELLO * 50)
+
+
+def _pipelined_3000(sock: socket.socket) -> None:
+    sock.sendall(HELLO * 3000)  # 108 KB: the socket buffers take it all
+
+
+CLIENTS = {
+    "crlf-only": _crlf_only,
+    "one-byte-at-a-time": _one_byte_at_a_time,
+    "stalled-head": _stalled_head,
+    "stalled-body": _stalled_body,
+    "close-with-pipelined-behind": _close_with_pipelined_behind,
+    "3000-pipelined": _pipelined_3000,
+}
+
+
+def _observe(server: ServerThread, transport: Transport, client: str) -> tuple[list[bytes], float]:
+    """The statuses a client gets and how long after connecting the server closed."""
+    with transport.connect(server.port) as sock:
+        began = time.monotonic()
+        seen: list[tuple[bytes, float]] = []
+
+        def read() -> None:
+            received = read_all(sock, 30)[0]
+            seen.append((received, time.monotonic() - began))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            CLIENTS[client](sock)
+        except OSError:  # the server closed while the client still wrote
+            pass
+        reader.join(30)
+    assert seen, f"{transport.name}: {client} was never closed"
+    received, closed_after = seen[0]
+    return [head[9:12] for head, _ in split_responses(received)], closed_after
+
+
+@pytest.fixture(scope="module")
+def both_servers(site: Site, pem: Pem) -> Iterator[dict[str, tuple[Transport, ServerThread]]]:
+    servers = {}
+    for transport in (Transport("plain", None), Transport("tls", pem)):
+        servers[transport.name] = (
+            transport,
+            start_server(
+                root=site.root,
+                header_timeout=HEADER_TIMEOUT,
+                keepalive_timeout=KEEPALIVE_TIMEOUT,
+                **transport.options(),
+            ),
+        )
+    yield servers
+    for _, server in servers.values():
+        server.stop()
+
+
+@pytest.mark.parametrize("client", list(CLIENTS))
+def test_plain_and_tls_give_the_same_answers_and_close_at_the_same_moment(
+    both_servers: dict[str, tuple[Transport, ServerThread]], client: str
+) -> None:
+    seen = {
+        name: _observe(server, transport, client)
+        for name, (transport, server) in both_servers.items()
+    }
+    (plain_statuses, plain_closed), (tls_statuses, tls_closed) = seen["plain"], seen["tls"]
+    assert plain_statuses == tls_statuses, (
+        f"{client}: {len(plain_statuses)} vs {len(tls_statuses)} answers"
+    )
+    assert abs(plain_closed - tls_closed) < SAME_MOMENT, seen
+    assert max(plain_closed, tls_closed) < HEADER_TIMEOUT + SLACK or client == "3000-pipelined", (
+        seen
+    )
