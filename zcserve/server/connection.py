@@ -426,7 +426,7 @@ class HttpConnection:
                 if progress is not _DONE:
                     self._transfer_waits(transfer, progress)
                     return
-            if self.stream.unflushed:  # TLS ciphertext: in the kernel before we go on
+            if self._encrypted:  # TLS ciphertext: in the kernel before we go on
                 self.stream.flush()
             self._finish()
         except BlockingIOError:

@@ -46,7 +46,7 @@ class TlsStream(SocketStream):
     Built once the client has sent its first byte: the SSLObject and its buffers
     are most of what a TLS connection costs."""
 
-    __slots__ = ("_incoming", "_outgoing", "_tls", "_notified")
+    __slots__ = ("_incoming", "_outgoing", "_tls", "_notified", "_corked")
 
     encrypted = True
 
@@ -63,6 +63,8 @@ class TlsStream(SocketStream):
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._notified = False
+        self._corked = b""
+        """A head's plaintext, held back until its body comes (see `send_now`)."""
 
     def _sendfile_capable(self) -> bool:
         return False
@@ -99,43 +101,64 @@ class TlsStream(SocketStream):
 
     def recv_into_now(self, buffer: Buffer) -> int:
         """Plaintext into `buffer`: as much as one record layer read gives, reading
-        ciphertext from the socket while none is decrypted; 0 at the end."""
-        read, incoming = self._tls.read, self._incoming
+        ciphertext from the socket first when none waits (an SSLWantReadError costs
+        more than the check); 0 at the end."""
+        tls, incoming = self._tls, self._incoming
+        if not incoming.pending and not tls.pending():
+            self._receive()  # BlockingIOError: nothing to read yet
         while True:
             try:
                 # With a buffer, read() fills it and returns a count (typeshed: bytes).
-                count: int = read(len(buffer), buffer)  # type: ignore[assignment]
+                count: int = tls.read(len(buffer), buffer)  # type: ignore[assignment]
                 return count
-            except ssl.SSLWantReadError:
-                received = self.sock.recv(RECEIVE_BYTES)  # BlockingIOError: wait
-                if not received:
-                    incoming.write_eof()
-                else:
-                    incoming.write(received)
-                if self._outgoing.pending:  # a key update or a ticket to answer
-                    self._queue_output()
+            except ssl.SSLWantReadError:  # part of a record: read on
+                self._receive()
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 return 0
+
+    def _receive(self) -> None:
+        received = self.sock.recv(RECEIVE_BYTES)  # BlockingIOError: wait
+        if not received:
+            self._incoming.write_eof()
+        else:
+            self._incoming.write(received)
+        if self._outgoing.pending:  # a key update or a ticket to answer
+            self._queue_output()
 
     def send_now(self, data: Buffer, flags: int = 0) -> int:
         """Encrypt up to FLUSH_BYTES of `data`; return how much was taken. Ciphertext
         the socket does not take now stays in `unflushed` and goes first on the next
-        call. MSG_MORE keeps it back, so a head and its body leave in one send."""
+        call. A head sent with MSG_MORE waits as plaintext and is encrypted with the
+        body that follows: one record and one send for a small response."""
         if self.unflushed:
             self.flush()  # BlockingIOError: still full, nothing taken
-        taken = self._tls.write(memoryview(data)[:FLUSH_BYTES])
-        self.unflushed = memoryview(self._outgoing.read())
-        if not flags & MSG_MORE:
-            try:
-                self.flush()
-            except BlockingIOError:
-                pass
-        return taken
+        if flags & MSG_MORE and not self._corked and len(data) < FLUSH_BYTES:
+            self._corked = bytes(data)
+            return len(data)
+        view = memoryview(data)[:FLUSH_BYTES]
+        self._encrypt(view)
+        try:
+            self.flush()
+        except BlockingIOError:
+            pass
+        return len(view)
+
+    def _encrypt(self, view: memoryview) -> None:
+        corked = self._corked
+        if corked:
+            self._corked = b""
+            self._tls.write(corked + view)
+        else:
+            self._tls.write(view)
+        out = self._outgoing.read()
+        self.unflushed = memoryview(bytes(self.unflushed) + out if self.unflushed else out)
 
     def send_some(self, data: memoryview) -> int:
         return self.send_now(data)
 
     def flush(self) -> None:
+        if self._corked:  # a head whose body never came (the transfer failed)
+            self._encrypt(memoryview(b""))
         unflushed, send = self.unflushed, self.sock.send
         while unflushed:
             unflushed = unflushed[send(unflushed) :]  # BlockingIOError: full
@@ -160,8 +183,7 @@ class TlsStream(SocketStream):
         view = memoryview(data)
         for start in range(0, view.nbytes, FLUSH_BYTES):
             await self.drain()
-            self._tls.write(view[start : start + FLUSH_BYTES])
-            self._queue_output()
+            self._encrypt(view[start : start + FLUSH_BYTES])
         await self.drain()
         self.bytes_sent += view.nbytes
 
