@@ -7,7 +7,7 @@ PORT ?= 8000
 DEMO := .demo
 PY_DIRS := zcserve tests $(wildcard benchmarks)
 
-.PHONY: all setup test lint typecheck pytest soak fmt serve bench compare clean mutants
+.PHONY: all setup test lint typecheck pytest soak fmt serve bench compare compare-https clean mutants
 
 all: test
 
@@ -54,6 +54,14 @@ compare: $(STAMP)
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk curl)
 	$(BIN)/python -m pip install -q aiohttp
 	$(BIN)/python benchmarks/compare.py $(COMPARE_ARGS)
+
+# HTTPS beside HTTP: nginx with ssl, zcserve with --tls-cert/--tls-key, aiohttp with an
+# ssl context, and each one's HTTP twin; openssl makes the self-signed certificate.
+compare-https: $(STAMP)
+	command -v nginx >/dev/null && command -v wrk >/dev/null && command -v openssl >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk curl openssl)
+	$(BIN)/python -m pip install -q aiohttp
+	$(BIN)/python benchmarks/compare.py --tls --sizes 4KiB,64KiB,1MiB --concurrency 64 --tools wrk --no-single $(COMPARE_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO) .mypy_cache .pytest_cache .ruff_cache bench-results

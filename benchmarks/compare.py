@@ -13,7 +13,19 @@ req/s as a ratio to the best nginx config and to aiohttp (uvloop) in that cell.
 `--before DIR` adds an older zcserve checkout (a folder holding a `zcserve/`
 package, e.g. from `git worktree add /tmp/before COMMIT`) to the same rounds.
 
-Usage: python benchmarks/compare.py [--quick] [--servers A,B] [--before DIR]
+`--tls` adds HTTPS servers, all with one self-signed ECDSA P-256 certificate made by
+the openssl command: nginx with ssl (1 worker, `ssl_session_cache shared:SSL:10m`,
+TLS 1.2 and 1.3), zcserve with `--tls-cert/--tls-key` (strategy auto, which is the
+fallback path under TLS; not quick: readwrite and w=auto too), aiohttp (uvloop) with
+an ssl context, and the --before checkout's zcserve when its `serve` has
+`--tls-cert`. Without --servers, only they and their HTTP twins (the same server
+without TLS; for nginx, every HTTP config) are measured, and a further table gives
+each HTTPS server's req/s and CPU per request as a ratio to its twin's. wrk and
+`zcserve load` (without certificate checks) speak https themselves. `make
+compare-https` runs `--tls --sizes 4KiB,64KiB,1MiB --concurrency 64 --tools wrk
+--no-single`.
+
+Usage: python benchmarks/compare.py [--quick] [--tls] [--servers A,B] [--before DIR]
        [--tools wrk,zcserve-load] [--sizes ...] [--concurrency ...] [--duration S]
        [--repeat ROUNDS] [--no-single] [--out DIR]
 """
@@ -55,11 +67,18 @@ SERVER_CPU, CLIENT_CPU = 0, 1
 START_TIMEOUT = 20.0
 NGINX_PREFIX = "nginx"
 AIOHTTP_REFERENCE = "aiohttp static uvloop"
+HTTPS_SUFFIX = " https"
+BEST_NGINX = "best nginx"
+"""The HTTP twin of nginx https: whichever nginx HTTP config had the most req/s."""
+TLS_CERT, TLS_KEY = "tls-cert.pem", "tls-key.pem"
+"""In the scratch folder: one self-signed certificate for every HTTPS server."""
+TLS_STRATEGIES = ("auto", "fallback", "readwrite")
+"""zcserve strategies that can carry TLS (the others hand file pages to the kernel)."""
 
 NGINX_CONF = """
 worker_processes 1;
 daemon off;
-pid {tmp}/nginx-{sendfile}-{nopush}.pid;
+pid {tmp}/nginx-{name}.pid;
 error_log {tmp}/error.log error;
 events {{ worker_connections 20000; }}
 http {{
@@ -73,11 +92,18 @@ http {{
     proxy_temp_path {tmp};
     fastcgi_temp_path {tmp};
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        root {root};
+        listen 127.0.0.1:{port}{ssl} backlog=4096;
+        root {root};{tls}
     }}
 }}
 """
+NGINX_TLS = """
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_session_cache shared:SSL:10m;
+        ssl_protocols TLSv1.2 TLSv1.3;"""
+"""1.22's default ssl_protocols stops at TLSv1.2 (TLSv1.3 joined it in 1.23.4): listed
+so that nginx speaks the TLS 1.3 that Python's servers do."""
 
 
 def free_port() -> int:
@@ -115,6 +141,27 @@ class ServerSpec:
     name: str
     start: Callable[[str, str], Running]
     """(root, scratch folder) -> a running server."""
+    scheme: str = "http"
+    http_twin: str | None = None
+    """https: the server whose HTTP req/s and CPU this one's are compared with."""
+
+
+def tls_files(tmp: str) -> list[str]:
+    """The certificate and key files in the scratch folder, as server flags take them."""
+    return [os.path.join(tmp, TLS_CERT), os.path.join(tmp, TLS_KEY)]
+
+
+def make_certificate(tmp: str) -> None:
+    """A self-signed ECDSA P-256 certificate for localhost: cheap handshakes, so the
+    64 that each run opens cost next to nothing per request."""
+    cert, key = tls_files(tmp)
+    done = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-subj", "/CN=localhost", "-days", "2", "-keyout", key, "-out", cert],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"openssl req failed: {done.stderr.strip()}")
 
 
 def _read_port(proc: subprocess.Popen[str], pattern: str) -> int:
@@ -134,30 +181,51 @@ def _read_port(proc: subprocess.Popen[str], pattern: str) -> int:
     raise RuntimeError(f"{proc.args!r} did not announce a port")
 
 
-def zcserve_spec(strategy: str, workers: str) -> ServerSpec:
+def zcserve_spec(strategy: str, workers: str, tls: bool = False) -> ServerSpec:
     def start(root: str, tmp: str) -> Running:
         args = [root, "--port", "0", "--strategy", strategy, "--workers", workers]
+        if tls:
+            cert, key = tls_files(tmp)
+            args += ["--tls-cert", cert, "--tls-key", key]
         # One worker: pinned to the server CPU. `auto` workers: every CPU, as deployed.
         child = start_serve(args, cpus={SERVER_CPU} if workers == "1" else None)
         return Running(child.proc, child.port)
 
-    return ServerSpec(f"zcserve {strategy} w={workers}", start)
+    name = f"zcserve {strategy} w={workers}"
+    if tls:
+        return ServerSpec(name + HTTPS_SUFFIX, start, "https", name)
+    return ServerSpec(name, start)
 
 
-def before_spec(checkout: str, strategy: str) -> ServerSpec:
+def before_spec(checkout: str, strategy: str, tls: bool = False) -> ServerSpec:
     """zcserve from an older checkout, one worker. Old code may lack `--ready-json`
     (and `--workers`), so the port comes from its human start-up line."""
 
     def start(root: str, tmp: str) -> Running:
         command = [sys.executable, "-m", "zcserve", "serve", root, "--port", "0"]
         command += ["--strategy", strategy]
+        if tls:
+            cert, key = tls_files(tmp)
+            command += ["--tls-cert", cert, "--tls-key", key]
         proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, text=True, env=before_env(checkout), cwd=checkout,
             preexec_fn=pin(SERVER_CPU),
         )  # fmt: skip
         return Running(proc, _read_port(proc, r"^zcserve: .* on https?://[^ ]*:(\d+)"))
 
-    return ServerSpec(f"zcserve-before {strategy} w=1", start)
+    name = f"zcserve-before {strategy} w=1"
+    if tls:
+        return ServerSpec(name + HTTPS_SUFFIX, start, "https", name)
+    return ServerSpec(name, start)
+
+
+def before_has_tls(checkout: str) -> bool:
+    """Whether the checkout's `zcserve serve` takes --tls-cert (its cli.py says so)."""
+    try:
+        with open(os.path.join(checkout, "zcserve", "cli.py")) as source:
+            return "--tls-cert" in source.read()
+    except OSError:
+        return False
 
 
 def before_env(checkout: str) -> dict[str, str]:
@@ -188,13 +256,27 @@ def describe_checkout(checkout: str) -> str:
     return f"{checkout} @ {done.stdout.strip()}" if done.returncode == 0 else checkout
 
 
-def nginx_spec(sendfile: str, nopush: str) -> ServerSpec:
+def nginx_spec(sendfile: str, nopush: str, tls: bool = False) -> ServerSpec:
+    """nginx, 1 worker; with `tls`, https (sendfile then has no effect: nginx encrypts
+    in userspace, without kTLS)."""
+
     def start(root: str, tmp: str) -> Running:
         port = free_port()
-        conf = os.path.join(tmp, f"nginx-{sendfile}-{nopush}.conf")
+        name = f"{sendfile}-{nopush}" + ("-tls" if tls else "")
+        conf = os.path.join(tmp, f"nginx-{name}.conf")
+        cert, key = tls_files(tmp)
         with open(conf, "w") as out:
             out.write(
-                NGINX_CONF.format(tmp=tmp, port=port, root=root, sendfile=sendfile, nopush=nopush)
+                NGINX_CONF.format(
+                    tmp=tmp,
+                    name=name,
+                    port=port,
+                    root=root,
+                    sendfile=sendfile,
+                    nopush=nopush,
+                    ssl=" ssl" if tls else "",
+                    tls=NGINX_TLS.format(cert=cert, key=key) if tls else "",
+                )  # fmt: skip
             )
         proc = subprocess.Popen(
             ["nginx", "-c", conf, "-p", tmp],
@@ -205,19 +287,25 @@ def nginx_spec(sendfile: str, nopush: str) -> ServerSpec:
         _wait_port(port, proc)
         return Running(proc, port)
 
+    if tls:
+        return ServerSpec(NGINX_PREFIX + HTTPS_SUFFIX, start, "https", BEST_NGINX)
     label = f"nginx sendfile={sendfile}" + (f" nopush={nopush}" if sendfile == "on" else "")
     return ServerSpec(label, start)
 
 
-def aiohttp_spec(loop: str) -> ServerSpec:
+def aiohttp_spec(loop: str, tls: bool = False) -> ServerSpec:
     def start(root: str, tmp: str) -> Running:
         command = [sys.executable, os.path.join(HERE, "aiohttp_static.py"), root, loop]
+        command += tls_files(tmp) if tls else []
         proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, text=True, preexec_fn=pin(SERVER_CPU)
         )
         return Running(proc, _read_port(proc, r"127\.0\.0\.1:(\d+)"))
 
-    return ServerSpec(f"aiohttp static {loop}", start)
+    name = f"aiohttp static {loop}"
+    if tls:
+        return ServerSpec(name + HTTPS_SUFFIX, start, "https", name)
+    return ServerSpec(name, start)
 
 
 def http_server_spec() -> ServerSpec:
@@ -265,6 +353,7 @@ class Cell:
     tool: str
     size: str
     connections: int
+    scheme: str = "http"
     requests_per_second: float = 0.0
     megabytes_per_second: float = 0.0
     p99_ms: float = 0.0
@@ -280,6 +369,13 @@ class Cell:
     """req/s over that nginx config's req/s."""
     vs_aiohttp: float | None = None
     """req/s over aiohttp static (uvloop)'s req/s, when it was measured."""
+    http_twin: str | None = None
+    """https: the server (or `best nginx`) compared without TLS; `add_ratios` names
+    the nginx config."""
+    https_vs_http: float | None = None
+    """https: req/s over the HTTP twin's req/s in the same (tool, size, connections)."""
+    cpu_vs_http: float | None = None
+    """https: CPU µs per request over the HTTP twin's."""
     runs: list[dict[str, float]] = field(default_factory=list)
 
     @property
@@ -332,7 +428,10 @@ def run_wrk(url: str, connections: int, duration: float) -> dict[str, float]:
 
 def run_zcload(url: str, connections: int, duration: float) -> dict[str, float]:
     # In this process, which main() pinned to the client CPU: no start-up per run.
-    options = LoadOptions(urls=(url,), connections=connections, duration=duration, processes=1)
+    options = LoadOptions(
+        urls=(url,), connections=connections, duration=duration, processes=1,
+        insecure=url.startswith("https:"),  # the self-signed certificate of --tls
+    )  # fmt: skip
     data = run_load(options).to_json()
     return {
         # Bytes that arrived in the window, so unfinished 64 MiB responses count too.
@@ -361,12 +460,12 @@ def measure(
     return figures
 
 
-def single_download(server: Running, name: str, size: int) -> dict[str, float]:
-    """One connection, one GET of the big file, timed by the client (curl)."""
+def single_download(server: Running, url: str, size: int) -> dict[str, float]:
+    """One connection, one GET of the big file, timed by the client (curl; -k for the
+    self-signed certificate of --tls)."""
     before = server.cpu_seconds()
-    url = f"http://127.0.0.1:{server.port}/{name}"
     out = subprocess.run(
-        ["curl", "-s", "-o", "/dev/null", "-w", "%{time_total} %{size_download}", url],
+        ["curl", "-s", "-k", "-o", "/dev/null", "-w", "%{time_total} %{size_download}", url],
         capture_output=True, text=True, preexec_fn=pin(CLIENT_CPU), timeout=600,
     ).stdout.split()  # fmt: skip
     cpu = server.cpu_seconds() - before
@@ -393,21 +492,39 @@ def median_cell(cell: Cell) -> Cell:
 
 
 def add_ratios(cells: Sequence[Cell]) -> None:
-    """Each cell's req/s over the best nginx config's and aiohttp (uvloop)'s in the
-    same (tool, size, connections)."""
+    """Each cell's req/s over the best nginx config's and aiohttp (uvloop)'s of its own
+    scheme in the same (tool, size, connections); an https cell's req/s and CPU per
+    request over its HTTP twin's too."""
     groups: dict[tuple[str, str, int], list[Cell]] = {}
     for cell in cells:
         groups.setdefault(cell.key, []).append(cell)
     for group in groups.values():
-        nginx = [c for c in group if c.server.startswith(NGINX_PREFIX) and c.runs]
-        best = max(nginx, key=lambda c: c.requests_per_second, default=None)
-        aiohttp = next((c for c in group if c.server == AIOHTTP_REFERENCE and c.runs), None)
+        best_of: dict[str, Cell | None] = {}
+        for scheme in {c.scheme for c in group}:
+            nginx = [
+                c for c in group
+                if c.server.startswith(NGINX_PREFIX) and c.scheme == scheme and c.runs
+            ]  # fmt: skip
+            best_of[scheme] = max(nginx, key=lambda c: c.requests_per_second, default=None)
+        by_name = {c.server: c for c in group if c.runs}
         for cell in group:
+            best = best_of[cell.scheme]
             if best is not None and best.requests_per_second > 0:
                 cell.nginx_best = best.server
                 cell.vs_nginx_best = cell.requests_per_second / best.requests_per_second
+            reference = AIOHTTP_REFERENCE + (HTTPS_SUFFIX if cell.scheme == "https" else "")
+            aiohttp = by_name.get(reference)
             if aiohttp is not None and aiohttp.requests_per_second > 0:
                 cell.vs_aiohttp = cell.requests_per_second / aiohttp.requests_per_second
+            if cell.http_twin == BEST_NGINX:
+                twin = best_of.get("http")
+                cell.http_twin = twin.server if twin is not None else None
+            else:
+                twin = by_name.get(cell.http_twin) if cell.http_twin else None
+            if twin is not None and cell.requests_per_second > 0 and twin.requests_per_second > 0:
+                cell.https_vs_http = cell.requests_per_second / twin.requests_per_second
+                if twin.us_cpu_per_request > 0:
+                    cell.cpu_vs_http = cell.us_cpu_per_request / twin.us_cpu_per_request
 
 
 def all_servers(quick: bool) -> list[ServerSpec]:
@@ -417,12 +534,45 @@ def all_servers(quick: bool) -> list[ServerSpec]:
     # `auto` (the default: a strategy chosen per response) once, with one worker.
     specs = [zcserve_spec(s, "1") for s in (strategies if quick else ("auto", *strategies))]
     specs += [zcserve_spec(s, "auto") for s in (("sendfile",) if quick else strategies)]
-    specs += [nginx_spec("on", "on"), nginx_spec("on", "off"), nginx_spec("off", "off")]
+    specs += nginx_servers()
     specs += (
         [aiohttp_spec("uvloop")] if quick else [aiohttp_spec("uvloop"), aiohttp_spec("asyncio")]
     )
     specs += [] if quick else [http_server_spec()]
     return specs
+
+
+def tls_pairs(quick: bool) -> list[tuple[ServerSpec, ServerSpec]]:
+    """The HTTPS servers of --tls, each with its HTTP twin (nginx https, compared with
+    the best nginx HTTP config, is not among them). Under TLS every zcserve strategy
+    but readwrite comes down to the fallback path, which `auto` picks."""
+    zcserve = [("auto", "1")] + ([] if quick else [("readwrite", "1"), ("auto", "auto")])
+    pairs = [(zcserve_spec(s, w), zcserve_spec(s, w, tls=True)) for s, w in zcserve]
+    return pairs + [(aiohttp_spec("uvloop"), aiohttp_spec("uvloop", tls=True))]
+
+
+def nginx_servers() -> list[ServerSpec]:
+    return [nginx_spec("on", "on"), nginx_spec("on", "off"), nginx_spec("off", "off")]
+
+
+def tls_default_servers(quick: bool) -> list[ServerSpec]:
+    """--tls without --servers: the HTTPS servers and their HTTP twins, with every nginx
+    HTTP config (nginx https is compared with the best of them)."""
+    pairs = tls_pairs(quick)
+    http = [twin for twin, _ in pairs if not twin.name.startswith("aiohttp")]
+    http += nginx_servers() + [twin for twin, _ in pairs if twin.name.startswith("aiohttp")]
+    return http + [https for _, https in pairs] + [nginx_spec("off", "off", tls=True)]
+
+
+def tls_candidates() -> list[ServerSpec]:
+    """What --servers picks from with --tls: every server, the HTTPS ones and their
+    twins too."""
+    specs = all_servers(False)
+    names = {spec.name for spec in specs}
+    for twin, https in tls_pairs(False):
+        specs += [] if twin.name in names else [twin]
+        specs.append(https)
+    return specs + [nginx_spec("off", "off", tls=True)]
 
 
 def select_servers(specs: Sequence[ServerSpec], wanted: str) -> list[ServerSpec]:
@@ -434,6 +584,14 @@ def select_servers(specs: Sequence[ServerSpec], wanted: str) -> list[ServerSpec]
         known = ", ".join(s.name for s in specs)
         raise ValueError(f"unknown server {', '.join(map(repr, unknown))} (known: {known})")
     return [s for s in specs if any(s.name.lower().startswith(n) for n in names)]
+
+
+def choose_servers(args: argparse.Namespace) -> list[ServerSpec]:
+    """The servers to measure: --servers picks by name prefix among every server (the
+    HTTPS ones too with --tls); without it, the default set of the mode."""
+    if args.servers:
+        return select_servers(tls_candidates() if args.tls else all_servers(False), args.servers)
+    return tls_default_servers(args.quick) if args.tls else all_servers(args.quick)
 
 
 def parse_tools(value: str) -> tuple[str, ...]:
@@ -448,6 +606,12 @@ def parse_tools(value: str) -> tuple[str, ...]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer servers and cells")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="add HTTPS servers (nginx ssl, zcserve --tls-cert, aiohttp); without --servers, "
+        "only they and their HTTP twins",
+    )
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
     parser.add_argument(
         "--repeat", type=int, default=3, help="interleaved rounds (medians across them)"
@@ -486,11 +650,7 @@ def main() -> int:
         return fail("--repeat must be at least 1")
     try:
         tools = parse_tools(args.tools)
-        specs = (
-            select_servers(all_servers(False), args.servers)
-            if args.servers
-            else all_servers(args.quick)
-        )
+        specs = choose_servers(args)
     except ValueError as exc:
         return fail(str(exc))
     before = ""
@@ -501,12 +661,21 @@ def main() -> int:
             return fail(problem)
         before = describe_checkout(checkout)
         strategies = [s.strip() for s in args.before_strategies.split(",") if s.strip()]
-        specs += [before_spec(checkout, s) for s in strategies]
+        if args.tls and before_has_tls(checkout):
+            # Its https row needs its own HTTP twin: auto, the strategy it runs with.
+            strategies += [] if "auto" in strategies else ["auto"]
+            specs += [before_spec(checkout, s) for s in strategies]
+            specs += [before_spec(checkout, "auto", tls=True)]
+        else:
+            if args.tls:
+                print(f"compare: {before} has no --tls-cert: no https row for it", flush=True)
+            specs += [before_spec(checkout, s) for s in strategies]
     if len(os.sched_getaffinity(0)) < 2:
         return fail("needs 2 CPUs to separate server and client")
     needed = ["wrk"] if "wrk" in tools else []
     needed += [] if args.no_single else ["curl"]
     needed += ["nginx"] if any(s.name.startswith(NGINX_PREFIX) for s in specs) else []
+    needed += ["openssl"] if any(s.scheme == "https" for s in specs) else []
     for tool in needed:
         if shutil.which(tool) is None:
             return fail(f"{tool} not found (make compare installs it)")
@@ -545,32 +714,39 @@ def run_rounds(
     cells: dict[tuple[str, str, str, int], Cell] = {}
     for spec in specs:
         for size, connections, tool in plan:
-            cells[(spec.name, tool, size, connections)] = Cell(spec.name, tool, size, connections)
+            cells[(spec.name, tool, size, connections)] = Cell(
+                spec.name, tool, size, connections, spec.scheme, http_twin=spec.http_twin
+            )
         if not args.no_single:
-            cells[(spec.name, "curl", BIG, 1)] = Cell(spec.name, "curl", BIG, 1)
+            cells[(spec.name, "curl", BIG, 1)] = Cell(
+                spec.name, "curl", BIG, 1, spec.scheme, http_twin=spec.http_twin
+            )
     with tempfile.TemporaryDirectory(prefix="zcserve-compare-") as tmp, ExitStack() as stack:
         root = os.path.join(tmp, "root")
         os.makedirs(root)
         for size in (*sizes, *(() if args.no_single else (BIG,))):
             write_file(os.path.join(root, f"{size}.bin"), parse_size(size))
-        servers: list[tuple[str, Running]] = []
+        if any(spec.scheme == "https" for spec in specs):
+            make_certificate(tmp)
+        servers: list[tuple[str, str, Running]] = []
         for spec in specs:
             server = stack.enter_context(running(spec, root, tmp))
             print(f"started {spec.name} on port {server.port} (pid {server.proc.pid})", flush=True)
-            servers.append((spec.name, server))
+            servers.append((spec.name, spec.scheme, server))
         for round_ in range(args.repeat):
             shift = round_ % len(servers)
             order = servers[shift:] + servers[:shift]
             print(f"round {round_ + 1}/{args.repeat}", flush=True)
             for size, connections, tool in plan:
-                for name, server in order:
-                    url = f"http://127.0.0.1:{server.port}/{size}.bin"
+                for name, scheme, server in order:
+                    url = f"{scheme}://127.0.0.1:{server.port}/{size}.bin"
                     run = partial(measure, server, tool, url, connections, args.duration)
                     _run_one(cells[(name, tool, size, connections)], server, run)
             if args.no_single:
                 continue
-            for name, server in order:
-                run = partial(single_download, server, f"{BIG}.bin", parse_size(BIG))
+            for name, scheme, server in order:
+                url = f"{scheme}://127.0.0.1:{server.port}/{BIG}.bin"
+                run = partial(single_download, server, url, parse_size(BIG))
                 _run_one(cells[(name, "curl", BIG, 1)], server, run)
     return [median_cell(cell) for cell in cells.values()]
 
@@ -628,49 +804,87 @@ def markdown(cells: Sequence[Cell], rounds: int, duration: float, before: str) -
     ]
     if before:
         lines.append(f"zcserve-before: {before}.")
+    if any(c.scheme == "https" for c in cells):
+        lines.append(
+            "https rows: TLS 1.3 (nginx: `ssl_protocols TLSv1.2 TLSv1.3`), one self-signed "
+            "ECDSA P-256 certificate; each run's 64 or so handshakes count in its CPU."
+        )
     lines += [
         "",
-        "| server | tool | size | conns | req/s | MB/s | p99 ms | server µs CPU/req "
+        "| server | tool | size | conns | server µs CPU/req | req/s | MB/s | p99 ms "
         "| server CPU-s/GiB | errors | rounds |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         lines.append(
-            f"| {c.server} | {c.tool} | {c.size} | {c.connections} "
+            f"| {c.server} | {c.tool} | {c.size} | {c.connections} | {c.us_cpu_per_request:,.1f} "
             f"| {_rate(c.requests_per_second)} | {c.megabytes_per_second:,.1f} | {c.p99_ms:.2f} "
-            f"| {c.us_cpu_per_request:,.1f} | {c.cpu_per_gib:.2f} | {c.errors} "
-            f"| {len(c.runs)}/{len(c.runs) + c.failed_rounds} |"
+            f"| {c.cpu_per_gib:.2f} | {c.errors} | {len(c.runs)}/{len(c.runs) + c.failed_rounds} |"
         )
     lines += ["", ratio_table(cells)]
+    if any(c.scheme == "https" for c in cells):
+        lines += [https_table(cells)]
     return "\n".join(lines)
+
+
+def https_table(cells: Sequence[Cell]) -> str:
+    """Each https cell beside its HTTP twin: CPU per request first, then the ratios."""
+    lines = [
+        "HTTPS against each server's own HTTP (the same server without TLS; nginx https "
+        "against the best nginx HTTP config of the row group): req/s and server CPU µs per "
+        "request as ratios, HTTPS over HTTP.",
+        "",
+        "| server µs CPU/req | server | tool | size | conns | req/s | HTTP twin "
+        "| twin µs CPU/req | twin req/s | HTTPS/HTTP req/s | HTTPS/HTTP µs CPU/req |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    by_key = {(c.server, c.key): c for c in cells}
+    for c in cells:
+        if c.scheme != "https":
+            continue
+        twin = by_key.get((c.http_twin, c.key)) if c.http_twin else None
+        lines.append(
+            f"| {c.us_cpu_per_request:,.1f} | {c.server} | {c.tool} | {c.size} | {c.connections} "
+            f"| {_rate(c.requests_per_second)} | {c.http_twin or '–'} "
+            f"| {f'{twin.us_cpu_per_request:,.1f}' if twin and twin.runs else '–'} "
+            f"| {_rate(twin.requests_per_second) if twin and twin.runs else '–'} "
+            f"| {_ratio(c.https_vs_http)} | {_ratio(c.cpu_vs_http)} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def ratio_table(cells: Sequence[Cell]) -> str:
     """req/s over the best nginx config's (1.00× marks that config) and over aiohttp
-    static (uvloop)'s, one block of rows per (tool, size, connections)."""
+    static (uvloop)'s of the same scheme, one block of rows per (tool, size,
+    connections)."""
     with_aiohttp = any(c.vs_aiohttp is not None for c in cells)
-    head = "| tool | size | conns | server | req/s | × best nginx |"
-    rule = "|---|---|---|---|---|---|"
+    tls = any(c.scheme == "https" for c in cells)
+    head = "| tool | size | conns | server | µs CPU/req | req/s | × best nginx |"
+    rule = "|---|---|---|---|---|---|---|"
     if with_aiohttp:
         head, rule = head + " × aiohttp uvloop |", rule + "---|"
     lines = [
         "Ratios of req/s to the best nginx config (1 worker; best of its sendfile/nopush "
         "configs in each row group, marked 1.00×)"
         + (" and to aiohttp static (uvloop)" if with_aiohttp else "")
+        + (", https rows to nginx https and aiohttp https" if tls else "")
         + ":",
         "",
-        head + " µs CPU/req | p99 ms |",
-        rule + "---|---|",
+        head + " p99 ms |",
+        rule + "---|",
     ]
     keys = list(dict.fromkeys(c.key for c in cells))
     for key in keys:
-        group = sorted((c for c in cells if c.key == key), key=lambda c: -c.requests_per_second)
+        group = sorted(
+            (c for c in cells if c.key == key), key=lambda c: (c.scheme, -c.requests_per_second)
+        )
         for c in group:
             row = f"| {c.tool} | {c.size} | {c.connections} | {c.server} "
-            row += f"| {_rate(c.requests_per_second)} | {_ratio(c.vs_nginx_best)} |"
+            row += f"| {c.us_cpu_per_request:,.1f} | {_rate(c.requests_per_second)} "
+            row += f"| {_ratio(c.vs_nginx_best)} |"
             if with_aiohttp:
                 row += f" {_ratio(c.vs_aiohttp)} |"
-            lines.append(row + f" {c.us_cpu_per_request:,.1f} | {c.p99_ms:.2f} |")
+            lines.append(row + f" {c.p99_ms:.2f} |")
     return "\n".join(lines) + "\n"
 
 

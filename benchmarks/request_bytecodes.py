@@ -52,12 +52,17 @@ def count(client: Any, on_readable: Any, size: int, n: int) -> Counter[str]:
     return seen
 
 
-async def measure(root: str, strategy: str, size: int, n: int) -> None:
-    client, connection = zcserve_connection(root, strategy, asyncio.get_running_loop())
+async def measure(root: str, strategy: str, size: int, n: int, tls: bool = False) -> None:
+    loop = asyncio.get_running_loop()
+    client, connection = zcserve_connection(root, strategy, loop, tls=tls)
     seen = count(client, connection._on_readable, size, n)
     client.close()
     connection.close()
-    print(f"zcserve {strategy}, {size} bytes: {sum(seen.values()) / n:.0f} bytecodes per request")
+    over = " over TLS" if tls else ""
+    print(
+        f"zcserve {strategy}{over}, {size} bytes:",
+        f"{sum(seen.values()) / n:.0f} bytecodes per request",
+    )
     for name, opcodes in seen.most_common():
         print(f"{opcodes / n:8.1f}  {name}")
 

@@ -4,7 +4,8 @@ One TCP connection on loopback; for each request the client writes a GET, the
 connection's readable callback runs once (timed with the thread's CPU clock, so a
 busy machine stretches it less than a wall clock), and the client reads the answer.
 The same is done for the floor server's callback (`floor_server.py`): the difference
-is the Python zcserve runs per request. Run: `python benchmarks/request_cost.py`.
+is the Python zcserve runs per request. `--tls` runs the same connection over TLS
+(the floor has no TLS twin). Run: `python benchmarks/request_cost.py [--tls]`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import argparse
 import asyncio
 import os
 import socket
+import ssl
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -30,6 +34,8 @@ from floor_server import FloorConnection  # noqa: E402
 from zcserve.server.config import ServerConfig  # noqa: E402
 from zcserve.server.connection import HttpConnection  # noqa: E402
 from zcserve.server.server import Server  # noqa: E402
+from zcserve.server.sockio import SocketStream  # noqa: E402
+from zcserve.server.tls import TlsStream, server_context  # noqa: E402
 
 REQUEST = b"GET /body.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: request_cost\r\n\r\n"
 
@@ -62,21 +68,50 @@ def cost_per_request(
 
 
 def zcserve_connection(
-    root: str, strategy: str, loop: asyncio.AbstractEventLoop
+    root: str, strategy: str, loop: asyncio.AbstractEventLoop, *, tls: bool = False
 ) -> tuple[socket.socket, HttpConnection]:
     """A client socket and the zcserve connection serving it, not yet registered
-    with the loop: the caller calls its readable callback itself."""
+    with the loop: the caller calls its readable callback itself. With `tls`, the
+    handshake is done and the client socket is an SSL socket."""
     client, server_side = connected_pair()
     server = Server(ServerConfig(root=root, strategy=strategy))  # type: ignore[arg-type]
-    return client, HttpConnection(server, server_side, loop, lambda _: None, "127.0.0.1")
+    stream: SocketStream = SocketStream(server_side, loop, send_timeout=60.0)
+    if tls:
+        client, stream = _handshake(client, server_side, loop, root)
+    deadline = loop.time() + 3600
+    return client, HttpConnection(server, stream, lambda _: None, "127.0.0.1", deadline=deadline)
 
 
-async def measure(root: str, strategy: str, size: int, n: int) -> None:
+def _handshake(
+    client: socket.socket, server_side: socket.socket, loop: asyncio.AbstractEventLoop, folder: str
+) -> tuple[ssl.SSLSocket, TlsStream]:
+    cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "1", "-keyout", key, "-out", cert, "-subj", "/CN=localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.create_default_context(cafile=cert)
+    context.check_hostname = False
+    tls_client = context.wrap_socket(client, do_handshake_on_connect=False)
+    shaking = threading.Thread(target=tls_client.do_handshake)
+    shaking.start()
+    stream = TlsStream(server_side, loop, server_context(cert, key), send_timeout=60.0)
+    while not stream.handshake_step():
+        time.sleep(0.001)
+    shaking.join()
+    return tls_client, stream
+
+
+async def measure(root: str, strategy: str, size: int, n: int, tls: bool = False) -> None:
     loop = asyncio.get_running_loop()
-    client, connection = zcserve_connection(root, strategy, loop)
+    client, connection = zcserve_connection(root, strategy, loop, tls=tls)
     zcserve = cost_per_request(client, connection._on_readable, size, n)
     client.close()
     connection.close()
+    if tls:
+        print(f"zcserve {strategy} over TLS: {zcserve:.1f} µs CPU per request")
+        return
     client, server_side = connected_pair()
     floor = FloorConnection(server_side, os.fsencode(root), loop)
     loop.remove_reader(floor.fd)
@@ -85,8 +120,8 @@ async def measure(root: str, strategy: str, size: int, n: int) -> None:
     print(f"zcserve {strategy}: {zcserve:.1f} µs CPU per request; floor: {floor_cost:.1f} µs")
 
 
-Measure = Callable[[str, str, int, int], Coroutine[Any, Any, None]]
-"""`measure(root, strategy, size, n)`: `root` holds body.bin, of `size` bytes."""
+Measure = Callable[[str, str, int, int, bool], Coroutine[Any, Any, None]]
+"""`measure(root, strategy, size, n, tls)`: `root` holds body.bin, of `size` bytes."""
 
 
 def main(measure: Measure = measure, doc: str = __doc__ or "", requests: int = 30_000) -> None:
@@ -95,10 +130,11 @@ def main(measure: Measure = measure, doc: str = __doc__ or "", requests: int = 3
     parser.add_argument("--strategy", default="sendfile")
     parser.add_argument("--size", type=int, default=4096, help="body bytes")
     parser.add_argument("-n", type=int, default=requests, help="requests")
+    parser.add_argument("--tls", action="store_true", help="the same connection over TLS")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         Path(root, "body.bin").write_bytes(os.urandom(options.size))
-        uvloop.run(measure(root, options.strategy, options.size, options.n))
+        uvloop.run(measure(root, options.strategy, options.size, options.n, options.tls))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import socket
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from tests.conftest import Transport
 
 TIMEOUT = 20.0
 
@@ -23,7 +26,13 @@ class Response:
         return hashlib.sha256(self.body).hexdigest()
 
 
-def connect(port: int, host: str = "127.0.0.1") -> socket.socket:
+def connect(
+    port: int, host: str = "127.0.0.1", *, transport: Transport | None = None
+) -> socket.socket:
+    """A connected socket; over `transport` (TLS, say) when given, handshake done."""
+    if transport is not None:
+        assert host == "127.0.0.1", "a transport connects to 127.0.0.1"
+        return transport.connect(port, TIMEOUT)
     sock = socket.create_connection((host, port), timeout=TIMEOUT)
     return sock
 
@@ -53,9 +62,16 @@ def read_response(reader: BinaryIO, *, head: bool = False) -> Response | None:
     return Response(code, reason[0] if reason else "", headers, body)
 
 
-def exchange(port: int, raw: bytes, *, count: int = 1, head: bool = False) -> list[Response]:
+def exchange(
+    port: int,
+    raw: bytes,
+    *,
+    count: int = 1,
+    head: bool = False,
+    transport: Transport | None = None,
+) -> list[Response]:
     """Send `raw` in one write, read up to `count` responses, then close."""
-    with connect(port) as sock, sock.makefile("rb") as reader:
+    with connect(port, transport=transport) as sock, sock.makefile("rb") as reader:
         sock.sendall(raw)
         responses = []
         for _ in range(count):
@@ -67,12 +83,17 @@ def exchange(port: int, raw: bytes, *, count: int = 1, head: bool = False) -> li
 
 
 def get(
-    port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+    port: int,
+    path: str,
+    headers: dict[str, str] | None = None,
+    method: str = "GET",
+    *,
+    transport: Transport | None = None,
 ) -> Response:
     lines = [f"{method} {path} HTTP/1.1", "Host: test", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    responses = exchange(port, raw, head=method == "HEAD")
+    responses = exchange(port, raw, head=method == "HEAD", transport=transport)
     assert responses, f"no response to {method} {path}"
     return responses[0]
 

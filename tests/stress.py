@@ -10,20 +10,25 @@ import re
 import resource
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
+import pytest
 
 from tests.serverthread import ServerThread, start_server
 from zcserve.bench.child import ServeChild, start_serve
 from zcserve.errors import RunError
+
+if TYPE_CHECKING:
+    from tests.conftest import Transport
 
 T = TypeVar("T")
 
@@ -168,6 +173,24 @@ class Spawned:
         return self.child.stop(signum, timeout)
 
 
+def skip_unless_carried(transport: Transport, strategy: str) -> None:
+    """Skip a test of `strategy` over `transport` when the one cannot carry the other
+    (no zero-copy strategy carries TLS). `transport.strategies` leaves readall out of
+    both lists; it moves bytes through userspace as readwrite does, and the server
+    accepts it with TLS, so here it carries both."""
+    if strategy not in transport.strategies and strategy != "readall":
+        pytest.skip(f"{strategy} cannot carry {transport.name}")
+
+
+def serve_flags(options: Mapping[str, object]) -> tuple[str, ...]:
+    """`start_server` options (a transport's, say) as `zcserve serve` flags:
+    {"tls_cert": PATH} is ("--tls-cert", PATH)."""
+    flags: list[str] = []
+    for name, value in options.items():
+        flags += [f"--{name.replace('_', '-')}", str(value)]
+    return tuple(flags)
+
+
 def _limit_nofile(limit: int) -> Callable[[], None]:
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
@@ -224,6 +247,41 @@ async def connect(
     return sock
 
 
+def client_context(transport: Transport) -> ssl.SSLContext | None:
+    """What a client trusts over `transport`: its certificate under TLS, None plain."""
+    if transport.pem is None:
+        return None
+    return ssl.create_default_context(cafile=transport.pem.cert)
+
+
+async def open_stream(
+    port: int, transport: Transport, *, rcvbuf: int | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """asyncio streams over `transport` (the TLS handshake done), on a socket from
+    `connect`; close them with `abort_stream`."""
+    sock = await connect(port, rcvbuf=rcvbuf)
+    context = client_context(transport)
+    try:
+        return await asyncio.open_connection(
+            sock=sock, ssl=context, server_hostname=None if context is None else "localhost"
+        )
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def abort_stream(writer: asyncio.StreamWriter, *, hard: bool = False) -> None:
+    """Close `writer`'s connection at once, without TLS's close_notify: with a reset
+    (`hard`), else with a FIN; return once asyncio has let the socket go."""
+    if hard:
+        raw = writer.get_extra_info("socket")
+        with suppress(OSError):
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+    writer.transport.abort()
+    with suppress(OSError):  # ssl.SSLError is an OSError
+        await writer.wait_closed()
+
+
 async def read_response_async(sock: socket.socket) -> tuple[int, bytes]:
     """Status and body of one response with a Content-Length, read from `sock`."""
     loop = asyncio.get_running_loop()
@@ -278,12 +336,40 @@ def abort_plan(count: int, size: int, seed: int) -> list[Abort]:
     return plan
 
 
-async def abort_storm(port: int, path: str, plan: list[Abort], concurrency: int) -> None:
+async def abort_storm(
+    port: int,
+    path: str,
+    plan: list[Abort],
+    concurrency: int,
+    *,
+    transport: Transport | None = None,
+) -> None:
     """Run `plan` against the server: `concurrency` downloads at a time, each cut
-    off at its point by a reset or a plain close."""
+    off at its point by a reset or a plain close; over `transport` when given
+    (under TLS through asyncio streams, plain on raw sockets as without one)."""
     loop = asyncio.get_running_loop()
     request = f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
     todo = iter(plan)
+
+    async def stream_worker(transport: Transport) -> None:
+        for abort in todo:
+            reader, writer = await open_stream(port, transport, rcvbuf=64 * 1024)
+            try:
+                if abort.after >= 0:
+                    writer.write(request)
+                    await writer.drain()
+                got = 0
+                while got < abort.after:
+                    received = len(await reader.read(256 * 1024))
+                    if received == 0:
+                        raise AssertionError(f"server closed after {got} bytes")
+                    got += received
+            finally:
+                await abort_stream(writer, hard=abort.hard)
+
+    if transport is not None and transport.pem is not None:
+        await asyncio.gather(*(stream_worker(transport) for _ in range(concurrency)))
+        return
 
     async def worker() -> None:
         buffer = bytearray(256 * 1024)
@@ -318,28 +404,37 @@ and unmaps it when freed, so the RSS bound still catches a body kept alive."""
 
 
 def run_abort_storm(
-    log_dir: Path, root: str, big: tuple[str, int, str], strategy: str, loop: str, count: int
+    log_dir: Path,
+    root: str,
+    big: tuple[str, int, str],
+    strategy: str,
+    loop: str,
+    count: int,
+    *,
+    transport: Transport | None = None,
 ) -> int:
     """`count` aborted downloads of `big` (URL path, size, sha256) from a server
-    child: its descriptors must come back to the start, its RSS stay within
-    `ABORT_RSS_GROWTH`, and it must log nothing. Returns the RSS growth."""
+    child, over `transport` when given: its descriptors must come back to the
+    start, its RSS stay within `ABORT_RSS_GROWTH`, and it must log nothing.
+    Returns the RSS growth."""
     import hashlib
 
     from tests.httpclient import get
 
     path, size, sha256 = big
     env = WHOLE_BODY_MALLOC if strategy == "readall" else None
-    with spawn(log_dir, root, "--strategy", strategy, "--loop", loop, env=env) as child:
+    flags = serve_flags(transport.options()) if transport is not None else ()
+    with spawn(log_dir, root, "--strategy", strategy, "--loop", loop, *flags, env=env) as child:
         # Warm up without leaving a file in the open-file cache (it closes idle
         # descriptors itself after 2 s): the count must come back to exactly this.
-        assert get(child.port, "/no-such-file").status == 404
+        assert get(child.port, "/no-such-file", transport=transport).status == 404
         base_fds, base_rss = child.idle_fds(), child.rss()
         plan = abort_plan(count, size, seed=count)
-        asyncio.run(abort_storm(child.port, path, plan, concurrency=32))
+        asyncio.run(abort_storm(child.port, path, plan, concurrency=32, transport=transport))
         wait_for(lambda: child.fds() == base_fds, 10.0, "descriptors back to the start")
         growth = child.rss() - base_rss
         assert growth <= ABORT_RSS_GROWTH, f"RSS grew by {growth / MiB:.1f} MiB"
-        whole = get(child.port, path)
+        whole = get(child.port, path, transport=transport)
         assert hashlib.sha256(whole.body).hexdigest() == sha256, "served wrong bytes after"
         assert child.stop() == 0
     assert child.log() == "", f"aborts must log nothing at the default level:\n{child.log()}"

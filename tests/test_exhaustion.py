@@ -13,9 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPS, SIZES, Site
+from tests.conftest import LOOPS, SIZES, Site, Transport
 from tests.httpclient import connect, get, read_response
-from tests.stress import recv_until_closed, spawn, status_codes, wait_for
+from tests.stress import (
+    recv_until_closed,
+    serve_flags,
+    skip_unless_carried,
+    spawn,
+    status_codes,
+    wait_for,
+)
 from zcserve.server.strategies import STRATEGY_NAMES
 
 pytestmark = pytest.mark.timeout(120)
@@ -31,15 +38,17 @@ NOFILE = 64
 @pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
 def test_out_of_descriptors_for_the_body_is_503_never_a_short_200(
-    site: Site, tmp_path: Path, strategy: str, loop: str
+    transport: Transport, site: Site, tmp_path: Path, strategy: str, loop: str
 ) -> None:
     """The file comes from the open-file cache (no descriptor needed), but the body
     needs one more (readwrite reopens the file, splice takes a pipe pair): with
     none left, the answer is a 503, or a complete 200, never a 200 whose body
     never comes."""
+    skip_unless_carried(transport, strategy)
     size = SIZES["64k1.bin"]
-    with spawn(tmp_path, site.root, "--strategy", strategy, "--loop", loop, nofile=NOFILE) as child:
-        keeper = connect(child.port)
+    args = ("--strategy", strategy, "--loop", loop, *serve_flags(transport.options()))
+    with spawn(tmp_path, site.root, *args, nofile=NOFILE) as child:
+        keeper = connect(child.port, transport=transport)
         hogs: list[socket.socket] = []
         try:
             with keeper.makefile("rb") as reader:
@@ -47,6 +56,8 @@ def test_out_of_descriptors_for_the_body_is_503_never_a_short_200(
                 keeper.sendall(b"HEAD /64k1.bin HTTP/1.1\r\nHost: t\r\n\r\n")
                 head = read_response(reader, head=True)
                 assert head is not None and head.status == 200
+                # TCP only, over either transport: a hog holds a descriptor and says
+                # nothing (a TLS handshake would wait for an accept that never comes).
                 hogs = [connect(child.port) for _ in range(2 * NOFILE)]
                 wait_for(lambda: "backing off" in child.log(), DEADLINE, "descriptors used up")
                 keeper.sendall(b"GET /64k1.bin HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -66,7 +77,7 @@ def test_out_of_descriptors_for_the_body_is_503_never_a_short_200(
             keeper.close()
             for sock in hogs:
                 sock.close()
-        assert get(child.port, "/64k1.bin").sha256 == site.hashes["64k1.bin"]
+        assert get(child.port, "/64k1.bin", transport=transport).sha256 == site.hashes["64k1.bin"]
         assert child.stop() == 0
     assert "Traceback" not in child.log()
 
@@ -85,20 +96,22 @@ def _metric(url: str, name: str) -> float:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_a_full_disk_costs_log_lines_never_responses(site: Site, tmp_path: Path, loop: str) -> None:
+def test_a_full_disk_costs_log_lines_never_responses(
+    transport: Transport, site: Site, tmp_path: Path, loop: str
+) -> None:
     args = ("--loop", loop, "--access-log", "/dev/full", "--metrics", "127.0.0.1:0")
-    with spawn(tmp_path, site.root, *args) as child:
+    with spawn(tmp_path, site.root, *args, *serve_flags(transport.options())) as child:
         pipelined = (
             b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n"
             b"GET /no-such-file HTTP/1.1\r\nHost: t\r\n\r\n"
             b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
         )
-        with connect(child.port) as sock:
+        with connect(child.port, transport=transport) as sock:
             sock.sendall(pipelined)
             received, closed = recv_until_closed(sock, DEADLINE)
         assert status_codes(received) == [200, 404, 200] and closed, received[-300:]
         assert received.endswith(b"\r\n\r\nhello\n")
-        with connect(child.port) as sock:  # an error answer is logged (and lost) too
+        with connect(child.port, transport=transport) as sock:  # an error answer is lost too
             sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
             received, closed = recv_until_closed(sock, DEADLINE)
         assert status_codes(received) == [400] and closed
@@ -121,18 +134,16 @@ def test_a_full_disk_costs_log_lines_never_responses(site: Site, tmp_path: Path,
 @pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
 def test_shutdown_mid_pipeline_delivers_the_response_in_flight(
-    site: Site, tmp_path: Path, strategy: str, loop: str
+    transport: Transport, site: Site, tmp_path: Path, strategy: str, loop: str
 ) -> None:
     """SIGTERM while a client that pipelined a second request downloads 24 MiB: the
     download arrives whole (the pipelined bytes do not turn the close into a
     reset), the second request is not answered, and the exit is 0."""
+    skip_unless_carried(transport, strategy)
     size = SIZES["big.bin"]
-    with spawn(tmp_path, site.root, "--strategy", strategy, "--loop", loop) as child:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        sock.settimeout(20)
-        with sock:
-            sock.connect(("127.0.0.1", child.port))
+    args = ("--strategy", strategy, "--loop", loop, *serve_flags(transport.options()))
+    with spawn(tmp_path, site.root, *args) as child:
+        with transport.connect(child.port, 20, rcvbuf=64 * 1024) as sock:
             sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
             first = sock.recv(64 * 1024)
             sock.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n")  # waits unread

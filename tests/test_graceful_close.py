@@ -6,26 +6,24 @@ from __future__ import annotations
 
 import hashlib
 import select
-import socket
 import time
 
 import pytest
 
-from tests.conftest import LOOPS, SIZES, Site
+from tests.conftest import LOOPS, SIZES, Site, Transport
 from tests.serverthread import start_server
+from tests.stress import skip_unless_carried
 
 LAST = b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
 MORE = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
-def _download(port: int, request: bytes, more: bytes) -> tuple[bytes, bool]:
+def _download(transport: Transport, port: int, request: bytes, more: bytes) -> tuple[bytes, bool]:
     """Send `request`; once its answer is flowing (the server is busy sending and
     reads nothing), send `more`, which then sits unread in the server's kernel queue;
     read the rest. A server that simply closes after the body makes the kernel answer
     those unread bytes with a reset that destroys the body still in flight."""
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        sock.settimeout(20)
+    with transport.connect(port, 20, rcvbuf=64 * 1024) as sock:
         sock.sendall(request)
         chunks = [sock.recv(64 * 1024)]
         sock.sendall(more)
@@ -45,11 +43,12 @@ def _download(port: int, request: bytes, more: bytes) -> tuple[bytes, bool]:
 @pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("strategy", ["sendfile", "fallback", "readwrite", "mmap", "splice"])
 def test_connection_close_with_a_pipelined_request_delivers_the_whole_body(
-    site: Site, strategy: str, loop: str
+    transport: Transport, site: Site, strategy: str, loop: str
 ) -> None:
-    server = start_server(root=site.root, strategy=strategy, loop=loop)
+    skip_unless_carried(transport, strategy)
+    server = start_server(root=site.root, strategy=strategy, loop=loop, **transport.options())
     try:
-        received, reset = _download(server.port, LAST, MORE)
+        received, reset = _download(transport, server.port, LAST, MORE)
     finally:
         server.stop()
     head, _, body = received.partition(b"\r\n\r\n")
@@ -60,11 +59,16 @@ def test_connection_close_with_a_pipelined_request_delivers_the_whole_body(
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_http10_with_a_pipelined_request_delivers_the_whole_body(site: Site, loop: str) -> None:
-    server = start_server(root=site.root, loop=loop)
+def test_http10_with_a_pipelined_request_delivers_the_whole_body(
+    transport: Transport, site: Site, loop: str
+) -> None:
+    server = start_server(root=site.root, loop=loop, **transport.options())
     try:
         received, reset = _download(
-            server.port, b"GET /big.bin HTTP/1.0\r\n\r\n", b"GET /hello.txt HTTP/1.0\r\n\r\n"
+            transport,
+            server.port,
+            b"GET /big.bin HTTP/1.0\r\n\r\n",
+            b"GET /hello.txt HTTP/1.0\r\n\r\n",
         )
     finally:
         server.stop()
@@ -73,14 +77,16 @@ def test_http10_with_a_pipelined_request_delivers_the_whole_body(site: Site, loo
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_a_connection_sending_only_crlf_is_cut_at_the_header_timeout(site: Site, loop: str) -> None:
+def test_a_connection_sending_only_crlf_is_cut_at_the_header_timeout(
+    transport: Transport, site: Site, loop: str
+) -> None:
     """llhttp skips blank lines before a request line, so no head ever starts; the
     bytes still count against the header timeout."""
     timeout = 1.0
-    server = start_server(root=site.root, loop=loop, header_timeout=timeout)
+    server = start_server(root=site.root, loop=loop, header_timeout=timeout, **transport.options())
     try:
-        with socket.create_connection(("127.0.0.1", server.port)) as sock:
-            started = time.monotonic()
+        started = time.monotonic()  # before the accept: under TLS, before the handshake
+        with transport.connect(server.port) as sock:
             closed_at = None
             while time.monotonic() - started < timeout + 5:
                 try:

@@ -19,19 +19,24 @@ from __future__ import annotations
 import asyncio
 import select
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import LOOPS, SIZES, Site
+from tests.conftest import LOOPS, SIZES, Site, Transport
 from tests.httpclient import Response, connect, get, read_response
 from tests.stress import (
+    abort_stream,
+    client_context,
     open_fds,
+    open_stream,
     read_response_async,
     recv_until_closed,
     running,
     server_side_connections,
+    skip_unless_carried,
     status_codes,
     wait_for,
 )
@@ -56,9 +61,9 @@ def latest_cut(timeout: float) -> float:
     return timeout + TICK + MARGIN
 
 
-def answer(port: int, raw: bytes) -> tuple[list[int], bool]:
+def answer(transport: Transport, port: int, raw: bytes) -> tuple[list[int], bool]:
     """Send `raw` in one write; the statuses received and whether the server closed."""
-    with connect(port) as sock:
+    with connect(port, transport=transport) as sock:
         sock.sendall(raw)
         received, closed = recv_until_closed(sock, DEADLINE)
     return status_codes(received), closed
@@ -73,11 +78,13 @@ def read_one(sock: socket.socket) -> Response | None:
         return None
 
 
-def answered_and_kept_open(port: int, raw: bytes, count: int) -> tuple[list[int], int | None]:
+def answered_and_kept_open(
+    transport: Transport, port: int, raw: bytes, count: int
+) -> tuple[list[int], int | None]:
     """Send `raw` in one write and read `count` responses, then ask for HELLO on the
     same connection: the statuses, and the follow-up's status (None: the server had
     closed the connection)."""
-    with connect(port) as sock, sock.makefile("rb") as reader:
+    with connect(port, transport=transport) as sock, sock.makefile("rb") as reader:
         sock.sendall(raw)
         statuses: list[int] = []
         for _ in range(count):
@@ -106,35 +113,38 @@ def answered_and_kept_open(port: int, raw: bytes, count: int) -> tuple[list[int]
     ],
     ids=["long-target", "big-header", "many-headers", "partial-target", "partial-header"],
 )
-def test_limits_from_config_answer_and_close(site: Site, raw: bytes, status: int) -> None:
-    with running(root=site.root, max_request_line=100, max_header_bytes=300, max_headers=5) as s:
-        statuses, closed = answer(s.port, raw)
+def test_limits_from_config_answer_and_close(
+    transport: Transport, site: Site, raw: bytes, status: int
+) -> None:
+    limits = {"max_request_line": 100, "max_header_bytes": 300, "max_headers": 5}
+    with running(root=site.root, **limits, **transport.options()) as s:
+        statuses, closed = answer(transport, s.port, raw)
         assert statuses == [status] and closed, (statuses, closed)
         # Just under every limit is served, and on a connection that stays open.
         fine = b"GET /" + b"a" * 90 + b" HTTP/1.1\r\nHost: t\r\n" + b"X-N: 1\r\n" * 4 + b"\r\n"
-        statuses, follow_up = answered_and_kept_open(s.port, fine, 1)
+        statuses, follow_up = answered_and_kept_open(transport, s.port, fine, 1)
         assert statuses == [404] and follow_up == 200, (statuses, follow_up)
 
 
-def test_pipelined_requests_past_the_cap_wait_their_turn(site: Site) -> None:
+def test_pipelined_requests_past_the_cap_wait_their_turn(transport: Transport, site: Site) -> None:
     """--max-pipelined bounds the requests parsed ahead of their answers; the rest
     wait unread, as in nginx, and are all answered in order."""
-    with running(root=site.root, max_pipelined=4) as server:
-        statuses, follow_up = answered_and_kept_open(server.port, HELLO * 4, 4)
+    with running(root=site.root, max_pipelined=4, **transport.options()) as server:
+        statuses, follow_up = answered_and_kept_open(transport, server.port, HELLO * 4, 4)
         assert statuses == [200] * 4 and follow_up == 200, "4 pipelined requests are within the cap"
-        statuses, follow_up = answered_and_kept_open(server.port, HELLO * 50, 50)
+        statuses, follow_up = answered_and_kept_open(transport, server.port, HELLO * 50, 50)
         assert statuses == [200] * 50 and follow_up == 200, statuses
 
 
-def test_unknown_upgrade_is_answered_then_closed(site: Site) -> None:
+def test_unknown_upgrade_is_answered_then_closed(transport: Transport, site: Site) -> None:
     """An Upgrade the server does not speak ends the exchange: whatever follows the
     head is not HTTP to us, so the connection must close rather than go deaf."""
     upgrade = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
-    with running(root=site.root) as server:
-        statuses, closed = answer(server.port, upgrade + HELLO)
+    with running(root=site.root, **transport.options()) as server:
+        statuses, closed = answer(transport, server.port, upgrade + HELLO)
         assert statuses == [200] and closed, (statuses, closed)
         connect_ = b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org\r\n\r\n"
-        statuses, closed = answer(server.port, connect_ + HELLO)
+        statuses, closed = answer(transport, server.port, connect_ + HELLO)
         assert len(statuses) == 1 and 400 <= statuses[0] < 500 and closed, (statuses, closed)
 
 
@@ -148,33 +158,37 @@ class Trickled:
     dialled: float
     """Before connect(): surely before the server's header timer started."""
     connected: float
-    """After connect(): the server's timer starts at accept, close to this."""
+    """After connect() (and a TLS handshake): surely after the server's timer started
+    at the accept."""
     cut: float
     """When the client saw the close."""
 
 
 async def _trickle(
-    port: int, pause: float, give_up: float, began: asyncio.Event | None = None
+    transport: Transport,
+    port: int,
+    pause: float,
+    give_up: float,
+    began: asyncio.Event | None = None,
 ) -> Trickled:
-    """Send a head that never ends, one byte per `pause` seconds, and return when the
-    server cuts it off. Sets `began` once the first byte is sent; fails if the head
-    is still going `give_up` seconds after the connection opened."""
-    loop = asyncio.get_running_loop()
-    sock = socket.socket()
-    sock.setblocking(False)
+    """Send a head that never ends, one byte per `pause` seconds (under TLS, one
+    record per byte), and return when the server cuts it off. Sets `began` once the
+    first byte is sent; fails if the head is still going `give_up` seconds after
+    the connection opened."""
+    dialled = time.monotonic()
+    reader, writer = await open_stream(port, transport)
     try:
-        dialled = time.monotonic()
-        await loop.sock_connect(sock, ("127.0.0.1", port))
         connected = time.monotonic()
         for byte in HELLO[:-2] + b"X-Slow: " + b"z" * 1000:
             if time.monotonic() - connected > give_up:
                 break
             try:
-                await loop.sock_sendall(sock, bytes([byte]))
+                writer.write(bytes([byte]))
+                await writer.drain()
                 if began is not None:
                     began.set()
                 async with asyncio.timeout(pause):
-                    data = await loop.sock_recv(sock, 1024)
+                    data = await reader.read(1024)
             except TimeoutError:
                 continue
             except ConnectionError:
@@ -183,12 +197,12 @@ async def _trickle(
             return Trickled(dialled, connected, time.monotonic())
         raise AssertionError(f"a head trickled for {give_up:g}s without being cut off")
     finally:
-        sock.close()
+        await abort_stream(writer)
 
 
-def timed_get(port: int, path: str) -> tuple[Response, float]:
+def timed_get(transport: Transport, port: int, path: str) -> tuple[Response, float]:
     """`get`, and when its response had arrived (monotonic)."""
-    response = get(port, path)
+    response = get(port, path, transport=transport)
     return response, time.monotonic()
 
 
@@ -205,26 +219,33 @@ def assert_cut_at_header_timeout(trickled: list[Trickled], header_timeout: float
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-async def test_header_timeout_cuts_a_trickling_client(site: Site, loop: str) -> None:
+async def test_header_timeout_cuts_a_trickling_client(
+    transport: Transport, site: Site, loop: str
+) -> None:
     """A head sent a byte every 0.25 s never completes: the header timeout counts from
     the connection, so the bytes dribbling in must not keep it alive."""
     header_timeout = 1.0
-    with running(root=site.root, loop=loop, header_timeout=header_timeout) as server:
-        trickled = await _trickle(server.port, 0.25, latest_cut(header_timeout) + 1)
+    options = transport.options()
+    with running(root=site.root, loop=loop, header_timeout=header_timeout, **options) as server:
+        trickled = await _trickle(transport, server.port, 0.25, latest_cut(header_timeout) + 1)
     assert_cut_at_header_timeout([trickled], header_timeout)
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-async def test_slowloris_does_not_starve_a_normal_client(site: Site, loop: str) -> None:
+async def test_slowloris_does_not_starve_a_normal_client(
+    transport: Transport, site: Site, loop: str
+) -> None:
     """With 200 connections trickling heads, a normal GET is served while every
     trickler still hangs on (not after the server got rid of them), and the header
     timeout then cuts every trickler off."""
     header_timeout = 3.0
-    with running(root=site.root, loop=loop, header_timeout=header_timeout) as server:
+    options = transport.options()
+    with running(root=site.root, loop=loop, header_timeout=header_timeout, **options) as server:
         began = [asyncio.Event() for _ in range(200)]
         give_up = latest_cut(header_timeout) + 1
         tricklers = [
-            asyncio.create_task(_trickle(server.port, 0.5, give_up, event)) for event in began
+            asyncio.create_task(_trickle(transport, server.port, 0.5, give_up, event))
+            for event in began
         ]
         async with asyncio.timeout(DEADLINE):
             await asyncio.gather(*(event.wait() for event in began))
@@ -234,7 +255,7 @@ async def test_slowloris_does_not_starve_a_normal_client(site: Site, loop: str) 
             DEADLINE,
             "the server holds all 200 tricklers",
         )
-        response, served = await asyncio.to_thread(timed_get, server.port, "/hello.txt")
+        response, served = await asyncio.to_thread(timed_get, transport, server.port, "/hello.txt")
         assert response.body == b"hello\n"
         async with asyncio.timeout(give_up + DEADLINE):
             trickled = await asyncio.gather(*tricklers)
@@ -247,13 +268,16 @@ async def test_slowloris_does_not_starve_a_normal_client(site: Site, loop: str) 
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_keepalive_idle_timeout_closes_an_idle_connection(site: Site, loop: str) -> None:
+def test_keepalive_idle_timeout_closes_an_idle_connection(
+    transport: Transport, site: Site, loop: str
+) -> None:
     """The keep-alive timeout counts idle time from the last request, not the
     connection's age: a request after a short idle restarts it."""
     keepalive_timeout = 2.5
     short_idle = 0.5  # well under the timeout, even with a stalled test thread
-    with running(root=site.root, loop=loop, keepalive_timeout=keepalive_timeout) as server:
-        with connect(server.port) as sock, sock.makefile("rb") as reader:
+    options = {"keepalive_timeout": keepalive_timeout, **transport.options()}
+    with running(root=site.root, loop=loop, **options) as server:
+        with connect(server.port, transport=transport) as sock, sock.makefile("rb") as reader:
             sock.sendall(HELLO)
             first = read_response(reader)
             assert first is not None and first.body == b"hello\n"
@@ -280,15 +304,14 @@ def test_keepalive_idle_timeout_closes_an_idle_connection(site: Site, loop: str)
 @pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
 def test_send_stall_timeout_cuts_a_client_that_stops_reading(
-    site: Site, strategy: str, loop: str
+    transport: Transport, site: Site, strategy: str, loop: str
 ) -> None:
+    skip_unless_carried(transport, strategy)
     send_timeout = 0.5
-    with running(root=site.root, strategy=strategy, loop=loop, send_timeout=send_timeout) as server:
+    options = {"strategy": strategy, "loop": loop, "send_timeout": send_timeout}
+    with running(root=site.root, **options, **transport.options()) as server:
         before = open_fds()
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        with sock:
-            sock.connect(("127.0.0.1", server.port))
+        with transport.connect(server.port, rcvbuf=64 * 1024) as sock:
             asked = time.monotonic()  # the stall cannot begin before the request
             sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
             first = sock.recv(16)  # the transfer has begun; from now on, read nothing
@@ -317,7 +340,7 @@ def test_send_stall_timeout_cuts_a_client_that_stops_reading(
             f"a stalled client was held {dropped - stopped:.2f}s with a {send_timeout:g}s "
             "send timeout"
         )
-        assert get(server.port, "/hello.txt").body == b"hello\n"
+        assert get(server.port, "/hello.txt", transport=transport).body == b"hello\n"
 
 
 # Connection cap -------------------------------------------------------------------------
@@ -328,15 +351,48 @@ def ask(sock: socket.socket) -> Response | None:
     return read_one(sock)
 
 
+def first_bytes(transport: Transport, sock: socket.socket) -> socket.socket:
+    """Send a connection's first bytes, which need no answer from the server: plain,
+    a request (HELLO); under TLS, the ClientHello (the request must wait for the
+    handshake). Returns the socket to go on with, in `answer_after_accept`."""
+    context = client_context(transport)
+    if context is None:
+        sock.sendall(HELLO)
+        return sock
+    tls = context.wrap_socket(sock, server_hostname="localhost", do_handshake_on_connect=False)
+    tls.setblocking(False)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:  # the ClientHello is out; the ServerHello waits for accept
+        pass
+    else:
+        raise AssertionError("a TLS handshake finished before the server accepted")
+    return tls
+
+
+def answer_after_accept(sock: socket.socket) -> Response | None:
+    """The answer to what `first_bytes` began: under TLS, finish the handshake and
+    send the request first."""
+    sock.settimeout(DEADLINE)
+    if isinstance(sock, ssl.SSLSocket):
+        sock.do_handshake()
+        sock.sendall(HELLO)
+    return read_one(sock)
+
+
 @pytest.mark.parametrize("loop", LOOPS)
-def test_max_connections_holds_the_rest_in_the_backlog(site: Site, loop: str) -> None:
-    with running(root=site.root, loop=loop, max_connections=2) as server:
-        first, second, third = (connect(server.port) for _ in range(3))
+def test_max_connections_holds_the_rest_in_the_backlog(
+    transport: Transport, site: Site, loop: str
+) -> None:
+    with running(root=site.root, loop=loop, max_connections=2, **transport.options()) as server:
+        first, second = (connect(server.port, transport=transport) for _ in range(2))
+        # TCP only: a TLS client's handshake would wait for an accept that does not come.
+        third = socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE)
         try:
             for sock in (first, second):
                 response = ask(sock)
                 assert response is not None and response.status == 200
-            third.sendall(HELLO)
+            third = first_bytes(transport, third)
             # The server answers a connection it holds after the third one queued, so
             # it is running, yet it has not accepted the third: that one waits in the
             # backlog, neither served nor refused.
@@ -346,8 +402,7 @@ def test_max_connections_holds_the_rest_in_the_backlog(site: Site, loop: str) ->
             readable, _, _ = select.select([third], [], [], 0)
             assert not readable, "the third connection was answered or refused"
             first.close()  # a slot frees up: the third is accepted and served
-            third.settimeout(DEADLINE)
-            response = read_one(third)
+            response = answer_after_accept(third)
             assert response is not None and response.body == b"hello\n"
         finally:
             for sock in (first, second, third):
@@ -356,6 +411,7 @@ def test_max_connections_holds_the_rest_in_the_backlog(site: Site, loop: str) ->
 
 async def test_many_keepalive_requests_on_one_server(site: Site) -> None:
     """A sanity check of the async client the soak tests use, against a live server."""
+    # Plain only: read_response_async reads a raw socket (loop.sock_recv), as the soak does.
     with running(root=site.root) as server:
         loop = asyncio.get_running_loop()
         sock = socket.socket()

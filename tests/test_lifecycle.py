@@ -3,6 +3,7 @@ of its descriptors, and what it writes to the access log."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import signal
@@ -12,9 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPS, SIZES, Site
-from tests.httpclient import connect, get
-from tests.stress import recv_until_closed, running, spawn, status_codes, wait_for
+from tests.conftest import LOOPS, SIZES, Site, Transport
+from tests.httpclient import connect, get, read_response
+from tests.stress import (
+    abort_stream,
+    client_context,
+    recv_until_closed,
+    running,
+    serve_flags,
+    spawn,
+    status_codes,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,12 +48,8 @@ def refused(port: int) -> bool:
     return False
 
 
-def small_window_socket(port: int) -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    sock.settimeout(DEADLINE)
-    sock.connect(("127.0.0.1", port))
-    return sock
+def small_window_socket(transport: Transport, port: int) -> socket.socket:
+    return transport.connect(port, DEADLINE, rcvbuf=64 * 1024)
 
 
 # Graceful shutdown ------------------------------------------------------------------------
@@ -52,13 +58,15 @@ def small_window_socket(port: int) -> socket.socket:
 @pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
 def test_shutdown_lets_a_download_in_flight_finish(
-    site: Site, tmp_path: Path, signum: int, loop: str
+    transport: Transport, site: Site, tmp_path: Path, signum: int, loop: str
 ) -> None:
-    with spawn(tmp_path, site.root, "--loop", loop) as child:
-        idle = connect(child.port)
+    with spawn(tmp_path, site.root, "--loop", loop, *serve_flags(transport.options())) as child:
+        idle = connect(child.port, transport=transport)
         idle.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n")
-        assert status_codes(idle.recv(4096)) == [200]
-        download = small_window_socket(child.port)
+        with idle.makefile("rb") as reader:  # the whole response: under TLS, two records
+            response = read_response(reader)
+        assert response is not None and response.status == 200
+        download = small_window_socket(transport, child.port)
         download.sendall(BIG)
         received = download.recv(1024 * 1024)
         while len(received) < 1024 * 1024:  # well inside the 24 MiB: still in flight
@@ -81,12 +89,15 @@ def test_shutdown_lets_a_download_in_flight_finish(
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_grace_ends_a_stalled_download_and_exits_0(site: Site, tmp_path: Path, loop: str) -> None:
+def test_grace_ends_a_stalled_download_and_exits_0(
+    transport: Transport, site: Site, tmp_path: Path, loop: str
+) -> None:
     """The grace period is a time limit like the others: the stalled download is
     given all of it (not cut at the signal), and no more than it plus slack."""
     grace = 0.3
-    with spawn(tmp_path, site.root, "--loop", loop, "--grace", str(grace)) as child:
-        with small_window_socket(child.port) as stalled:
+    args = ("--loop", loop, "--grace", str(grace), *serve_flags(transport.options()))
+    with spawn(tmp_path, site.root, *args) as child:
+        with small_window_socket(transport, child.port) as stalled:
             stalled.sendall(BIG)
             assert stalled.recv(16).startswith(b"HTTP/1.1 200")  # then reads nothing
             signalled = time.monotonic()
@@ -103,23 +114,60 @@ def test_grace_ends_a_stalled_download_and_exits_0(site: Site, tmp_path: Path, l
 # Out of descriptors ------------------------------------------------------------------------
 
 
+CLOSE_HELLO = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+
+
+async def _tls_requests(transport: Transport, clients: list[socket.socket]) -> list[list[int]]:
+    """CLOSE_HELLO over TLS on every one of `clients`, all at once: a handshake waits
+    for its accept, which comes as earlier connections close. The statuses each
+    got; fails if one was neither answered nor closed within DEADLINE."""
+    context = client_context(transport)
+
+    async def one(sock: socket.socket) -> list[int]:
+        received = b""
+        try:
+            async with asyncio.timeout(DEADLINE):
+                reader, writer = await asyncio.open_connection(
+                    sock=sock, ssl=context, server_hostname="localhost"
+                )
+                try:
+                    writer.write(CLOSE_HELLO)
+                    while chunk := await reader.read(65536):
+                        received += chunk
+                except ConnectionError:  # closed by a reset: closed all the same
+                    pass
+                finally:
+                    await abort_stream(writer)
+        except TimeoutError:
+            raise AssertionError("a connection neither answered nor closed") from None
+        return status_codes(received)
+
+    return await asyncio.gather(*(one(sock) for sock in clients))
+
+
 @pytest.mark.parametrize("loop", LOOPS)
 def test_out_of_descriptors_backs_off_logs_once_and_recovers(
-    site: Site, tmp_path: Path, loop: str
+    transport: Transport, site: Site, tmp_path: Path, loop: str
 ) -> None:
     nofile = 64
-    with spawn(tmp_path, site.root, "--loop", loop, nofile=nofile) as child:
+    args = ("--loop", loop, *serve_flags(transport.options()))
+    with spawn(tmp_path, site.root, *args, nofile=nofile) as child:
+        # TCP only: a TLS handshake would wait for an accept that does not come yet.
         clients = [connect(child.port) for _ in range(2 * nofile)]
         try:
             wait_for(lambda: "backing off" in child.log(), DEADLINE, "EMFILE warning")
             assert child.proc.poll() is None
-            for sock in clients:  # a request on every connection, accepted or not
-                sock.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             statuses = []
-            for sock in clients:
-                received, closed = recv_until_closed(sock, DEADLINE)
-                assert closed, "a connection neither answered nor closed"
-                statuses += status_codes(received) or [0]
+            if transport.pem is None:
+                for sock in clients:  # a request on every connection, accepted or not
+                    sock.sendall(CLOSE_HELLO)
+                for sock in clients:
+                    received, closed = recv_until_closed(sock, DEADLINE)
+                    assert closed, "a connection neither answered nor closed"
+                    statuses += status_codes(received) or [0]
+            else:  # the requests need handshakes first, which need accepts: all at once
+                for got in asyncio.run(_tls_requests(transport, clients)):
+                    statuses += got or [0]
         finally:
             for sock in clients:
                 sock.close()
@@ -128,7 +176,7 @@ def test_out_of_descriptors_backs_off_logs_once_and_recovers(
         assert set(statuses) <= {200, 503, 0}, statuses
         assert statuses.count(200) > nofile, "once descriptors freed up, requests were served"
         for _ in range(3):
-            assert get(child.port, "/hello.txt").body == b"hello\n"
+            assert get(child.port, "/hello.txt", transport=transport).body == b"hello\n"
         assert child.stop() == 0
     log = child.log()
     assert log.count("backing off") == 1, log
@@ -143,14 +191,17 @@ CLF = re.compile(
 )
 
 
-def test_access_log_writes_one_clf_line_per_response(site: Site, tmp_path: Path) -> None:
+def test_access_log_writes_one_clf_line_per_response(
+    transport: Transport, site: Site, tmp_path: Path
+) -> None:
     path = tmp_path / "access.log"
-    with running(root=site.root, access_log=str(path)) as server:
-        assert get(server.port, "/hello.txt").status == 200
-        assert get(server.port, "/missing.txt").status == 404
-        assert get(server.port, "/hello.txt", method="HEAD").status == 200
-        assert get(server.port, "/64k1.bin", {"Range": "bytes=10-19"}).status == 206
-        with connect(server.port) as sock:
+    with running(root=site.root, access_log=str(path), **transport.options()) as server:
+        port = server.port
+        assert get(port, "/hello.txt", transport=transport).status == 200
+        assert get(port, "/missing.txt", transport=transport).status == 404
+        assert get(port, "/hello.txt", method="HEAD", transport=transport).status == 200
+        assert get(port, "/64k1.bin", {"Range": "bytes=10-19"}, transport=transport).status == 206
+        with connect(port, transport=transport) as sock:
             sock.sendall(b"GET /one.bin HTTP/1.1\r\nHost: t\r\n\r\nGARBAGE\r\n\r\n")
             received, closed = recv_until_closed(sock, DEADLINE)
         assert status_codes(received) == [200, 400] and closed
@@ -168,13 +219,16 @@ def test_access_log_writes_one_clf_line_per_response(site: Site, tmp_path: Path)
     ]
 
 
-def test_access_log_is_off_by_default_and_dash_is_stdout(site: Site, tmp_path: Path) -> None:
-    with spawn(tmp_path, site.root) as quiet:
-        assert get(quiet.port, "/hello.txt").body == b"hello\n"
+def test_access_log_is_off_by_default_and_dash_is_stdout(
+    transport: Transport, site: Site, tmp_path: Path
+) -> None:
+    flags = serve_flags(transport.options())
+    with spawn(tmp_path, site.root, *flags) as quiet:
+        assert get(quiet.port, "/hello.txt", transport=transport).body == b"hello\n"
         assert quiet.stop() == 0
     assert quiet.stdout == "" and quiet.log() == "", "nothing is logged by default"
-    with spawn(tmp_path, site.root, "--access-log", "-") as loud:
-        assert get(loud.port, "/hello.txt").body == b"hello\n"
+    with spawn(tmp_path, site.root, "--access-log", "-", *flags) as loud:
+        assert get(loud.port, "/hello.txt", transport=transport).body == b"hello\n"
         assert loud.stop() == 0
     lines = loud.stdout.splitlines()
     assert len(lines) == 1 and CLF.match(lines[0]), lines

@@ -4,15 +4,16 @@ first on bytes through the parser, then against a live server on both loops."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Live
+from tests.conftest import DEFAULT_STRATEGY, LOOPS, Live, Site, Transport
 from tests.httpclient import connect
+from tests.serverthread import start_server
 from tests.stress import recv_until_closed, status_codes
 from zcserve.errors import HttpError
 from zcserve.server.http import MAX_BODY, Request, RequestParser
@@ -109,20 +110,32 @@ def test_large_body_limit_is_the_constant() -> None:
 # Against a live server -------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", params=LOOPS, ids=lambda loop: f"default-{loop}")
+def default_live(
+    request: pytest.FixtureRequest, site: Site, transport: Transport
+) -> Iterator[Live]:
+    """conftest's `default_live` (the default strategy on each loop), over `transport`."""
+    loop: str = request.param
+    options = transport.options()
+    thread = start_server(root=site.root, strategy=DEFAULT_STRATEGY, loop=loop, **options)
+    yield Live(thread.port, DEFAULT_STRATEGY, loop, thread)
+    thread.stop()
+
+
 @pytest.mark.parametrize(("raw", "status"), INVALID, ids=IDS)
 def test_invalid_framing_is_answered_then_closed(
-    default_live: Live, raw: bytes, status: int
+    transport: Transport, default_live: Live, raw: bytes, status: int
 ) -> None:
-    with connect(default_live.port) as sock:
+    with connect(default_live.port, transport=transport) as sock:
         sock.sendall(raw)
         received, closed = recv_until_closed(sock, DEADLINE)
     assert status_codes(received) == [status] and closed, received[:300]
 
 
-def _answer_to_expect(port: int, head: bytes) -> tuple[bytes, float]:
+def _answer_to_expect(transport: Transport, port: int, head: bytes) -> tuple[bytes, float]:
     """Send `head` (announcing a body) and never the body: the whole answer, up to
-    the server's close, and how long it took."""
-    with connect(port) as sock:
+    the server's close, and how long it took (the TLS handshake left out)."""
+    with connect(port, transport=transport) as sock:
         started = time.monotonic()
         sock.sendall(head)
         received, closed = recv_until_closed(sock, DEADLINE)
@@ -142,9 +155,10 @@ def _answer_to_expect(port: int, head: bytes) -> tuple[bytes, float]:
     ids=["get", "post", "post-chunked", "too-large"],
 )
 def test_expect_100_continue_gets_the_final_status_at_once(
-    default_live: Live, head: bytes, status: int, body: bytes | None
+    transport: Transport, default_live: Live, head: bytes, status: int, body: bytes | None
 ) -> None:
-    received, took = _answer_to_expect(default_live.port, head + b"Expect: 100-continue\r\n\r\n")
+    expect = head + b"Expect: 100-continue\r\n\r\n"
+    received, took = _answer_to_expect(transport, default_live.port, expect)
     assert status_codes(received) == [status], received[:300]
     assert b"Connection: close" in received.partition(b"\r\n\r\n")[0]
     if body is not None:
@@ -152,9 +166,11 @@ def test_expect_100_continue_gets_the_final_status_at_once(
     assert took < EXPECT_WAIT / 2, f"answered after {took:.2f}s: the client waited"
 
 
-def test_body_sent_after_the_final_answer_is_drained(default_live: Live) -> None:
+def test_body_sent_after_the_final_answer_is_drained(
+    transport: Transport, default_live: Live
+) -> None:
     """A client that sends its body anyway, after the answer, gets no reset."""
-    with connect(default_live.port) as sock:
+    with connect(default_live.port, transport=transport) as sock:
         sock.sendall(
             b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 60000\r\nExpect: 100-continue\r\n\r\n"
         )
@@ -165,13 +181,20 @@ def test_body_sent_after_the_final_answer_is_drained(default_live: Live) -> None
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
-def test_curl_expect_post_gets_405_without_waiting(default_live: Live, tmp_path: Path) -> None:
+def test_curl_expect_post_gets_405_without_waiting(
+    transport: Transport, default_live: Live, tmp_path: Path
+) -> None:
     upload = tmp_path / "upload.bin"
     upload.write_bytes(b"u" * 4096)
+    if transport.pem is None:
+        scheme, trust = "http", []
+    else:
+        scheme, trust = "https", ["--cacert", transport.pem.cert]
     started = time.monotonic()
     result = subprocess.run(
-        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Expect: 100-continue",
-         "--data-binary", f"@{upload}", f"http://127.0.0.1:{default_live.port}/hello.txt"],
+        ["curl", "-sS", *trust, "-o", "/dev/null", "-w", "%{http_code}",
+         "-H", "Expect: 100-continue", "--data-binary", f"@{upload}",
+         f"{scheme}://127.0.0.1:{default_live.port}/hello.txt"],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     took = time.monotonic() - started
@@ -179,8 +202,8 @@ def test_curl_expect_post_gets_405_without_waiting(default_live: Live, tmp_path:
     assert took < EXPECT_WAIT, f"curl took {took:.2f}s: it waited out its expect timeout"
 
 
-def test_valid_host_keeps_the_connection_open(default_live: Live) -> None:
-    with connect(default_live.port) as sock, sock.makefile("rb") as reader:
+def test_valid_host_keeps_the_connection_open(transport: Transport, default_live: Live) -> None:
+    with connect(default_live.port, transport=transport) as sock, sock.makefile("rb") as reader:
         for host in (b"localhost", b"127.0.0.1:8080", b"[::1]"):
             sock.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
             line = reader.readline()
@@ -190,9 +213,9 @@ def test_valid_host_keeps_the_connection_open(default_live: Live) -> None:
             assert reader.read(6) == b"hello\n"
 
 
-def test_tcp_reset_never_hides_an_error(default_live: Live) -> None:
+def test_tcp_reset_never_hides_an_error(transport: Transport, default_live: Live) -> None:
     """The 400 for a second Host arrives though the request goes on after it."""
-    with socket.create_connection(("127.0.0.1", default_live.port), timeout=DEADLINE) as sock:
+    with transport.connect(default_live.port, DEADLINE) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n" + HELLO * 50)
         received, closed = recv_until_closed(sock, DEADLINE)
     assert status_codes(received) == [400] and closed

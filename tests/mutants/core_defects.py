@@ -41,7 +41,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="tls-plaintext-left-in-the-record-layer-is-forgotten",
         path=CONNECTION,
-        old="        if self._unparsed or (self._encrypted and self.stream.input_buffered()):\n",
+        old="        if self._unparsed or self.stream.more_input:\n",
         new="        if self._unparsed:\n",
         tests=("tests/test_one_core.py",),
     ),

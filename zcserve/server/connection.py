@@ -160,7 +160,7 @@ class HttpConnection:
     __slots__ = (
         "server", "loop", "sock", "fd", "stream", "parser", "pending", "deadline",
         "phase", "peer", "_on_close", "_buffer", "_view", "_unparsed", "_feed_max",
-        "_recv", "_send_call", "_encrypted", "_reading", "_writing", "_head_deadline",
+        "_recv", "_send_call", "_reading", "_writing", "_head_deadline",
         "_inflight", "_chosen", "_fell_back", "_linger_ends", "_drained",
     )  # fmt: skip
 
@@ -194,7 +194,6 @@ class HttpConnection:
         """Most bytes fed at once, so that at most --max-pipelined requests are
         parsed ahead of their answers, however densely a client packs them."""
         self._recv, self._send_call = stream.io_calls()
-        self._encrypted = stream.encrypted
         self._reading = False
         self._writing = False
         self._head_deadline: float | None = deadline
@@ -216,7 +215,7 @@ class HttpConnection:
 
     def start(self) -> None:
         self._resume_reading()
-        if self._encrypted and self.stream.input_buffered():
+        if self.stream.more_input:
             # The handshake's last flight may have carried the first request.
             self.loop.call_soon(self._on_readable)
 
@@ -314,7 +313,7 @@ class HttpConnection:
             self.deadline = self.loop.time() + self.server.config.keepalive_timeout
         if not self._reading:
             self._resume_reading()
-        if self._unparsed or (self._encrypted and self.stream.input_buffered()):
+        if self._unparsed or self.stream.more_input:
             # Bytes already received wait in userspace: no readable event will come.
             self.loop.call_soon(self._on_readable)
 
@@ -426,7 +425,7 @@ class HttpConnection:
                 if progress is not _DONE:
                     self._transfer_waits(transfer, progress)
                     return
-            if self._encrypted:  # TLS ciphertext: in the kernel before we go on
+            if self.stream.unflushed:  # TLS ciphertext: in the kernel before we go on
                 self.stream.flush()
             self._finish()
         except BlockingIOError:

@@ -50,6 +50,9 @@ class SocketStream:
     )  # fmt: skip
 
     encrypted = False
+    more_input = False
+    """Whether received bytes wait in userspace, where no readable event announces
+    them (TLS records read but not yet asked for); never on plain TCP."""
 
     def __init__(
         self, sock: socket.socket, loop: asyncio.AbstractEventLoop, *, send_timeout: float
@@ -76,11 +79,6 @@ class SocketStream:
 
     def flush(self) -> None:
         """Hand `unflushed` to the kernel; BlockingIOError while it cannot take it all."""
-
-    def input_buffered(self) -> bool:
-        """Whether received bytes wait in userspace, where no readable event announces
-        them (TLS records decrypted or read but not yet asked for)."""
-        return False
 
     def shutdown_write(self) -> None:
         """Say the last word (TLS: close_notify), then shut the socket for writing."""

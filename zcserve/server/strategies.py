@@ -321,9 +321,9 @@ class ReadWriteStrategy(AwaitedReadStrategy):
             await afile.seek(offset)
             chunk, left = self._chunk_for(count), count
             # One buffer being sent while the other fills; the second only if needed.
-            buffers = [memoryview(bytearray(min(chunk, left)))]
+            buffers = [_fresh_buffer(min(chunk, left))]
             if left > chunk:
-                buffers.append(memoryview(bytearray(min(chunk, left - chunk))))
+                buffers.append(_fresh_buffer(min(chunk, left - chunk)))
             held = sum(map(len, buffers))
             self.buffered += held
             filling = 0
@@ -392,6 +392,14 @@ class ReadAllStrategy(AwaitedReadStrategy):
         for start in range(TURN_BYTES, count, TURN_BYTES):
             await asyncio.sleep(0)  # a turn for other connections, as `Transfer` gives
             await stream.send_all(view[start : start + TURN_BYTES])
+
+
+def _fresh_buffer(size: int) -> memoryview:
+    """A buffer of its own mapping, unmapped when its last view goes: megabytes taken
+    from malloc's heap stay in the process after a burst of downloads (glibc raises
+    its mmap threshold after the first free, and long-lived TLS objects pin the heap
+    top), so RSS would keep the peak of every burst."""
+    return memoryview(mmap.mmap(-1, size))
 
 
 async def _settle(reading: asyncio.Future[Any]) -> None:

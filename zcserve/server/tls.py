@@ -21,7 +21,7 @@ from zcserve.server.sockio import MSG_MORE, Buffer, SocketStream
 
 log = logging.getLogger("zcserve")
 
-FLUSH_BYTES = 256 * 1024
+FLUSH_BYTES = 64 * 1024
 """Most plaintext encrypted per send: the ciphertext a connection may hold unsent."""
 RECEIVE_BYTES = 64 * 1024
 """Most ciphertext read per call. Read into a new bytes object that lives only until
@@ -46,7 +46,7 @@ class TlsStream(SocketStream):
     Built once the client has sent its first byte: the SSLObject and its buffers
     are most of what a TLS connection costs."""
 
-    __slots__ = ("_incoming", "_outgoing", "_tls", "_notified", "_corked")
+    __slots__ = ("_incoming", "_outgoing", "_tls", "_notified", "_corked", "more_input")
 
     encrypted = True
 
@@ -65,6 +65,7 @@ class TlsStream(SocketStream):
         self._notified = False
         self._corked = b""
         """A head's plaintext, held back until its body comes (see `send_now`)."""
+        self.more_input = False
 
     def _sendfile_capable(self) -> bool:
         return False
@@ -92,6 +93,7 @@ class TlsStream(SocketStream):
         except ssl.SSLWantReadError:
             done = False
         self._queue_output()
+        self.more_input = done and self._incoming.pending > 0  # the first request, early
         return done
 
     # the core's calls ---------------------------------------------------------------
@@ -102,28 +104,35 @@ class TlsStream(SocketStream):
     def recv_into_now(self, buffer: Buffer) -> int:
         """Plaintext into `buffer`: as much as one record layer read gives, reading
         ciphertext from the socket first when none waits (an SSLWantReadError costs
-        more than the check); 0 at the end."""
+        more than the check); 0 at the end. Sets `more_input`."""
         tls, incoming = self._tls, self._incoming
-        if not incoming.pending and not tls.pending():
-            self._receive()  # BlockingIOError: nothing to read yet
+        if not self.more_input:
+            received = self.sock.recv(RECEIVE_BYTES)  # BlockingIOError: nothing yet
+            if received:
+                incoming.write(received)
+            else:
+                incoming.write_eof()
+            if self._outgoing.pending:  # a key update or a ticket to answer
+                self._queue_output()
         while True:
             try:
                 # With a buffer, read() fills it and returns a count (typeshed: bytes).
                 count: int = tls.read(len(buffer), buffer)  # type: ignore[assignment]
-                return count
             except ssl.SSLWantReadError:  # part of a record: read on
-                self._receive()
+                self.more_input = False
+                received = self.sock.recv(RECEIVE_BYTES)
+                if received:
+                    incoming.write(received)
+                else:
+                    incoming.write_eof()
+                continue
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self.more_input = False
                 return 0
-
-    def _receive(self) -> None:
-        received = self.sock.recv(RECEIVE_BYTES)  # BlockingIOError: wait
-        if not received:
-            self._incoming.write_eof()
-        else:
-            self._incoming.write(received)
-        if self._outgoing.pending:  # a key update or a ticket to answer
-            self._queue_output()
+            # A full buffer may leave plaintext in OpenSSL; whole records may wait
+            # in the incoming BIO. Either way no readable event will announce them.
+            self.more_input = count == len(buffer) or incoming.pending > 0
+            return count
 
     def send_now(self, data: Buffer, flags: int = 0) -> int:
         """Encrypt up to FLUSH_BYTES of `data`; return how much was taken. Ciphertext
@@ -136,12 +145,22 @@ class TlsStream(SocketStream):
             self._corked = bytes(data)
             return len(data)
         view = memoryview(data)[:FLUSH_BYTES]
-        self._encrypt(view)
+        corked = self._corked
+        if corked:
+            self._corked = b""
+            self._tls.write(corked + view)
+        else:
+            self._tls.write(view)
+        unflushed = memoryview(self._outgoing.read())
         try:
-            self.flush()
+            while unflushed:
+                unflushed = unflushed[self.sock.send(unflushed) :]
         except BlockingIOError:
             pass
+        self.unflushed = unflushed
         return len(view)
+
+    send_some = send_now
 
     def _encrypt(self, view: memoryview) -> None:
         corked = self._corked
@@ -153,9 +172,6 @@ class TlsStream(SocketStream):
         out = self._outgoing.read()
         self.unflushed = memoryview(bytes(self.unflushed) + out if self.unflushed else out)
 
-    def send_some(self, data: memoryview) -> int:
-        return self.send_now(data)
-
     def flush(self) -> None:
         if self._corked:  # a head whose body never came (the transfer failed)
             self._encrypt(memoryview(b""))
@@ -163,9 +179,6 @@ class TlsStream(SocketStream):
         while unflushed:
             unflushed = unflushed[send(unflushed) :]  # BlockingIOError: full
             self.unflushed = unflushed
-
-    def input_buffered(self) -> bool:
-        return self._tls.pending() > 0 or self._incoming.pending > 0
 
     def _queue_output(self) -> None:
         """Move what OpenSSL wrote to `unflushed`, and send what the socket takes."""
