@@ -117,34 +117,31 @@ _READING, _RESPONDING, _LINGERING, _CLOSED = (
 
 
 class InFlight:
-    """The response on its way, from commit to the last byte in the kernel."""
+    """The response on its way, from commit to the last byte in the kernel.
 
-    __slots__ = (
-        "request", "reply", "started", "last", "linger", "logged", "unsent", "flags",
-        "strategy", "transfer", "body_start", "task",
-    )  # fmt: skip
+    No __slots__: the fields most responses never change are class attributes, so
+    a response costs four stores, not twelve."""
 
-    def __init__(
-        self, request: Request | None, reply: Reply, started: float, *, last: bool
-    ) -> None:
+    linger = False
+    """Linger after it even if the client seems to have sent nothing more (an
+    error answer: the rest of a refused request may still be on its way)."""
+    logged = True
+    """False in raw mode, which has no requests to log."""
+    unsent = _EMPTY
+    """Head (or in-memory body) bytes the socket has not taken yet."""
+    flags = 0
+    strategy: CopyStrategy | None = None
+    transfer: Transfer | None = None
+    body_start = 0
+    task: asyncio.Task[None] | None = None
+    """The coroutine that moves the rest of the body, if it was handed off."""
+
+    def __init__(self, request: Request | None, reply: Reply, started: float, last: bool) -> None:
         self.request = request
         self.reply = reply
         self.started = started
         self.last = last
         """No request behind this one is answered: the connection closes after it."""
-        self.linger = False
-        """Linger after it even if the client seems to have sent nothing more (an
-        error answer: the rest of a refused request may still be on its way)."""
-        self.logged = True
-        """False in raw mode, which has no requests to log."""
-        self.unsent = _EMPTY
-        """Head (or in-memory body) bytes the socket has not taken yet."""
-        self.flags = 0
-        self.strategy: CopyStrategy | None = None
-        self.transfer: Transfer | None = None
-        self.body_start = 0
-        self.task: asyncio.Task[None] | None = None
-        """The coroutine that moves the rest of the body, if it was handed off."""
 
 
 class HttpConnection:
@@ -225,7 +222,9 @@ class HttpConnection:
         if not file.size:
             file.close()
             reply.file = None
-        self._commit(InFlight(None, reply, 0.0, last=True), logged=False)
+        inflight = InFlight(None, reply, 0.0, True)
+        inflight.logged = False
+        self._commit(inflight)
 
     def refuse(self, response: bytes) -> None:
         """Answer a connection that cannot be served (plain HTTP on the TLS port) with
@@ -332,12 +331,11 @@ class HttpConnection:
             log.exception("unexpected error answering %s %r", request.method, request.target)
             self._answer_500(request)
             return
-        self._commit(InFlight(request, reply, started, last=not reply.keep_alive))
+        self._commit(InFlight(request, reply, started, not reply.keep_alive))
 
-    def _commit(self, inflight: InFlight, *, logged: bool = True) -> None:
+    def _commit(self, inflight: InFlight) -> None:
         """Start sending `inflight`: from here on, it is the connection's answer."""
         self._inflight = inflight
-        inflight.logged = logged
         self.phase = _RESPONDING
         reply = inflight.reply
         file = reply.file
@@ -378,7 +376,7 @@ class HttpConnection:
         head, _, body = (whole or error_response(status, keep_alive=False)).partition(b"\r\n\r\n")
         started = time.perf_counter() if self.server.timed else 0.0
         reply = Reply(status, head + b"\r\n\r\n", False, body)
-        inflight = InFlight(request, reply, started, last=True)
+        inflight = InFlight(request, reply, started, True)
         inflight.linger = True
         self._commit(inflight)
 
