@@ -371,3 +371,13 @@ def test_progress_of_a_request_count_shows_done_out_of_asked(base_url: str) -> N
     assert seen, "progress is reported at the start at least"
     for figures in seen:
         assert re.fullmatch(r"[\d,]+/2,000 requests, [\d,]+ req/s, 0 errors", figures), figures
+
+
+def test_z_is_the_duration_as_oha_and_hey_spell_it(base_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    code = run_cli(
+        f"{base_url}/4k.bin", "-c", "2", "-z", "300ms", "--processes", "1", "--json", str(out)
+    )
+    data = json.loads(out.read_text())
+    assert code == 0 and data["requests"] > 0, data
+    assert 0.2 < data["duration"] < 2.0, data["duration"]

@@ -175,8 +175,9 @@ def parse_statuses(text: str) -> tuple[int, ...]:
 
 def unexpected_statuses(expected: tuple[int, ...] | None) -> bytes:
     """A table indexed by status: 1 where a complete response is an error (not in
-    `expected`; None expects 2xx). Looked up once per response, without a string."""
-    ok = set(range(200, 300) if expected is None else expected)
+    `expected`; None expects 2xx and 3xx, as wrk counts). Looked up once per
+    response, without a string."""
+    ok = set(range(200, 400) if expected is None else expected)
     return bytes(0 if status in ok else 1 for status in range(STATUS_KEYS))
 
 

@@ -56,7 +56,7 @@ class LoadOptions:
     """Extra request headers, each `Name: value`, sent on every request; a Host,
     User-Agent or Accept among them replaces the default one."""
     expect_status: tuple[int, ...] | None = None
-    """The statuses that count as success; None is every 2xx. Any other complete
+    """The statuses that count as success; None is every 2xx and 3xx. Any other complete
     response is counted, and is an error (`status_NNN`)."""
 
     def __post_init__(self) -> None:

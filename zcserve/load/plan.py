@@ -71,7 +71,7 @@ class WorkerPlan:
     method: str = "GET"
     """HEAD: every response ends with its head."""
     expect_status: tuple[int, ...] | None = None
-    """The statuses that are not errors; None is every 2xx."""
+    """The statuses that are not errors; None is every 2xx and 3xx."""
 
 
 def split_evenly(total: int, parts: int) -> list[int]:

@@ -285,8 +285,8 @@ def add_command(sub: argparse._SubParsersAction[P]) -> None:
         "--expect-status",
         metavar="LIST",
         default=None,
-        help="statuses that count as success, e.g. 200,206,304 or 2xx; any other is an error "
-        "(default: 2xx)",
+        help="statuses that count as success, e.g. 200,206 or 2xx; any other is an error "
+        "(default: 2xx and 3xx, 304 and redirects included, as wrk counts)",
     )
     p.add_argument(
         "-c",
@@ -300,6 +300,7 @@ def add_command(sub: argparse._SubParsersAction[P]) -> None:
     bound = p.add_mutually_exclusive_group()
     bound.add_argument(
         "-d",
+        "-z",
         "--duration",
         metavar="DURATION",
         type=_duration,

@@ -311,8 +311,9 @@ class LoadResult:
     """What one load run measured; `merge` adds the results of several processes.
 
     `requests` counts complete responses of any status; `failed` counts requests
-    that got none. With `-n N`, requests + failed == N. A non-2xx, a body over its
-    Content-Length or a hash mismatch is both a request and an error. A failed TLS
+    that got none. With `-n N`, requests + failed == N. A status not expected (by
+    default a 4xx or 5xx), a body over its Content-Length or a hash mismatch is both a
+    request and an error. A failed TLS
     handshake is a failed request (error kind "tls"). In the open model, the slots
     due in the window are requests + failed + `unsent`, and the latency histogram
     holds the unsent ones too, each charged from its due time to the end of the run.
