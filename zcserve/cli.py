@@ -442,6 +442,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extras = parser.parse_known_args(argv)
     if extras:  # say which command refused them, as its own errors do
         parser_of_command: argparse.ArgumentParser = args.commands.get(args.command, parser)
+        options = [extra for extra in extras if extra.startswith("-")]
+        if options:  # an unknown option, not the operand it pushed out of place
+            parser_of_command.error(
+                f"unknown option {options[0]}; see zcserve {args.command} --help"
+            )
         parser_of_command.error(f"unrecognized arguments: {' '.join(extras)}")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
