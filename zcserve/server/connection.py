@@ -262,7 +262,7 @@ class HttpConnection:
             self._unparsed = _EMPTY
         else:
             try:
-                received = self._recv(self._buffer)
+                received = self._recv(self._view)
             except BlockingIOError:
                 return
             except OSError as exc:

@@ -72,7 +72,7 @@ class SocketStream:
     def _sendfile_capable(self) -> bool:
         return self.sock.type == socket.SOCK_STREAM and not hasattr(self.sock, "getpeercert")
 
-    def io_calls(self) -> tuple[Callable[[Buffer], int], Callable[[Buffer, int], int]]:
+    def io_calls(self) -> tuple[Callable[[memoryview], int], Callable[[Buffer, int], int]]:
         """`(recv_into(buffer), send(data, flags))`, both non-blocking: they raise
         BlockingIOError when nothing can move now; recv_into returns 0 at the end."""
         return self.sock.recv_into, self.sock.send
@@ -99,7 +99,7 @@ class SocketStream:
         finally:
             self.loop.remove_writer(self.fd)
 
-    def send_some(self, data: memoryview) -> int:
+    def send_some(self, data: Buffer) -> int:
         """Send what the kernel takes now; BlockingIOError when it takes nothing."""
         return self.sock.send(data)
 

@@ -48,6 +48,8 @@ SENDFILE_MAX_CHUNK = 2 * 1024 * 1024
 TURN_BYTES = 4 * 1024 * 1024
 """Bytes one connection may send before yielding to the loop, so a fast reader of
 a huge file cannot starve other connections."""
+SMALL_BODY = 16 * 1024
+"""Bodies up to this size the fallback reads whole per step (one TLS record's worth)."""
 READALL_MAX = 2 * 1024**3
 """Largest range `readall` holds in memory (2 GiB): past it, 503 rather than a
 server that swaps or is killed for one request."""
@@ -467,12 +469,21 @@ class FallbackStrategy(SteppedStrategy):
         self._pool: list[bytearray] = []
 
     def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
+        # send_some, not the socket's send: under TLS this is the one path, and it
+        # encrypts.
+        send = stream.send_some
+        if count <= SMALL_BODY:
+            # A small body is read whole per step: a new `bytes` of a few KiB costs
+            # less than lending a pooled buffer and taking it back. A partial send
+            # reads the rest again from its offset.
+            pread, file_fd = os.pread, file.fd
+            return Transfer(
+                stream, file, offset, count, lambda offset, size: send(pread(file_fd, size, offset))
+            )
         buffer = self._pool.pop() if self._pool else bytearray(self.chunk_size)
         view = memoryview(buffer)
         unsent = view[:0]  # read from the file, not yet taken by the socket
-        # send_some, not the socket's send: under TLS this is the one path, and it
-        # encrypts.
-        send, preadv, file_fd, chunk = stream.send_some, os.preadv, file.fd, self.chunk_size
+        preadv, file_fd, chunk = os.preadv, file.fd, self.chunk_size
 
         def step(offset: int, size: int) -> int:
             nonlocal unsent

@@ -98,20 +98,19 @@ class TlsStream(SocketStream):
 
     # the core's calls ---------------------------------------------------------------
 
-    def io_calls(self) -> tuple[Callable[[Buffer], int], Callable[[Buffer, int], int]]:
+    def io_calls(self) -> tuple[Callable[[memoryview], int], Callable[[Buffer, int], int]]:
         return self.recv_into_now, self.send_now
 
-    def recv_into_now(self, buffer: Buffer) -> int:
+    def recv_into_now(self, buffer: memoryview) -> int:
         """Plaintext into `buffer`: as much as one record layer read gives, reading
         ciphertext from the socket first when none waits (an SSLWantReadError costs
-        more than the check); 0 at the end. Sets `more_input`."""
+        more than the check); 0 at the end. Sets `more_input`.
+
+        The ciphertext is received into `buffer` itself: the incoming BIO copies it
+        before OpenSSL writes plaintext there, and no bytes object is made per read."""
         tls, incoming = self._tls, self._incoming
         if not self.more_input:
-            received = self.sock.recv(RECEIVE_BYTES)  # BlockingIOError: nothing yet
-            if received:
-                incoming.write(received)
-            else:
-                incoming.write_eof()
+            self._receive_into(buffer)  # BlockingIOError: nothing yet
             if self._outgoing.pending:  # a key update or a ticket to answer
                 self._queue_output()
         while True:
@@ -120,11 +119,7 @@ class TlsStream(SocketStream):
                 count: int = tls.read(len(buffer), buffer)  # type: ignore[assignment]
             except ssl.SSLWantReadError:  # part of a record: read on
                 self.more_input = False
-                received = self.sock.recv(RECEIVE_BYTES)
-                if received:
-                    incoming.write(received)
-                else:
-                    incoming.write_eof()
+                self._receive_into(buffer)
                 continue
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 self.more_input = False
@@ -133,6 +128,13 @@ class TlsStream(SocketStream):
             # in the incoming BIO. Either way no readable event will announce them.
             self.more_input = count == len(buffer) or incoming.pending > 0
             return count
+
+    def _receive_into(self, buffer: memoryview) -> None:
+        received = self.sock.recv_into(buffer)  # BlockingIOError: wait
+        if received:
+            self._incoming.write(buffer[:received])
+        else:
+            self._incoming.write_eof()
 
     def send_now(self, data: Buffer, flags: int = 0) -> int:
         """Encrypt up to FLUSH_BYTES of `data`; return how much was taken. Ciphertext
