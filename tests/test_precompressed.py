@@ -137,6 +137,15 @@ def test_ranges_apply_to_the_encoded_bytes(server: ServerThread) -> None:
     assert many.headers["content-encoding"] == "br"
 
 
+def test_an_unsatisfiable_range_is_not_labelled_encoded(server: ServerThread) -> None:
+    """The 416's body is plain text: no Content-Encoding, no validators; Vary stays."""
+    refused = get(server.port, "/style.css", {**ae("gzip"), "Range": f"bytes={len(CSS) * 2}-"})
+    assert refused.status == 416 and refused.body == b"416 Range Not Satisfiable\n"
+    assert "content-encoding" not in refused.headers, refused.headers
+    assert "etag" not in refused.headers and "last-modified" not in refused.headers
+    assert refused.headers["vary"] == "Accept-Encoding"
+
+
 def test_conditionals_use_the_sidecar_etag(server: ServerThread) -> None:
     encoded = get(server.port, "/style.css", ae("br"))
     again = get(server.port, "/style.css", {**ae("br"), "If-None-Match": encoded.headers["etag"]})

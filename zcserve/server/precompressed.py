@@ -120,7 +120,9 @@ def plan_with_sidecars(
     sidecars = _Sidecars(root, wanted)
     reply = plan(request, sidecars)
     extra = VARY
-    if sidecars.used is not None and reply.status in (200, 206, 304, 416):
+    # Only an answer that carries (or, for 304, stands for) the encoded bytes says
+    # so: a 416's body is plain text, and `curl --compressed` would fail to decode it.
+    if sidecars.used is not None and reply.status in (200, 206, 304):
         extra += f"Content-Encoding: {sidecars.used}\r\n".encode("ascii")
     reply.head = reply.head[:-2] + extra + b"\r\n"
     return reply

@@ -1,0 +1,18 @@
+"""Defects of the third hostile-input round: error answers' representation headers,
+and what the access log writes."""
+
+from __future__ import annotations
+
+from tests.mutants import Mutant
+
+MUTANTS: list[Mutant] = [
+    Mutant(
+        name="unsatisfiable-range-labelled-with-the-sidecar-encoding",
+        path="zcserve/server/precompressed.py",
+        old="    if sidecars.used is not None and reply.status in (200, 206, 304):\n",
+        new="    if sidecars.used is not None and reply.status in (200, 206, 304, 416):\n",
+        tests=(
+            "tests/test_precompressed.py::test_an_unsatisfiable_range_is_not_labelled_encoded",
+        ),
+    ),
+]
