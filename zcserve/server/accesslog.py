@@ -22,12 +22,13 @@ log = logging.getLogger("zcserve")
 AccessLogFormat = Literal["common", "combined", "json"]
 ACCESS_LOG_FORMATS: tuple[str, ...] = get_args(AccessLogFormat)
 
-_QUOTED_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {
-    ord('"'): "\\x22",
-    ord("\\"): "\\x5c",
+_QUOTED_ESCAPES = {
+    c: f"\\x{c:02X}" for c in (*range(0x20), *range(0x7F, 0x100), ord('"'), ord("\\"))
 }
-"""As nginx escapes a logged header: a quote or a control byte sent by a client
-must not end the field or forge a second line."""
+"""As nginx escapes a logged field: every byte outside printable ASCII, and a quote
+or a backslash, as `\\xHH`. A control byte could forge a line, a C1 byte (0x9B is
+CSI) acts on a terminal that tails the log, and bytes past 0x7F are not text we can
+vouch for. Fields are decoded as latin-1, so each character is one byte sent."""
 
 
 def _quoted(value: str | None) -> str:
@@ -94,7 +95,7 @@ class AccessLog:
         if request is None:
             line = "-"
         else:
-            target = request.target.decode("latin-1").replace('"', "%22")
+            target = request.target.decode("latin-1").translate(_QUOTED_ESCAPES)
             line = f"{request.method} {target} HTTP/{request.version}"
         common = f'{peer} - - [{stamp}] "{line}" {status} {size or "-"}'
         if self.format == "common":
