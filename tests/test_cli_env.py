@@ -84,6 +84,16 @@ def test_every_flag_has_its_own_variable() -> None:
         ({"ZCSERVE_CORK": "false"}, [], "cork", False),
         ({"ZCSERVE_CORK": "0"}, ["--cork"], "cork", True),
         ({"ZCSERVE_CORK": "1"}, ["--no-cork"], "cork", False),
+        # the flags that can repeat: the command line replaces the variable, too
+        ({"ZCSERVE_HEADER": "X-Env: 1"}, [], "headers", ["X-Env: 1"]),
+        ({"ZCSERVE_HEADER": "X-Env: 1"}, ["--header", "X-Cli: 2"], "headers", ["X-Cli: 2"]),
+        (
+            {"ZCSERVE_HEADER": "X-Env: 1"},
+            ["--header", "X-A: 1", "--header", "X-B: 2"],
+            "headers",
+            ["X-A: 1", "X-B: 2"],
+        ),
+        ({"ZCSERVE_PRECOMPRESSED": "br"}, ["--precompressed", "gzip"], "precompressed", ("gzip",)),
     ],
 )
 def test_variables_set_defaults_and_flags_win(

@@ -92,6 +92,25 @@ def _env_value(parser: argparse.ArgumentParser, action: argparse.Action, text: s
     return value
 
 
+class _AppendOverDefault(argparse._AppendAction):
+    """`append`, except that the first use on the command line replaces the default
+    (which may come from the environment) instead of adding to it: a flag given
+    wins over its variable, for a repeatable flag as for every other."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        marker = f"_{self.dest}_from_command_line"
+        items = list(getattr(namespace, self.dest)) if getattr(namespace, marker, False) else []
+        items.append(values)
+        setattr(namespace, self.dest, items)
+        setattr(namespace, marker, True)
+
+
 def _defaults_from_env(
     parser: argparse.ArgumentParser, prefix: str, environ: Mapping[str, str]
 ) -> None:
@@ -337,7 +356,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument(
         "--header",
         dest="headers",
-        action="append",
+        action=_AppendOverDefault,
         default=[],
         metavar="'NAME: VALUE'",
         help="add this header to 2xx and 3xx answers (304 included), e.g. "

@@ -22,4 +22,11 @@ MUTANTS: list[Mutant] = [
             "tests/test_access_log_formats.py::test_random_bytes_in_logged_fields_stay_printable",
         ),
     ),
+    Mutant(
+        name="repeated-flag-adds-to-the-environment",
+        path="zcserve/cli.py",
+        old=" if getattr(namespace, marker, False) else []\n",
+        new="\n",
+        tests=("tests/test_cli_env.py::test_variables_set_defaults_and_flags_win",),
+    ),
 ]
