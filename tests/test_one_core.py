@@ -278,3 +278,62 @@ def test_plain_and_tls_give_the_same_answers_and_close_at_the_same_moment(
     assert max(plain_closed, tls_closed) < HEADER_TIMEOUT + SLACK or client == "3000-pipelined", (
         seen
     )
+
+
+# Behaviours that planted defects once slipped past -------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["auto", "readwrite"])  # stepped, and awaited
+def test_a_slow_steady_reader_is_not_cut_at_the_send_timeout(
+    transport: Transport, server_for: list[ServerThread], site: Site, strategy: str
+) -> None:
+    """The send deadline moves with every bit of progress: a client that reads all
+    along, if slowly, is not cut at --send-timeout. The kernel signals writability
+    only once half its queue has drained, which at 1.6 MB/s takes longer than the
+    0.5 s timeout here, so the server must see progress some other way."""
+    server = start(server_for, transport, root=site.root, send_timeout=0.5, strategy=strategy)
+    chunks: list[bytes] = []
+    with transport.connect(server.port) as sock:
+        sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        slow_until = time.monotonic() + 2.0
+        while time.monotonic() < slow_until:  # 64 KiB every 40 ms
+            got = 0
+            while got < 64 * 1024 and (chunk := sock.recv(64 * 1024 - got)):
+                chunks.append(chunk)
+                got += len(chunk)
+            time.sleep(0.04)
+        received, _ = read_all(sock)  # then the rest at full speed
+    body = (b"".join(chunks) + received).partition(b"\r\n\r\n")[2]
+    assert len(body) == SIZES["big.bin"], f"cut after {len(body)} of {SIZES['big.bin']} bytes"
+
+
+def test_a_lingering_connection_closes_when_its_client_does(
+    transport: Transport, server_for: list[ServerThread], site: Site
+) -> None:
+    """After the last response the server drains; once the client closes too, so does
+    the server, at once, not after the linger's idle time."""
+    server = start(server_for, transport, root=site.root)
+    with transport.connect(server.port) as sock:
+        sock.sendall(
+            b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" + HELLO * 20
+        )
+        received, reset = read_all(sock)
+        assert split_responses(received)[0][1] == b"hello\n" and not reset
+    began = time.monotonic()
+    while server.server._open_connections() and time.monotonic() - began < 3.0:
+        time.sleep(0.02)
+    assert server.server._open_connections() == 0, "still lingering after the client left"
+    assert time.monotonic() - began < 1.0
+
+
+def test_small_bodies_on_a_keepalive_connection_are_not_summed(
+    transport: Transport, server_for: list[ServerThread], site: Site
+) -> None:
+    """Each request's body counts against the 64 KiB limit on its own."""
+    server = start(server_for, transport, root=site.root)
+    one = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n" + b"b" * 1000
+    last = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    with transport.connect(server.port) as sock:
+        received, reset, _ = exchange(sock, one * 100 + last)
+    statuses = [head[9:12] for head, _ in split_responses(received)]
+    assert not reset and statuses == [b"200"] * 101, set(statuses)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from tests.mutants import Mutant
 
+SLOW_READER = "tests/test_one_core.py::test_a_slow_steady_reader_is_not_cut_at_the_send_timeout"
+
 MUTANTS: list[Mutant] = [
     Mutant(
         name="unsatisfiable-range-labelled-with-the-sidecar-encoding",
@@ -28,5 +30,35 @@ MUTANTS: list[Mutant] = [
         old=" if getattr(namespace, marker, False) else []\n",
         new="\n",
         tests=("tests/test_cli_env.py::test_variables_set_defaults_and_flags_win",),
+    ),
+    Mutant(
+        name="send-deadline-ignores-a-slow-reader-s-progress",
+        path="zcserve/server/connection.py",
+        old="                if queued < self._queued:  # a slow reader, still reading: wait on\n",
+        new="                if False:\n",
+        tests=(SLOW_READER,),
+    ),
+    Mutant(
+        name="awaited-send-ignores-a-slow-reader-s-progress",
+        path="zcserve/server/sockio.py",
+        old="                    if now_queued >= queued:\n",
+        new="                    if True:\n",
+        tests=(SLOW_READER,),
+    ),
+    Mutant(
+        name="linger-goes-on-after-the-client-closed",
+        path="zcserve/server/connection.py",
+        old="            self.close()\n            return\n        self._drained += received\n",
+        new="            return\n        self._drained += received\n",
+        tests=("tests/test_one_core.py::test_a_lingering_connection_closes_when_its_client_does",),
+    ),
+    Mutant(
+        name="request-body-counter-never-reset",
+        path="zcserve/server/http.py",
+        old="        self._body_bytes = 0\n        headers, version = head.headers, head.version\n",
+        new="        headers, version = head.headers, head.version\n",
+        tests=(
+            "tests/test_one_core.py::test_small_bodies_on_a_keepalive_connection_are_not_summed",
+        ),
     ),
 ]

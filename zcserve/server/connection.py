@@ -13,13 +13,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import errno
-import fcntl
 import logging
 import math
 import socket
 import ssl
-import struct
-import termios
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -41,7 +38,7 @@ from zcserve.server.http import (
 from zcserve.server.metrics import Metrics
 from zcserve.server.multipart import multipart_body
 from zcserve.server.respond import MultipartReply, Reply, error_reply
-from zcserve.server.sockio import MSG_MORE, SocketStream
+from zcserve.server.sockio import MSG_MORE, SocketStream, unacknowledged
 from zcserve.server.strategies import (
     CopyStrategy,
     FallbackStrategy,
@@ -158,7 +155,7 @@ class HttpConnection:
         "server", "loop", "sock", "fd", "stream", "parser", "pending", "deadline",
         "phase", "peer", "_on_close", "_buffer", "_view", "_unparsed", "_feed_max",
         "_recv", "_send_call", "_reading", "_writing", "_head_deadline",
-        "_inflight", "_chosen", "_fell_back", "_linger_ends", "_drained",
+        "_inflight", "_chosen", "_fell_back", "_linger_ends", "_drained", "_queued",
     )  # fmt: skip
 
     def __init__(
@@ -204,6 +201,8 @@ class HttpConnection:
         """auto could not use its zero-copy path here: each body is counted."""
         self._linger_ends = 0.0
         self._drained = 0
+        self._queued = 0
+        """Unacknowledged bytes when the send deadline was last set."""
 
     @property
     def busy(self) -> bool:
@@ -457,6 +456,7 @@ class HttpConnection:
             self.loop.add_writer(self.fd, self._go_on)
             self._writing = True
         self.deadline = self.loop.time() + self.server.config.send_timeout
+        self._queued = unacknowledged(self.sock)
 
     def _stop_writing(self) -> None:
         if self._writing:
@@ -634,6 +634,11 @@ class HttpConnection:
         elif phase is _RESPONDING:
             if self._writing:
                 timeout = self.server.config.send_timeout
+                queued = unacknowledged(self.sock)
+                if queued < self._queued:  # a slow reader, still reading: wait on
+                    self._queued = queued
+                    self.deadline = now + timeout
+                    return
                 self._end(SendStalledError(f"peer read nothing for {timeout:g}s"))
         elif phase is _READING:
             self.server.metrics.error("timeout")
@@ -687,19 +692,6 @@ def _unread_input(sock: socket.socket) -> bool:
         return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
     except OSError:  # BlockingIOError: nothing waiting; anything else: gone
         return False
-
-
-_OUTQ = struct.pack("i", 0)
-
-
-def unacknowledged(sock: socket.socket) -> int:
-    """Bytes sent on `sock` that the peer has not acknowledged yet (SIOCOUTQ, which
-    Linux numbers as TIOCOUTQ); 0 where the kernel cannot tell."""
-    try:
-        count: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _OUTQ))[0]
-    except OSError:
-        return 0
-    return count
 
 
 def _error_kind(exc: BaseException) -> str:

@@ -11,7 +11,10 @@ headers always reach the socket before a strategy sends the body.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import socket
+import struct
+import termios
 from collections.abc import Callable
 from typing import TypeAlias
 
@@ -21,6 +24,22 @@ MSG_MORE = int(getattr(socket, "MSG_MORE", 0))
 """An int, not the socket.MsgFlag enum member: `flags & MSG_MORE` on the enum runs
 Python-level Flag.__and__ (a microsecond) on every TLS send."""
 Buffer: TypeAlias = bytes | bytearray | memoryview
+
+
+_OUTQ = struct.pack("i", 0)
+
+
+def unacknowledged(sock: socket.socket) -> int:
+    """Bytes sent on `sock` that the peer has not acknowledged yet (SIOCOUTQ, which
+    Linux numbers as TIOCOUTQ); 0 where the kernel cannot tell. A falling count is a
+    peer that reads: the kernel signals writability only once half the queue has
+    drained, so a slow but steady reader can go longer than a send timeout without
+    one."""
+    try:
+        count: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _OUTQ))[0]
+    except OSError:
+        return 0
+    return count
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -88,15 +107,26 @@ class SocketStream:
         """TLS: send close_notify, best effort; nothing on plain TCP."""
 
     async def wait_writable(self) -> None:
-        """Wait until the socket accepts more bytes, or raise `SendStalledError`."""
+        """Wait until the socket accepts more bytes, or raise `SendStalledError` when
+        the peer took nothing for `send_timeout` (see `unacknowledged`)."""
         waiter: asyncio.Future[None] = self.loop.create_future()
         self.loop.add_writer(self.fd, _wake, waiter)
+        queued = unacknowledged(self.sock)
         try:
-            async with asyncio.timeout(self.send_timeout):
-                await waiter
-        except TimeoutError:
-            raise SendStalledError(f"peer read nothing for {self.send_timeout:g}s") from None
+            while True:
+                try:
+                    async with asyncio.timeout(self.send_timeout):
+                        await asyncio.shield(waiter)
+                    return
+                except TimeoutError:
+                    now_queued = unacknowledged(self.sock)
+                    if now_queued >= queued:
+                        raise SendStalledError(
+                            f"peer read nothing for {self.send_timeout:g}s"
+                        ) from None
+                    queued = now_queued  # a slow reader, still reading: wait on
         finally:
+            waiter.cancel()
             self.loop.remove_writer(self.fd)
 
     def send_some(self, data: Buffer) -> int:
