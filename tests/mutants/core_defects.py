@@ -63,7 +63,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="keepalive-deadline-never-set",
         path=CONNECTION,
-        old="            self.deadline = self.loop.time() + self.server.config.keepalive_timeout\n",
+        old="            self.deadline = self.loop.time() + self._keepalive_timeout\n",
         new="            self.deadline = math.inf\n",
         tests=("tests/test_hardening.py::test_keepalive_idle_timeout_closes_an_idle_connection",),
     ),

@@ -156,6 +156,7 @@ class HttpConnection:
         "phase", "peer", "_on_close", "_buffer", "_view", "_unparsed", "_feed_max",
         "_recv", "_send_call", "_reading", "_writing", "_head_deadline",
         "_inflight", "_chosen", "_fell_back", "_linger_ends", "_drained", "_queued",
+        "_head_flags", "_header_timeout", "_keepalive_timeout",
     )  # fmt: skip
 
     def __init__(
@@ -203,6 +204,10 @@ class HttpConnection:
         self._drained = 0
         self._queued = 0
         """Unacknowledged bytes when the send deadline was last set."""
+        config = server.config  # read once: these run once per request
+        self._head_flags = MSG_MORE if config.cork else 0
+        self._header_timeout = config.header_timeout
+        self._keepalive_timeout = config.keepalive_timeout
 
     @property
     def busy(self) -> bool:
@@ -243,19 +248,9 @@ class HttpConnection:
             self._reading = False
 
     def _on_readable(self) -> None:
-        phase = self.phase
-        if phase is _READING:
-            self._read()
-        elif phase is _LINGERING:
-            self._discard()
-        elif phase is _RESPONDING:
-            # The next request waits in the kernel until this response is out: that
-            # is backpressure, and it keeps answers in order. Reading is paused only
-            # now, when a client actually sends ahead, so the common case costs no
-            # epoll_ctl per response.
-            self._pause_reading()
-
-    def _read(self) -> None:
+        if self.phase is not _READING:
+            self._readable_otherwise()
+            return
         data = self._unparsed
         if data:
             self._unparsed = _EMPTY
@@ -282,13 +277,23 @@ class HttpConnection:
             # client sending only CRLFs (which llhttp skips) must not stay forever.
             if parser.in_head or not requests:
                 if self._head_deadline is None:
-                    self._head_deadline = self.loop.time() + self.server.config.header_timeout
+                    self._head_deadline = self.loop.time() + self._header_timeout
                 self.deadline = self._head_deadline
             else:
                 self._head_deadline = None
             self._advance()
         except Exception:
             self._internal_error()
+
+    def _readable_otherwise(self) -> None:
+        if self.phase is _LINGERING:
+            self._discard()
+        elif self.phase is _RESPONDING:
+            # The next request waits in the kernel until this response is out: that
+            # is backpressure, and it keeps answers in order. Reading is paused only
+            # now, when a client actually sends ahead, so the common case costs no
+            # epoll_ctl per response.
+            self._pause_reading()
 
     def _advance(self) -> None:
         """Answer pending requests in order until one has to wait for the socket or
@@ -308,7 +313,7 @@ class HttpConnection:
         if self._head_deadline is not None:
             self.deadline = self._head_deadline
         else:
-            self.deadline = self.loop.time() + self.server.config.keepalive_timeout
+            self.deadline = self.loop.time() + self._keepalive_timeout
         if not self._reading:
             self._resume_reading()
         if self._unparsed or self.stream.more_input:
@@ -367,7 +372,7 @@ class HttpConnection:
             return
         inflight.strategy = strategy
         inflight.body_start = self.stream.bytes_sent
-        self._send(reply.head, MSG_MORE if server.config.cork else 0)
+        self._send(reply.head, self._head_flags)
 
     def _answer_error(self, status: int, request: Request | None, whole: bytes = b"") -> None:
         """Answer with an error (the parser's, or `whole` when given), then close:
