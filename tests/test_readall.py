@@ -9,6 +9,7 @@ import hashlib
 import os
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -227,3 +228,31 @@ def test_auto_never_picks_readall() -> None:
         right.close()
     assert (plain.name, userspace.name) == ("sendfile", "fallback")
     assert STRATEGIES["readall"].name == "readall"
+
+
+def test_past_the_budget_a_request_gets_503_and_retry_after(site: Site) -> None:
+    """A client that asks for 24 MiB and does not read keeps it held; while it does,
+    the next request would pass the 30 MiB budget: 503 with Retry-After, before any
+    head. Once the first is read whole, the budget is back and the next is served."""
+    server = start_server(root=site.root, strategy="readall", readall_budget=30 * 1024 * 1024)
+    metrics = server.server.metrics
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as stalled:
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            stalled.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            give_up = time.monotonic() + 10
+            while metrics.readall_held != SIZES["big.bin"]:
+                assert time.monotonic() < give_up, f"held {metrics.readall_held}"
+                time.sleep(0.01)
+            refused = get(server.port, "/big.bin")
+            assert refused.status == 503, refused.status
+            assert refused.headers["retry-after"] == "1"
+            assert refused.body == b"503 Service Unavailable\n"
+            received, _ = recv_until_closed(stalled, 20)
+        body = received.partition(b"\r\n\r\n")[2]
+        assert hashlib.sha256(body).hexdigest() == site.hashes["big.bin"]
+        served = get(server.port, "/big.bin")
+        assert served.status == 200 and served.sha256 == site.hashes["big.bin"]
+        assert metrics.readall_held == 0
+    finally:
+        server.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,61 @@ async def test_ten_thousand_connections_at_once(site: Site, tmp_path: Path, loop
         for sock in socks:
             sock.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, old_limits)
+
+
+READALL_BUDGET = 1024 * MiB
+READALL_BODY = 256 * MiB
+READALL_MARGIN = 300 * MiB
+"""The interpreter, the answers' buffers in flight and the allocator's slack."""
+
+
+@pytest.mark.timeout(300)
+def test_readall_holds_no_more_than_its_budget(tmp_path: Path) -> None:
+    """20 clients each ask for 256 MiB and read nothing for a while: the server's RSS
+    stays within its 1 GiB --readall-budget plus a margin, and every request is
+    answered whole or with 503 (nothing cut short)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    with open(root / "big.bin", "wb") as out:
+        out.truncate(READALL_BODY)
+    request = b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    budget = f"{READALL_BUDGET // MiB}M"
+    with spawn(tmp_path, str(root), "--strategy", "readall", "--readall-budget", budget) as child:
+        base = child.rss()
+        clients = [
+            socket.create_connection(("127.0.0.1", child.port), timeout=60) for _ in range(20)
+        ]
+        try:
+            for sock in clients:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+                sock.sendall(request)
+            peak = base
+            for _ in range(40):  # 4 s without reading, the peak sampled
+                peak = max(peak, child.rss())
+                time.sleep(0.1)
+            statuses = []
+            for sock in clients:
+                head, body = _read_whole(sock)
+                status = int(head.split(b" ", 2)[1])
+                statuses.append(status)
+                if status == 200:
+                    assert len(body) == READALL_BODY, f"cut at {len(body)} bytes"
+                else:
+                    assert status == 503 and b"Retry-After: 1" in head, head
+        finally:
+            for sock in clients:
+                sock.close()
+        assert child.stop() == 0
+    assert statuses.count(200) >= READALL_BUDGET // READALL_BODY - 1, statuses
+    assert statuses.count(503) >= 1, statuses
+    growth = peak - base
+    assert growth <= READALL_BUDGET + READALL_MARGIN, f"RSS grew by {growth / MiB:.0f} MiB"
+
+
+def _read_whole(sock: socket.socket) -> tuple[bytes, bytes]:
+    """A Connection: close response, read to its end: (head, body)."""
+    chunks = []
+    while chunk := sock.recv(1 << 20):
+        chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return head, body

@@ -223,6 +223,14 @@ _SERVE_OPTIONS = (
         _size,
         "SIZE",
     ),
+    _Option(
+        "--readall-budget",
+        "readall_budget",
+        "bytes all --strategy readall bodies may hold at once, per worker; 503 and "
+        "Retry-After past it (default: a quarter of RAM, at most 4G)",
+        _size,
+        "SIZE",
+    ),
     _Option("--backlog", "backlog", "listen backlog", int),
     _Option(
         "--header-timeout",

@@ -61,4 +61,11 @@ MUTANTS: list[Mutant] = [
             "tests/test_one_core.py::test_small_bodies_on_a_keepalive_connection_are_not_summed",
         ),
     ),
+    Mutant(
+        name="readall-budget-never-refuses",
+        path="zcserve/server/strategies.py",
+        old="        if self.held + count > self.budget:\n",
+        new="        if False:\n",
+        tests=("tests/test_readall.py::test_past_the_budget_a_request_gets_503_and_retry_after",),
+    ),
 ]

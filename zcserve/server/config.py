@@ -48,6 +48,9 @@ class ServerConfig:
     chunk_size: int | None = None
     sendfile_chunk: int = SENDFILE_MAX_CHUNK
     readall_max: int = READALL_MAX
+    readall_budget: int | None = None
+    """Bytes all readall bodies may hold at once (per worker); None: a quarter of RAM,
+    at most 4 GiB. A request past it gets 503 and Retry-After before its head."""
     """Largest range the readall strategy reads into memory; 503 past it."""
     backlog: int = DEFAULT_BACKLOG
     header_timeout: float = 10.0
@@ -127,6 +130,7 @@ class ServerConfig:
         positive = (
             "sendfile_chunk",
             "readall_max",
+            "readall_budget",
             "backlog",
             "max_connections",
             "max_request_line",
@@ -136,7 +140,8 @@ class ServerConfig:
             "max_ranges",
         )
         for name in positive:
-            if getattr(self, name) <= 0:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive")
         for name in ("header_timeout", "keepalive_timeout", "send_timeout"):
             if getattr(self, name) <= 0:

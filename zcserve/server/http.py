@@ -32,6 +32,9 @@ MAX_HEADER_COUNT = 100
 """Most header fields accepted before answering 431."""
 MAX_BODY = 64 * 1024
 """Largest request body read (and discarded): zcserve answers GET and HEAD only."""
+RETRY_AFTER_SECONDS = 1
+"""What a 503 tells the client to wait: the shortages behind it (descriptors, the
+readall budget) last as long as the responses in flight."""
 MAX_PIPELINED = 128
 """Most requests parsed ahead of their answers per connection (wrk pipelines 16); the
 connection feeds the parser at most this many shortest requests' bytes at a time."""
@@ -498,5 +501,7 @@ def error_response(
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
     if status == 405:
         headers.append(("Allow", ", ".join(ALLOWED_METHODS)))
+    elif status == 503:  # zcserve answers 503 only for a shortage that passes
+        headers.append(("Retry-After", str(RETRY_AFTER_SECONDS)))
     head = render_head(status, headers, keep_alive=keep_alive, version=version)
     return head if head_only else head + body

@@ -47,6 +47,8 @@ class Metrics:
     connections_total: int = 0
     access_log_errors: int = 0
     """Access-log lines that could not be written (a full disk): lost, responses go on."""
+    readall_held: int = 0
+    """Bytes the readall strategy holds for bodies in flight (its --readall-budget)."""
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
 
@@ -75,6 +77,7 @@ class Metrics:
             "active_connections": self.active_connections,
             "connections_total": self.connections_total,
             "access_log_errors": self.access_log_errors,
+            "readall_held": self.readall_held,
             "latency_counts": self.latency_counts,
             "latency_sum": self.latency_sum,
         }
@@ -95,6 +98,7 @@ class Metrics:
             total.active_connections += part.active_connections
             total.connections_total += part.connections_total
             total.access_log_errors += part.access_log_errors
+            total.readall_held += part.readall_held
             total.latency_sum += part.latency_sum
             total.latency_counts = [
                 a + b for a, b in zip(total.latency_counts, part.latency_counts, strict=True)
@@ -123,6 +127,9 @@ class Metrics:
              [("", self.connections_total)]),
             ("access_log_errors_total", "counter", "Access-log lines that could not be written.",
              [("", self.access_log_errors)]),
+            ("readall_held_bytes", "gauge",
+             "Bytes the readall strategy holds for bodies in flight (see --readall-budget).",
+             [("", self.readall_held)]),
             ("workers", "gauge", "Worker processes whose figures are merged here.",
              [("", workers)]),
         ]  # fmt: skip

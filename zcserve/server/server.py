@@ -35,7 +35,7 @@ from zcserve.server.metrics import (
     parse_address,
 )
 from zcserve.server.sockio import SocketStream, bind, url_of
-from zcserve.server.strategies import CopyOptions, make_strategy
+from zcserve.server.strategies import CopyOptions, ReadAllStrategy, make_strategy
 from zcserve.server.tls import TlsHandshake, TlsStream, server_context
 
 log = logging.getLogger("zcserve")
@@ -78,7 +78,9 @@ class Server:
         self.files = OpenFileCache(self.root, capacity)
         self.strategy = make_strategy(
             config.strategy,
-            CopyOptions(config.chunk_size, config.sendfile_chunk, config.readall_max),
+            CopyOptions(
+                config.chunk_size, config.sendfile_chunk, config.readall_max, config.readall_budget
+            ),
         )
         self.limits = Limits(
             max_request_line=config.max_request_line,
@@ -95,6 +97,8 @@ class Server:
         )
         self.tls = _tls_context(config)
         self.metrics = Metrics()
+        if isinstance(self.strategy, ReadAllStrategy):
+            self.strategy.on_held = self._readall_held
         self.metrics_on = config.metrics is not None or snapshot_dir is not None
         self.timed = self.metrics_on or self.access_log.timed
         self._connections: set[HttpConnection | TlsHandshake] = set()
@@ -105,6 +109,9 @@ class Server:
         self._accepting = False
         self._all_closed: asyncio.Event | None = None
         self._emfile_warned = -EMFILE_LOG_INTERVAL
+
+    def _readall_held(self, held: int) -> None:
+        self.metrics.readall_held = held
 
     # lifecycle ------------------------------------------------------------------
 

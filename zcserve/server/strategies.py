@@ -53,6 +53,8 @@ SMALL_BODY = 16 * 1024
 READALL_MAX = 2 * 1024**3
 """Largest range `readall` holds in memory (2 GiB): past it, 503 rather than a
 server that swaps or is killed for one request."""
+READALL_BUDGET_CAP = 4 * 1024**3
+"""The default budget of all readall bodies at once is a quarter of RAM, up to this."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,8 @@ class CopyOptions:
     """Userspace buffer, mmap slice or pipe size; None: each strategy's tuned default."""
     sendfile_chunk: int = SENDFILE_MAX_CHUNK
     readall_max: int = READALL_MAX
+    readall_budget: int | None = None
+    """Bytes readall may hold at once over all its requests; None: `default_readall_budget`."""
 
 
 class Progress(enum.Enum):
@@ -349,6 +353,16 @@ class ReadWriteStrategy(AwaitedReadStrategy):
                     self.buffered -= held
 
 
+def default_readall_budget() -> int:
+    """A quarter of this machine's memory, at most 4 GiB: what the bodies of all
+    readall requests may hold at once, per worker process."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        memory = 16 * 1024**3
+    return min(memory // 4, READALL_BUDGET_CAP)
+
+
 class ReadAllStrategy(AwaitedReadStrategy):
     """The lab's naive server: read the whole range into one `bytes` with a single
     aiofiles read, then send it, as `f.read()` then `sendall()` do in the lab.
@@ -364,16 +378,51 @@ class ReadAllStrategy(AwaitedReadStrategy):
 
     def __init__(self, options: CopyOptions) -> None:
         self.max_size = options.readall_max
+        self.budget = (
+            options.readall_budget
+            if options.readall_budget is not None
+            else default_readall_budget()
+        )
+        self.held = 0
+        """Bytes reserved by the bodies in flight, whether read yet or not."""
+        self.on_held: Callable[[int], object] | None = None
+        """Told `held` whenever it changes (the server's metrics gauge)."""
 
     def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
+        # The connection answers ENOMEM with 503 before the head; the limits are this
+        # strategy's own, not the kernel's.
         if count > self.max_size:
-            # The connection answers ENOMEM with 503 before the head; the limit is
-            # this strategy's own, not the kernel's.
             raise OSError(
                 errno.ENOMEM,
                 f"{file.name}: {count} bytes in one read is over --readall-max {self.max_size}",
             )
-        return super().start(stream, file, offset, count)
+        if self.held + count > self.budget:
+            raise OSError(
+                errno.ENOMEM,
+                f"{file.name}: {count} bytes more would pass --readall-budget {self.budget} "
+                f"({self.held} held)",
+            )
+        self._hold(count)
+        reserved = [count]
+
+        def give_back() -> None:
+            if reserved:
+                self._hold(-reserved.pop())
+
+        async def copy(
+            stream: SocketStream, file: OpenedFile, fd: int, offset: int, count: int
+        ) -> None:
+            try:
+                await self._copy(stream, file, fd, offset, count)
+            finally:
+                give_back()
+
+        return _handed_off(stream, file, offset, count, copy, give_back)
+
+    def _hold(self, change: int) -> None:
+        self.held += change
+        if self.on_held is not None:
+            self.on_held(self.held)
 
     async def _copy(
         self, stream: SocketStream, file: OpenedFile, fd: int, offset: int, count: int
@@ -421,6 +470,7 @@ def _handed_off(
     offset: int,
     count: int,
     copy: Callable[[SocketStream, OpenedFile, int, int, int], Coroutine[Any, Any, None]],
+    never_began: Callable[[], None] | None = None,
 ) -> Transfer:
     """A transfer that hands everything to `copy(stream, file, fd, offset, count)`
     (file reads are awaitable by nature), holding the descriptor `fd` it reads
@@ -434,6 +484,8 @@ def _handed_off(
     def release(complete: bool) -> None:
         if owned:  # the copy never began: the descriptor is still ours
             os.close(owned.pop())
+            if never_began is not None:
+                never_began()
 
     return Transfer(stream, file, offset, count, _hand_off, release, rest)
 
