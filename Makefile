@@ -7,9 +7,12 @@ PORT ?= 8000
 DEMO := .demo
 PY_DIRS := zcserve tests $(wildcard benchmarks)
 
-.PHONY: all setup test lint typecheck pytest soak fmt serve bench compare compare-https clean mutants
+.PHONY: all help setup test lint typecheck pytest soak fmt serve bench compare compare-https clean mutants
 
 all: test
+
+help: ## list every target with what it does
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,24 +20,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[bench,test]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) ## create .venv and install zcserve with its test and bench extras
 
-lint: $(STAMP)
+lint: $(STAMP) ## ruff check and ruff format --check
 	$(BIN)/ruff check $(PY_DIRS)
 	$(BIN)/ruff format --check $(PY_DIRS)
 
-typecheck: $(STAMP)
+typecheck: $(STAMP) ## mypy --strict over the package and the tests
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) ## the test suite without the soak tests
 	$(BIN)/pytest -m "not soak"
 
-test: lint typecheck pytest
+test: lint typecheck pytest ## what CI runs: lint, types, tests
 
-soak: $(STAMP)
+soak: $(STAMP) ## load, faults and fuzzing at full size (minutes)
 	$(BIN)/pytest -m soak
 
-fmt: $(STAMP)
+fmt: $(STAMP) ## rewrite the code with ruff
 	$(BIN)/ruff check --fix $(PY_DIRS)
 	$(BIN)/ruff format $(PY_DIRS)
 
@@ -42,14 +45,14 @@ $(DEMO)/.made: $(STAMP)
 	$(BIN)/python -m zcserve.demo $(DEMO)
 	touch $@
 
-serve: $(DEMO)/.made
+serve: $(DEMO)/.made ## serve a generated demo folder with listings; PORT=8000 by default
 	$(BIN)/zcserve serve $(DEMO) --port $(PORT) --listing
 
-bench: $(STAMP)
+bench: $(STAMP) ## every strategy, sizes and concurrency levels: one table and plots
 	$(BIN)/zcserve bench
 
 # The side-by-side table: nginx and wrk from the OS packages, aiohttp from PyPI.
-compare: $(STAMP)
+compare: $(STAMP) ## zcserve beside nginx and aiohttp (installs nginx, wrk); COMPARE_ARGS=...
 	command -v nginx >/dev/null && command -v wrk >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk curl)
 	$(BIN)/python -m pip install -q aiohttp
@@ -57,15 +60,15 @@ compare: $(STAMP)
 
 # HTTPS beside HTTP: nginx with ssl, zcserve with --tls-cert/--tls-key, aiohttp with an
 # ssl context, and each one's HTTP twin; openssl makes the self-signed certificate.
-compare-https: $(STAMP)
+compare-https: $(STAMP) ## the same over HTTPS, each server beside its HTTP twin
 	command -v nginx >/dev/null && command -v wrk >/dev/null && command -v openssl >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk curl openssl)
 	$(BIN)/python -m pip install -q aiohttp
 	$(BIN)/python benchmarks/compare.py --tls --sizes 4KiB,64KiB,1MiB --concurrency 64 --tools wrk --no-single $(COMPARE_ARGS)
 
-clean:
+clean: ## remove .venv, the demo folder, caches and bench results
 	rm -rf $(VENV) $(DEMO) .mypy_cache .pytest_cache .ruff_cache bench-results
 
 # Plant each known defect in a copy of the tree and check the tests catch it (minutes).
-mutants: $(STAMP)
+mutants: $(STAMP) ## plant each known defect and check the tests catch it; MUTANTS=names
 	$(BIN)/python -m tests.mutants $(MUTANTS)

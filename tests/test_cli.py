@@ -35,6 +35,8 @@ def test_announces_serves_and_stops_cleanly(site: Site, stop: int) -> None:
     ("args", "message"),
     [
         (["serve", "/no/such/folder"], "is not a directory"),
+        # python -m http.server's habit: the port where the folder goes
+        (["serve", "8000"], "'8000' is not a directory; did you mean --port 8000?"),
         (["serve", ".", "--strategy", "teleport"], "invalid choice: 'teleport'"),
         (["serve", ".", "--loop", "trio"], "invalid choice: 'trio'"),
         (["serve", ".", "--port", "70000"], "port 70000 out of range"),

@@ -164,3 +164,13 @@ def test_help_shows_real_defaults_once(capsys: pytest.CaptureFixture[str]) -> No
     assert "port; 0 picks a free one (default: 8000)" in flat
     assert "error log verbosity on stderr (default: warning)" in flat
     assert "ZCSERVE_<FLAG>" in flat
+
+
+def test_an_unknown_variable_is_named_with_the_closest_real_one(site: Site) -> None:
+    result = run_cli({"ZCSERVE_LISTNG": "1"}, "serve", "/no/such/folder")
+    lines = result.stderr.splitlines()
+    assert lines[0] == (
+        "zcserve serve: warning: unknown environment variable ZCSERVE_LISTNG; "
+        "did you mean ZCSERVE_LISTING?"
+    ), result.stderr
+    assert result.returncode == 2 and "is not a directory" in lines[1]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import functools
 import json
 import logging
@@ -115,7 +116,21 @@ def _defaults_from_env(
     parser: argparse.ArgumentParser, prefix: str, environ: Mapping[str, str]
 ) -> None:
     """Make ZCSERVE_<FLAG> the default of each flag, so a flag given still wins. An
-    empty variable counts as unset; a bad one ends the run on one line naming it."""
+    empty variable counts as unset; a bad one ends the run on one line naming it; an
+    unknown one (a typo that would silently do nothing) gets a warning."""
+    known = {
+        env_name(action, prefix)
+        for action in parser._actions
+        if not isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+    }
+    for unknown in sorted(name for name in environ if name.startswith(prefix)):
+        if unknown not in known:
+            close = difflib.get_close_matches(unknown, sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            print(
+                f"{parser.prog}: warning: unknown environment variable {unknown}{hint}",
+                file=sys.stderr,
+            )
     for action in parser._actions:
         if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
             continue

@@ -116,7 +116,10 @@ class ServerConfig:
                     f"{self.readall_max}; raise it or pick another strategy"
                 )
         elif not os.path.isdir(self.root):
-            raise ConfigError(f"root {self.root!r} is not a directory")
+            hint = ""
+            if self.root.isdigit() and 0 < int(self.root) < 65536:  # `http.server 8000`
+                hint = f"; did you mean --port {self.root}?"
+            raise ConfigError(f"root {self.root!r} is not a directory{hint}")
         if self.chunk_size is not None and self.chunk_size <= 0:
             raise ConfigError("chunk-size must be positive")
         for name, most in (
