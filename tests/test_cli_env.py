@@ -164,6 +164,21 @@ def test_help_shows_real_defaults_once(capsys: pytest.CaptureFixture[str]) -> No
     assert "port; 0 picks a free one (default: 8000)" in flat
     assert "error log verbosity on stderr (default: warning)" in flat
     assert "ZCSERVE_<FLAG>" in flat
+    for flag in ("--listing", "--hidden", "--cors"):  # off by default, and says so
+        block = next(b for b in _option_blocks(out) if b.startswith(flag + " "))
+        assert block.endswith("(default: off)"), block
+
+
+@pytest.mark.parametrize("command", ["load", "bench", "report"])
+def test_every_command_s_help_shows_no_empty_default(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    flat = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in flat and "(default: False)" not in flat, command
+    assert "(default: [])" not in flat and "default: True" not in flat, command
 
 
 def test_an_unknown_variable_is_named_with_the_closest_real_one(site: Site) -> None:

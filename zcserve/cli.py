@@ -21,6 +21,7 @@ from zcserve import __version__
 from zcserve.bench import report
 from zcserve.bench import sweep as bench
 from zcserve.errors import ConfigError, RunError
+from zcserve.helptext import DefaultsFormatter
 from zcserve.load import run as loadgen
 from zcserve.runtime import LOOP_NAMES
 from zcserve.server.accesslog import ACCESS_LOG_FORMATS
@@ -143,22 +144,6 @@ def _defaults_from_env(
         except ValueError as exc:
             parser.error(f"environment variable {name}={text!r}: {exc}")
         action.required = False
-
-
-class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default only when it says something: never "None" or "False", never
-    twice when the help text states it already; a flag that is on says "on"."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        help_text = action.help or ""
-        default = action.default
-        if default is None or default is False or default is argparse.SUPPRESS:
-            return help_text
-        if default == [] or "default" in help_text:
-            return help_text
-        if default is True:
-            return help_text + " (default: on)"
-        return super()._get_help_string(action)
 
 
 def _size(text: str) -> int:
@@ -326,7 +311,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
         "serve",
         help="serve a folder over HTTP/1.1",
         description="Serve ROOT over HTTP/1.1 with a chosen copy strategy.",
-        formatter_class=_DefaultsFormatter,
+        formatter_class=DefaultsFormatter,
         epilog=(
             f"Every flag can also be set by an environment variable {ENV_PREFIX}<FLAG>, "
             f"for example {ENV_PREFIX}PORT=8080, {ENV_PREFIX}ACCESS_LOG=-, "

@@ -50,6 +50,7 @@ from zcserve.bench.results import (
 from zcserve.bench.syscalls import run_syscalls
 from zcserve.demo import write_file
 from zcserve.errors import ConfigError, RunError
+from zcserve.helptext import DefaultsFormatter
 from zcserve.load.raw import RawOptions, run_raw
 from zcserve.load.run import LoadOptions, run_load
 from zcserve.runtime import LOOP_NAMES
@@ -554,7 +555,7 @@ def add_command(sub: argparse._SubParsersAction[Any]) -> None:
         "bench",
         help="compare copy strategies across sizes and concurrency",
         description=__doc__.splitlines()[0] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument(
         "--strategies",

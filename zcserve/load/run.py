@@ -51,6 +51,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 
 from zcserve.errors import ConfigError, ZcserveError
+from zcserve.helptext import DefaultsFormatter
 from zcserve.load import raw as loadraw
 from zcserve.load.client import LATE_GRACE, LocalLink, run_worker
 from zcserve.load.http import METHODS, parse_statuses
@@ -232,15 +233,6 @@ def _rate(text: str) -> float:
     return value
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except the empty ones ("default: None" says nothing)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def add_command(sub: argparse._SubParsersAction[P]) -> None:
     """Add `zcserve load` to the `zcserve` command's subparsers."""
     p = sub.add_parser(
@@ -255,7 +247,7 @@ def add_command(sub: argparse._SubParsersAction[P]) -> None:
             "when any request failed or got an unexpected status, 2 on bad input or when the "
             "first connect (or TLS handshake) fails."
         ),
-        formatter_class=_HelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument(
         "urls",
