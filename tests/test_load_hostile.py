@@ -576,3 +576,14 @@ def test_a_saturated_client_is_warned_about() -> None:
     assert not any("saturated" in line for line in summary_lines(idle))
     assert busy.to_json()["client_saturated"] is True
     assert LoadResult.from_json(busy.to_json()) == busy
+
+
+def test_a_server_that_closes_after_every_response_counts_as_reconnects() -> None:
+    # Before: 0 reconnects against python -m http.server, which closes every time.
+    with ScriptedServer(Behaviour.CLOSE_AFTER, body=BODY) as server:
+        result = load(server.url, connections=1, requests=20)
+    assert result.requests == 20 and result.error_total == 0, result.errors
+    assert result.reconnects == server.counts.connections - 1 == 20, (
+        result.reconnects,
+        server.counts.connections,
+    )

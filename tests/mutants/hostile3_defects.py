@@ -68,4 +68,15 @@ MUTANTS: list[Mutant] = [
         new="        if False:\n",
         tests=("tests/test_readall.py::test_past_the_budget_a_request_gets_503_and_retry_after",),
     ),
+    Mutant(
+        name="load-ignores-connections-the-server-closed",
+        path="zcserve/load/client.py",
+        old="        elif not reader.keep_alive:  # the server closes: the next request reconnects\n"
+        "            self.stats.reconnects += 1\n",
+        new="        elif not reader.keep_alive:  # the server closes: the next request reconnects\n",
+        tests=(
+            "tests/test_load_hostile.py::"
+            "test_a_server_that_closes_after_every_response_counts_as_reconnects",
+        ),
+    ),
 ]

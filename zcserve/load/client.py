@@ -382,7 +382,8 @@ class Connection:
             # Bytes after a complete response, none asked for: beyond its length.
             self.stats.error("long_body")
             self.drop(abort=True)
-        elif not reader.keep_alive:
+        elif not reader.keep_alive:  # the server closes: the next request reconnects
+            self.stats.reconnects += 1
             self.drop()
         else:
             reader.reset()
@@ -435,7 +436,8 @@ class Connection:
         if wire is not self.wire:
             return
         self.wire = None
-        if not self.in_flight:
+        if not self.in_flight:  # the server closed an idle connection
+            self.stats.reconnects += 1
             return
         reader = self.reader
         if not reader.started and reader.completed and not self.retried and not self.worker.halted:

@@ -108,8 +108,8 @@ def summary_lines(result: LoadResult) -> list[str]:
         )
     if result.reconnects:
         lines.append(
-            f"  reconnects  {result.reconnects:,} (a reused connection closed before the "
-            "response; sent again)"
+            f"  reconnects  {result.reconnects:,} (connections the server closed, opened "
+            "again; a request that met one closing was sent again)"
         )
     if result.status:
         lines.append(f"  status      {describe_statuses(result.status)}")

@@ -353,8 +353,9 @@ class LoadResult:
     (or the client) fell behind; each is in the latency histogram, from its due time
     to the end of the run (wrk2's correction carried to the end)."""
     reconnects: int = 0
-    """Requests sent a second time on a new connection because the reused one closed
-    before any byte of the response (an idle keep-alive close): not failures."""
+    """Connections the server closed (`Connection: close`, or an idle keep-alive
+    closed), opened again; a request that met one closing before any byte of its
+    response was sent again on the new one. Not failures."""
     wall_seconds: float = 0.0
     """Wall-clock seconds over which `cpu_seconds` was counted, summed over the
     processes: `cpu_seconds / wall_seconds` is how busy the client was."""
