@@ -218,7 +218,10 @@ def test_mean_and_stdev_are_printed_beside_the_percentiles(
     assert latency["mean"] == round(histogram.get_mean_value() / 1000, 3)
     assert latency["stdev"] == round(histogram.get_stddev() / 1000, 3)
     line = next(line for line in printed.splitlines() if line.startswith("  latency ms"))
-    pattern = r"  latency ms  p50 \S+  p90 \S+  p99 \S+  p99\.9 \S+  max \S+  mean \S+  stdev \S+"
+    pattern = (
+        r"  latency ms  min \S+  p50 \S+  p75 \S+  p90 \S+  p95 \S+  p99 \S+  p99\.9 \S+"
+        r"  max \S+  mean \S+  stdev \S+"
+    )
     assert re.fullmatch(pattern, line), line
 
 

@@ -17,10 +17,13 @@ import pytest
 
 from tests.loadhelpers import ScriptedServer
 from zcserve import cli
-from zcserve.load.report import format_ms, summary_lines
+from zcserve.load.report import format_ms, histogram_lines, summary_lines
 from zcserve.load.stats import LoadResult, figures_ms, new_histogram
 
 LABELS = ("p50", "p90", "p99", "p99.9")
+"""The figures the bands below tell apart (p75 and p95 share bands with p50 and p90)."""
+SHOWN = ("min", "p50", "p75", "p90", "p95", "p99", "p99.9", "max")
+"""What the summary's latency line prints, in its order."""
 
 # Of 1000 requests (count, delay in ms), ranked by latency:
 #   ranks    1..880  immediate   p50 is rank 500
@@ -62,10 +65,10 @@ def check_bands(latency: dict[str, float]) -> None:
 
 
 def printed_latency(out: str) -> dict[str, str]:
-    """`latency ms  p50 0.312  p90 15.2 ...` from the summary, as label -> text."""
+    """`latency ms  min 0.01  p50 0.312 ...` from the summary, as label -> text."""
     line = next(line for line in out.splitlines() if line.strip().startswith("latency ms"))
-    pairs = re.findall(r"(p[0-9.]+|max) ([0-9.]+)", line)
-    assert [name for name, _ in pairs] == [*LABELS, "max"], line
+    pairs = re.findall(r"(min|p[0-9.]+|max) ([0-9.]+)", line)
+    assert [name for name, _ in pairs] == list(SHOWN), line
     return dict(pairs)
 
 
@@ -107,5 +110,21 @@ def test_percentiles_of_a_known_distribution(
         assert latency[name] == at, (name, latency)
     # the printed summary carries the same figures under the same labels
     shown = printed_latency(printed.out)
-    assert shown == {name: format_ms(latency[name]) for name in (*LABELS, "max")}, shown
+    assert shown == {name: format_ms(latency[name]) for name in SHOWN}, shown
     assert printed_latency("\n".join(summary_lines(result))) == shown
+
+
+def test_the_histogram_rows_hold_every_response_once() -> None:
+    histogram = new_histogram()
+    for micros, count in ((100, 500), (1_000, 300), (10_000, 150), (100_000, 50)):
+        histogram.record_value(micros, count)
+    lines = histogram_lines(histogram)
+    rows = [line.split() for line in lines[1:]]
+    edges = [float(row[0]) for row in rows]
+    counts = [int(row[1].replace(",", "")) for row in rows]
+    assert sum(counts) == 1000 and len(rows) == 8, lines
+    assert edges == sorted(edges) and edges[-1] == pytest.approx(100, rel=0.002), edges
+    assert counts[0] == 500 and counts[-1] == 50, counts  # fastest first, slowest last
+    longest = max(lines[1:], key=lambda line: line.count("■"))
+    assert "500" in longest, "the longest bar is the largest count"
+    assert histogram_lines(new_histogram()) == []  # nothing recorded, no histogram

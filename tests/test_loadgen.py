@@ -490,7 +490,7 @@ def test_cli_against_zcserve_writes_every_figure(
     printed = capsys.readouterr()
     assert code == 0, printed
     assert "requests    400 in" in printed.out and "errors      none" in printed.out
-    assert "latency ms  p50 " in printed.out
+    assert "latency ms  min " in printed.out and " p50 " in printed.out
     data = json.loads(out.read_text())
     assert data["requests"] == 400 and data["processes"] == 2 and data["model"] == "closed"
     assert data["body_bytes"] == 400 * len(BODY)

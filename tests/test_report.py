@@ -175,7 +175,11 @@ def test_one_load_result_renders_as_its_summary(
     printed = capsys.readouterr().out
     assert "merged" not in printed
     assert "requests    8 in 2.00 s: 4.0 req/s" in printed
-    assert "latency ms  p50 1.50" in printed and "ERRORS: 2 (status 500: 2)" in printed
+    assert (
+        " p50 1.50 " in printed
+        and "latency ms  min " in printed
+        and "ERRORS: 2 (status 500: 2)" in printed
+    )
 
 
 # bench results -----------------------------------------------------------------------------

@@ -20,8 +20,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="load-p90-p99.9-labels-swapped",
         path="zcserve/load/stats.py",
-        old='    ("p90", 90.0),\n    ("p99", 99.0),\n    ("p99.9", 99.9),\n',
-        new='    ("p99.9", 90.0),\n    ("p99", 99.0),\n    ("p90", 99.9),\n',
+        old='    ("p90", 90.0),\n    ("p95", 95.0),\n    ("p99", 99.0),\n    ("p99.9", 99.9),\n',
+        new='    ("p99.9", 90.0),\n    ("p95", 95.0),\n    ("p99", 99.0),\n    ("p90", 99.9),\n',
         tests=PERCENTILE_TESTS,
     ),
     Mutant(
@@ -34,11 +34,10 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="load-summary-prints-p90-under-p99.9",
         path="zcserve/load/report.py",
-        old='"  ".join(f"{name} {format_ms(latency[name])}" '
-        'for name in ("p50", "p90", "p99", "p99.9"))',
+        old='"  ".join(f"{name} {format_ms(latency[name])}" for name in LATENCY_SHOWN)',
         new='"  ".join(\n            f"{name} {format_ms(latency[key])}"\n'
-        '            for name, key in zip(("p50", "p90", "p99", "p99.9"), '
-        '("p50", "p99.9", "p99", "p90"))\n        )',
+        "            for name, key in zip(LATENCY_SHOWN, "
+        '("p50", "p75", "p99.9", "p95", "p99", "p90"))\n        )',
         tests=PERCENTILE_TESTS,
     ),
     Mutant(

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from hdrh.histogram import HdrHistogram
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -78,6 +79,38 @@ def url_lines(rows: tuple[UrlResult, ...], duration: float) -> list[str]:
     return lines
 
 
+LATENCY_SHOWN = ("p50", "p75", "p90", "p95", "p99", "p99.9")
+HISTOGRAM_ROWS = 8
+HISTOGRAM_WIDTH = 30
+
+
+def histogram_lines(histogram: HdrHistogram) -> list[str]:
+    """A compact latency histogram, as hey and oha print: HISTOGRAM_ROWS rows spaced
+    evenly on a log scale from the fastest response to the slowest, each with its
+    count and a bar. Nothing for fewer than two distinct latencies."""
+    total = histogram.get_total_count()
+    low, high = histogram.get_min_value(), histogram.get_max_value()
+    if total == 0 or high <= low:
+        return []
+    ratio = (high / max(low, 1)) ** (1 / HISTOGRAM_ROWS)
+    edges = [max(low, 1) * ratio**row for row in range(1, HISTOGRAM_ROWS + 1)]
+    edges[-1] = high
+    counts = [0] * HISTOGRAM_ROWS
+    for item in histogram.get_recorded_iterator():
+        row = next(
+            i
+            for i, edge in enumerate(edges)
+            if item.value_iterated_to <= edge or i == len(edges) - 1
+        )
+        counts[row] += item.count_at_value_iterated_to
+    widest = max(counts)
+    lines = ["  histogram   up to (ms)  responses"]
+    for edge, count in zip(edges, counts, strict=True):
+        bar = "■" * round(HISTOGRAM_WIDTH * count / widest) if count else ""
+        lines.append(f"  {format_ms(edge / 1000):>20}  {count:>9,} {bar}")
+    return lines
+
+
 def summary_lines(result: LoadResult) -> list[str]:
     """The summary as plain lines (rich markup only on the warning and error lines)."""
     urls = (
@@ -125,11 +158,12 @@ def summary_lines(result: LoadResult) -> list[str]:
         )
     latency = result.latency_ms()
     lines.append(
-        "  latency ms  "
-        + "  ".join(f"{name} {format_ms(latency[name])}" for name in ("p50", "p90", "p99", "p99.9"))
+        f"  latency ms  min {format_ms(latency['min'])}  "
+        + "  ".join(f"{name} {format_ms(latency[name])}" for name in LATENCY_SHOWN)
         + f"  max {format_ms(latency['max'])}"
         + f"  mean {format_ms(latency['mean'])}  stdev {format_ms(latency['stdev'])}"
     )
+    lines.extend(histogram_lines(result.decode_histogram()))
     if result.per_url:
         lines.append("  per URL")
         lines.extend(url_lines(result.per_url, result.duration))

@@ -24,7 +24,9 @@ SIGNIFICANT_DIGITS = 3
 
 PERCENTILES: tuple[tuple[str, float], ...] = (
     ("p50", 50.0),
+    ("p75", 75.0),
     ("p90", 90.0),
+    ("p95", 95.0),
     ("p99", 99.0),
     ("p99.9", 99.9),
 )
@@ -54,7 +56,7 @@ def merge_histograms(encoded: Sequence[str]) -> HdrHistogram:
 
 
 def figures_ms(histogram: HdrHistogram) -> dict[str, float]:
-    """p50, p90, p99, p99.9, max, min, mean and stdev of a microsecond histogram, in ms."""
+    """The PERCENTILES, max, min, mean and stdev of a microsecond histogram, in ms."""
     if histogram.get_total_count() == 0:
         return {name: 0.0 for name in (*dict(PERCENTILES), "max", "min", "mean", "stdev")}
     figures = {
@@ -418,7 +420,7 @@ class LoadResult:
         return merge_histograms([self.histogram])
 
     def latency_ms(self) -> dict[str, float]:
-        """p50, p90, p99, p99.9, max, min and mean latency in milliseconds."""
+        """The PERCENTILES, max, min, mean and stdev of the latency in milliseconds."""
         return figures_ms(self.decode_histogram())
 
     def decode_handshake_histogram(self) -> HdrHistogram:
