@@ -127,3 +127,52 @@ def test_ipv6_loopback(site: Site) -> None:
             while chunk := sock.recv(4096):
                 data += chunk
     assert data.endswith(b"hello\n")
+
+
+def _serve_on_a_terminal(root: str, *flags: str) -> str:
+    """Run `zcserve serve ROOT` on a pseudo-terminal, fetch one file, stop it with
+    SIGINT, and read the terminal to its end: what zcserve wrote there."""
+    import os
+    import pty
+    import re
+    import select
+    import time
+    import urllib.request
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: becomes zcserve, its stdout and stderr the terminal
+        command = zcserve_command("serve", root, "--port", "0", *flags)
+        os.execv(command[0], command)
+    out = b""
+
+    def read(until: bytes | None) -> None:
+        nonlocal out
+        give_up = time.monotonic() + 15
+        while (until is None or until not in out) and time.monotonic() < give_up:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # EIO: the child is gone and the terminal with it
+                    return
+                if not chunk:
+                    return
+                out += chunk
+
+    try:
+        read(b"serving")
+        found = re.search(rb"http://127\.0\.0\.1:(\d+) ", out)
+        assert found, out
+        urllib.request.urlopen(f"http://127.0.0.1:{found.group(1).decode()}/hello.txt").read()
+    finally:
+        os.kill(pid, signal.SIGINT)
+    read(None)  # to the end: the line for the request was written before the stop
+    os.waitpid(pid, 0)
+    os.close(fd)
+    return out.decode(errors="replace")
+
+
+def test_on_a_terminal_each_request_is_logged_unless_quiet(site: Site) -> None:
+    shown = _serve_on_a_terminal(site.root)
+    assert '"GET /hello.txt HTTP/1.1" 200 6' in shown, shown
+    quiet = _serve_on_a_terminal(site.root, "--quiet")
+    assert "serving" in quiet and "GET /hello.txt" not in quiet, quiet

@@ -402,13 +402,27 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="once listening, also print one JSON line for programs: "
         '{"event": "ready", "url", "metrics_url", "pid", ...}',
     )
+    p.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="on a terminal, do not log each request to stderr (without --access-log, "
+        "a terminal gets one line per request, as python -m http.server prints)",
+    )
     p.set_defaults(run=_run_serve)
+
+
+TERMINAL_LOG = "/dev/stderr"
+"""Where requests are logged by default when stderr is a terminal: each worker
+process opens its own (inherited) standard error."""
 
 
 def _run_serve(args: argparse.Namespace) -> int:
     from zcserve.server import server
 
     given = vars(args) | {"headers": tuple(args.headers)}
+    if given["access_log"] is None and not args.quiet and sys.stderr.isatty():
+        given["access_log"] = TERMINAL_LOG
     config = ServerConfig(**{name: given[name] for name in SERVE_DEFAULTS})
     announce = functools.partial(_announce, config, args.workers, args.ready_json)
     if args.workers == 1:
