@@ -264,7 +264,7 @@ def inputs(tmp_path: Path) -> dict[str, str]:
     [
         (["missing"], [], "cannot read"),  # no such file
         (["not_json"], [], "not JSON"),
-        (["list"], [], "neither a bench results.json nor"),  # JSON, but not an object
+        (["list"], [], "not a file zcserve writes; expected a bench results.json, a seed.json"),
         (["raw"], [], "`zcserve load --raw` result"),
         (["no_histogram"], [], "bad histogram"),
         (["no_requests_field"], [], "missing field 'urls'"),  # most fields are missing
@@ -373,3 +373,37 @@ def test_partly_overlapping_clients_add_their_rates(
     )
     assert data["requests"] == sum(result.requests for result in results)
     assert "rates: the sum of each client's rate over its own window" in printed.out
+
+
+def test_the_seed_and_syscalls_files_render_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`zcserve report` reads every JSON file the bench writes, the lab's included."""
+    seed = tmp_path / "seed.json"
+    seed.write_text(
+        json.dumps(
+            {
+                "size": 1024**3, "downloads": 10, "loop": "uvloop", "lab_ratio": 1.93,
+                "rows": [
+                    {"strategy": "readall", "seconds": 20.0, "megabytes_per_second": 530.0,
+                     "server_cpu_seconds": 16.6, "peak_rss_bytes": 1111261184},
+                    {"strategy": "sendfile", "seconds": 8.0, "megabytes_per_second": 1311.0,
+                     "server_cpu_seconds": 2.3, "peak_rss_bytes": 38129664},
+                ],
+            }
+        )
+    )  # fmt: skip
+    assert run_report(str(seed)) == 0
+    out = capsys.readouterr().out
+    assert "10 x 1GiB" in out and "readall" in out and "1,060 MiB" in out
+    assert "readall / sendfile: 2.50x the time (the lab measured 1.93x)" in out
+    syscalls = tmp_path / "syscalls.json"
+    row = {
+        "strategy": "sendfile", "size": 4096, "requests": 200,
+        "per_request": {"recvfrom": 1.0, "sendfile": 1.0}, "file_bytes_read": 0.0,
+        "bytes_received": 4300.0, "voluntary_switches": 1.0, "involuntary_switches": 0.0,
+    }  # fmt: skip
+    syscalls.write_text(json.dumps({"strategies": {"sendfile": {"4KiB": row}}}))
+    assert run_report(str(syscalls)) == 0
+    out = capsys.readouterr().out
+    assert "| sendfile | 4KiB | 2.0 | recvfrom 1.0, sendfile 1.0 | 0 |" in out, out

@@ -39,11 +39,19 @@ from zcserve.bench.results import (
     render_tables,
     write_plots,
 )
+from zcserve.bench.syscalls import SyscallRow, syscalls_table
 from zcserve.errors import ConfigError
 from zcserve.load.report import format_ms, print_summary, write_json
 from zcserve.load.stats import LoadResult
+from zcserve.units import format_size
 
-Kind = Literal["bench", "load"]
+SYSCALL_FIELDS = frozenset(field.name for field in fields(SyscallRow))
+
+Kind = Literal["bench", "load", "seed", "syscalls"]
+KNOWN_KINDS = (
+    "a bench results.json, a seed.json (--seed-experiment), a syscalls.json (--syscalls) "
+    "or a `zcserve load --json` result"
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,10 @@ def read_saved(path: str) -> Saved:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read {path!r}: not JSON ({exc})") from None
     if isinstance(data, dict):
+        if isinstance(data.get("rows"), list) and "lab_ratio" in data:
+            return Saved(path, "seed", data)
+        if isinstance(data.get("strategies"), dict):
+            return Saved(path, "syscalls", data)
         if isinstance(data.get("rows"), list):
             return Saved(path, "bench", data)
         if "histogram" in data and "requests" in data:
@@ -71,11 +83,9 @@ def read_saved(path: str) -> Saved:
         if data.get("mode") == "raw":
             raise ConfigError(
                 f"{path!r} is a `zcserve load --raw` result, which has nothing to render again; "
-                "expected a bench results.json or a `zcserve load --json` result"
+                f"expected {KNOWN_KINDS}"
             )
-    raise ConfigError(
-        f"{path!r} is neither a bench results.json nor a `zcserve load --json` result"
-    )
+    raise ConfigError(f"{path!r} is not a file zcserve writes; expected {KNOWN_KINDS}")
 
 
 def bench_rows(saved: Saved) -> tuple[list[BenchRow], dict[str, Any]]:
@@ -295,6 +305,51 @@ def report_bench(saved: Sequence[Saved], console: Console, *, plots: str | None)
             console.print(f"plots written: {escape(', '.join(written))}", soft_wrap=True)
 
 
+def report_seed(saved: Saved, console: Console) -> None:
+    """The lab's experiment again: each strategy's downloads, and readall / sendfile
+    as the rows have it (time over time)."""
+    data = saved.data
+    try:
+        rows = [
+            (str(r["strategy"]), float(r["seconds"]), float(r["megabytes_per_second"]),
+             float(r["server_cpu_seconds"]), int(r["peak_rss_bytes"]))
+            for r in data["rows"]
+        ]  # fmt: skip
+        size, downloads = int(data["size"]), int(data["downloads"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"bad seed result {saved.path!r}: {exc}") from None
+    console.print(
+        f"{escape(saved.path)}: the seed experiment, {downloads} x {format_size(size)} "
+        f"per strategy, {escape(str(data.get('loop', '?')))}",
+        soft_wrap=True,
+    )
+    for strategy, seconds, rate, cpu, peak in rows:
+        console.print(
+            f"  {strategy:9} {seconds:8.2f} s  {rate:8,.0f} MB/s  server CPU {cpu:6.2f} s  "
+            f"peak RSS {peak / 2**20:,.0f} MiB"
+        )
+    times = {strategy: seconds for strategy, seconds, *_ in rows}
+    if times.get("readall") and times.get("sendfile"):
+        console.print(
+            f"readall / sendfile: {times['readall'] / times['sendfile']:.2f}x the time "
+            f"(the lab measured {data.get('lab_ratio', '?')}x)"
+        )
+
+
+def report_syscalls(saved: Saved, console: Console) -> None:
+    """The syscall table again, from its rows."""
+    try:
+        rows = [
+            SyscallRow(**{k: v for k, v in row.items() if k in SYSCALL_FIELDS})
+            for sizes in saved.data["strategies"].values()
+            for row in sizes.values()
+        ]
+    except (AttributeError, TypeError) as exc:
+        raise ConfigError(f"bad syscalls result {saved.path!r}: {exc}") from None
+    console.print(f"{escape(saved.path)}: syscalls per request", soft_wrap=True)
+    console.print(syscalls_table(rows), highlight=False, soft_wrap=True)
+
+
 def check_inputs(saved: Sequence[Saved], *, plots: str | None, json_out: str | None) -> Kind:
     """The one kind all inputs share, or `ConfigError` saying what does not fit."""
     first = saved[0]
@@ -310,6 +365,8 @@ def check_inputs(saved: Sequence[Saved], *, plots: str | None, json_out: str | N
         if real in seen:
             raise ConfigError(f"{one.path!r} is given twice; each client's result counts once")
         seen[real] = one.path
+    if first.kind in ("seed", "syscalls") and (plots is not None or json_out is not None):
+        raise ConfigError(f"--plots and --json are for bench and load results, not {first.kind}")
     if first.kind == "load" and plots is not None:
         raise ConfigError(f"--plots draws bench results; {first.path!r} is a load result")
     if first.kind == "bench":
@@ -370,6 +427,12 @@ def run_command(args: argparse.Namespace) -> int:
     console = Console(width=None if sys.stdout.isatty() else 180, highlight=False)
     if kind == "bench":
         report_bench(saved, console, plots=args.plots)
+    elif kind == "seed":
+        for one in saved:
+            report_seed(one, console)
+    elif kind == "syscalls":
+        for one in saved:
+            report_syscalls(one, console)
     else:
         report_load(saved, console, json_out=args.json, force=args.force)
     return 0
