@@ -737,14 +737,6 @@ def _error_kind(exc: BaseException) -> str:
     return "io"
 
 
-def peer_host(sock: socket.socket) -> str:
-    try:
-        peer = sock.getpeername()
-    except OSError:
-        return "-"
-    return str(peer[0]) if isinstance(peer, tuple) else "-"
-
-
 def close_socket(sock: socket.socket) -> None:
     try:
         sock.close()

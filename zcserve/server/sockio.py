@@ -47,16 +47,6 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-async def wait_readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    """Wait until `fd` has bytes (or an EOF) to read, reading none of them."""
-    waiter: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(fd, _wake, waiter)
-    try:
-        await waiter
-    finally:
-        loop.remove_reader(fd)
-
-
 class SocketStream:
     """One accepted connection's socket, its loop and its send-stall timeout.
 

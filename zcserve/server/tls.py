@@ -147,19 +147,8 @@ class TlsStream(SocketStream):
             self._corked = bytes(data)
             return len(data)
         view = memoryview(data)[:FLUSH_BYTES]
-        corked = self._corked
-        if corked:
-            self._corked = b""
-            self._tls.write(corked + view)
-        else:
-            self._tls.write(view)
-        unflushed = memoryview(self._outgoing.read())
-        try:
-            while unflushed:
-                unflushed = unflushed[self.sock.send(unflushed) :]
-        except BlockingIOError:
-            pass
-        self.unflushed = unflushed
+        self._encrypt(view)
+        self._send_what_fits()
         return len(view)
 
     send_some = send_now
@@ -171,8 +160,13 @@ class TlsStream(SocketStream):
             self._tls.write(corked + view)
         else:
             self._tls.write(view)
-        out = self._outgoing.read()
-        self.unflushed = memoryview(bytes(self.unflushed) + out if self.unflushed else out)
+        self._take_output()
+
+    def _take_output(self) -> None:
+        """Append what OpenSSL wrote (records, alerts, tickets) to `unflushed`."""
+        more = self._outgoing.read()
+        if more:
+            self.unflushed = memoryview(bytes(self.unflushed) + more if self.unflushed else more)
 
     def flush(self) -> None:
         if self._corked:  # a head whose body never came (the transfer failed)
@@ -184,12 +178,13 @@ class TlsStream(SocketStream):
 
     def _queue_output(self) -> None:
         """Move what OpenSSL wrote to `unflushed`, and send what the socket takes."""
-        more = self._outgoing.read()
-        if more:
-            self.unflushed = memoryview(bytes(self.unflushed) + more if self.unflushed else more)
+        self._take_output()
+        self._send_what_fits()
+
+    def _send_what_fits(self) -> None:
         try:
             self.flush()
-        except BlockingIOError:
+        except BlockingIOError:  # the rest goes first on the next send, or in `flush`
             pass
 
     # awaited sends (the strategies that run as coroutines) ------------------------
