@@ -146,9 +146,22 @@ class TlsStream(SocketStream):
         if flags & MSG_MORE and not self._corked and len(data) < FLUSH_BYTES:
             self._corked = bytes(data)
             return len(data)
+        # `_encrypt` and `_send_what_fits`, inlined: this runs once per TLS response,
+        # and the three calls cost about 1 µs of its 17 (request_cost.py --tls).
         view = memoryview(data)[:FLUSH_BYTES]
-        self._encrypt(view)
-        self._send_what_fits()
+        corked = self._corked
+        if corked:
+            self._corked = b""
+            self._tls.write(corked + view)
+        else:
+            self._tls.write(view)
+        unflushed = memoryview(self._outgoing.read())  # empty before: flushed above
+        try:
+            while unflushed:
+                unflushed = unflushed[self.sock.send(unflushed) :]
+        except BlockingIOError:
+            pass
+        self.unflushed = unflushed
         return len(view)
 
     send_some = send_now
