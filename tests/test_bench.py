@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -48,6 +49,8 @@ from zcserve.bench.sweep import (
     run_seed_experiment,
 )
 from zcserve.demo import write_file
+from zcserve.load.raw import RawOptions, RawResult
+from zcserve.load.raw import run_raw as real_run_raw
 from zcserve.load.run import LoadOptions
 from zcserve.load.run import run_load as real_run_load
 from zcserve.load.stats import LoadResult
@@ -310,6 +313,40 @@ def test_client_bound_rule(
         )
         is bound
     )
+
+
+@pytest.mark.parametrize(
+    ("processes", "busy", "bound"),
+    [
+        (1, 1.0, True),  # one process at 100 %: it could not use the second CPU
+        (2, 0.5, False),  # two at 50 % each: the client had CPU to spare
+    ],
+)
+def test_client_bound_counts_the_cpus_the_load_processes_could_use(
+    processes: int, busy: float, bound: bool
+) -> None:
+    """On two load CPUs the client's share is over the CPUs its processes could use
+    (one per process), not the two it was given."""
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    placement = Placement(server=None, client=set(cpus), load_processes=processes, external=True)
+    loads: list[LoadResult] = []
+
+    def run_load(load: LoadOptions) -> LoadResult:
+        result = real_run_load(load)
+        result = replace(result, cpu_seconds=busy * result.duration * result.processes)
+        loads.append(result)
+        return result
+
+    with ScriptedServer(delay=0.05) as server, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sweep, "run_load", run_load)
+        options = BenchOptions(concurrency=(4,), duration=0.5, warmup=0.0, url=server.url)
+        row = sweep.measure_cell(None, server.url, 0, 4, options, placement, "external")
+    (load,) = loads
+    assert load.processes == processes and row.requests > 0
+    assert row.client_cpu_seconds == pytest.approx(busy * processes * load.duration)
+    assert row.client_bound is bound
 
 
 @dataclass(frozen=True)
@@ -608,6 +645,40 @@ def test_seed_experiment_cli_writes_its_rows(tmp_path: Path) -> None:
     assert "sendfile is" in result.stdout and "x readall" in result.stdout
     assert "x readwrite" in result.stdout
     assert "The lab measured readall / sendfile = 1.93x" in result.stdout
+
+
+SEED_SECONDS = {"readall": 6.0, "readwrite": 2.4, "sendfile": 2.0}
+"""Each strategy's total download time, set so the ratios are known: readall /
+sendfile is 3.00 one way round and 0.33 the other."""
+
+
+def test_the_lab_line_shows_the_ratio_as_the_rows_and_seed_json_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The lab line's "this run" is readall's time over sendfile's, as the row
+    "sendfile is Nx readall (total time readall / sendfile)" and seed.json (and
+    `zcserve report` of it) have it."""
+    times = iter(SEED_SECONDS[name] for name in SEED_STRATEGIES)
+
+    def run_raw(options: RawOptions) -> RawResult:
+        return replace(real_run_raw(options), total_seconds=next(times))
+
+    argv = ["bench", "--seed-experiment", "--seed-size", "1MiB", "--seed-downloads", "2"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sweep, "run_raw", run_raw)
+        assert cli.main([*argv, "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    lab = re.search(r"The lab measured readall / sendfile = 1\.93x .*this run: (\S+)x\.", printed)
+    row = re.search(r"sendfile is (\S+)x readall \(total time (\S+) s / (\S+) s\)", printed)
+    assert lab is not None and row is not None, printed
+    assert row.group(2, 3) == ("6.00", "2.00")  # readall's time over sendfile's
+    seed = json.loads((tmp_path / "seed.json").read_text())
+    seconds = {saved["strategy"]: saved["seconds"] for saved in seed["rows"]}
+    assert seed["lab_ratio"] == 1.93
+    assert lab.group(1) == row.group(1) == f"{seconds['readall'] / seconds['sendfile']:.2f}"
+    assert lab.group(1) == "3.00"
+    assert cli.main(["report", str(tmp_path / "seed.json")]) == 0
+    assert "readall / sendfile: 3.00x the time (the lab measured 1.93x)" in capsys.readouterr().out
 
 
 def test_ceiling_measures_every_path(tmp_path: os.PathLike[str]) -> None:

@@ -9,6 +9,8 @@ BENCH = "tests/test_bench.py"
 ROWS_NAME_THE_STRATEGY = (f"{BENCH}::test_each_row_names_the_strategy_that_ran",)
 MEGABYTES = (f"{BENCH}::test_megabytes_per_second_is_bytes_in_the_window_over_its_length",)
 TABLES = (f"{BENCH}::test_tables_show_the_measured_figures",)
+LAB_LINE = (f"{BENCH}::test_the_lab_line_shows_the_ratio_as_the_rows_and_seed_json_do",)
+LOAD_CPUS = (f"{BENCH}::test_client_bound_counts_the_cpus_the_load_processes_could_use",)
 METRICS = "tests/test_metrics.py"
 COUNTERS = (f"{METRICS}::test_counters_match_the_load_generator",)
 TLS_COUNTERS = (f"{METRICS}::test_tls_counts_the_fallback",)
@@ -41,6 +43,20 @@ MUTANTS: list[Mutant] = [
         old='            f"{row.megabytes_per_second:,.1f}",\n',
         new='            f"{2 * row.megabytes_per_second:,.1f}",\n',
         tests=TABLES,
+    ),
+    Mutant(
+        name="bench-seed-lab-line-ratio-flipped",
+        path="zcserve/bench/sweep.py",
+        old='f"this run: {naive.seconds / zero_copy.seconds:.2f}x."',
+        new='f"this run: {zero_copy.seconds / naive.seconds:.2f}x."',
+        tests=LAB_LINE,
+    ),
+    Mutant(
+        name="bench-client-bound-counts-the-cpus-given",
+        path="zcserve/bench/sweep.py",
+        old="client_cpus=min(placement.client_cpus, result.processes),",
+        new="client_cpus=len(placement.client or ()) or placement.client_cpus,",
+        tests=LOAD_CPUS,
     ),
     Mutant(
         name="metrics-auto-bytes-labelled-auto-tcp",
