@@ -7,7 +7,7 @@ PORT ?= 8000
 DEMO := .demo
 PY_DIRS := zcserve tests $(wildcard benchmarks)
 
-.PHONY: all help setup test lint typecheck pytest soak fmt serve bench compare compare-https clean mutants
+.PHONY: all help setup test lint typecheck pytest soak fmt serve bench compare compare-https clean mutants readme-table
 
 all: test
 
@@ -65,6 +65,9 @@ compare-https: $(STAMP) ## the same over HTTPS, each server beside its HTTP twin
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk curl openssl)
 	$(BIN)/python -m pip install -q aiohttp
 	$(BIN)/python benchmarks/compare.py --tls --sizes 4KiB,64KiB,1MiB --concurrency 64 --tools wrk --no-single $(COMPARE_ARGS)
+
+readme-table: $(STAMP) ## README's results table again, from benchmarks/results/default/results.json
+	$(BIN)/zcserve report benchmarks/results/default/results.json --cell 1MiB,8 --markdown README.md
 
 clean: ## remove .venv, the demo folder, caches and bench results
 	rm -rf $(VENV) $(DEMO) .mypy_cache .pytest_cache .ruff_cache bench-results

@@ -9,7 +9,7 @@ import json
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,15 @@ from hdrh.histogram import HdrHistogram
 
 from tests.loadhelpers import ScriptedServer
 from zcserve import cli
-from zcserve.bench.results import PLOTS, BenchRow, write_results
+from zcserve.bench.report import MARKDOWN_BEGIN, MARKDOWN_END
+from zcserve.bench.results import (
+    CLIENT_BOUND_NOTE,
+    PLOTS,
+    BenchRow,
+    load_results,
+    markdown_table,
+    write_results,
+)
 from zcserve.load.report import write_json
 from zcserve.load.run import LoadOptions, run_load
 from zcserve.load.stats import LoadResult, merge_histograms, new_histogram
@@ -224,6 +232,69 @@ def test_a_bench_result_renders_its_table_and_plots_again(
         assert (plots / plot.filename).read_bytes()[:8] == PNG_MAGIC
 
 
+def test_markdown_writes_one_cell_between_the_markers_and_nothing_else(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--cell 1MiB,8: each strategy's MB/s and CPU-s per GiB at that cell, in the fixed
+    strategy order, the client-bound one marked with its footnote; the text around the
+    markers is kept byte for byte, and a second run changes nothing."""
+    rows = [
+        _bench_row("sendfile", 1 << 20, 8, 5000.0),
+        _bench_row("readwrite", 1 << 20, 8, 1000.0),
+        _bench_row("fallback", 1 << 20, 8, 2000.0),
+        _bench_row("sendfile", 1 << 20, 1, 900.0),
+    ]
+    rows[0] = replace(rows[0], client_bound=True, server_bytes=5 * 1024**3)
+    rows[1] = replace(rows[1], server_bytes=1024**3)
+    saved = write_results(str(tmp_path / "bench"), rows, {}, plots=False)[0]
+    before = "# Title\n\nprose above\n\n"
+    after = "\nprose below\n"
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"{before}{MARKDOWN_BEGIN}\n| stale |\n{MARKDOWN_END}\n{after}")
+    assert run_report(saved, "--cell", "1MiB,8", "--markdown", str(doc)) == 0
+    assert f"markdown written: {doc}" in capsys.readouterr().out
+    written = doc.read_text()
+    assert written == (
+        f"{before}{MARKDOWN_BEGIN}\n"
+        "| 1 MiB file, 8 connections | MB/s | server CPU-s per GiB |\n"
+        "|---|---|---|\n"
+        "| readwrite | 1,049 | 1.50 |\n"
+        "| fallback | 2,097 | n/a |\n"
+        "| sendfile † | 5,243 | 0.30 |\n"
+        f"\n{CLIENT_BOUND_NOTE}\n"
+        f"{MARKDOWN_END}\n{after}"
+    )
+    assert run_report(saved, "--cell", "1MiB,8", "--markdown", str(doc)) == 0
+    assert doc.read_text() == written
+
+
+def test_markdown_into_a_new_file_is_the_whole_table_within_the_markers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [_bench_row(s, 4096, c, 100.0 * c) for s in ("readwrite", "sendfile") for c in (1, 8)]
+    meta = {"placement": "server pinned to CPU [0]"}
+    saved = write_results(str(tmp_path / "bench"), rows, meta, plots=False)[0]
+    out = tmp_path / "table.md"
+    assert run_report(saved, "--markdown", str(out)) == 0
+    capsys.readouterr()
+    loaded, _ = load_results(saved)
+    table = markdown_table(loaded, pinning="server pinned to CPU [0]")
+    assert out.read_text() == f"{MARKDOWN_BEGIN}\n{table}{MARKDOWN_END}\n"
+
+
+def test_markdown_never_overwrites_a_file_without_its_markers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    saved = write_results(str(tmp_path / "bench"), [_bench_row("sendfile", 4096, 1, 9.0)], {})[0]
+    doc = tmp_path / "notes.md"
+    for text in ("# notes\n", f"{MARKDOWN_END}\n{MARKDOWN_BEGIN}\n"):
+        doc.write_text(text)
+        assert run_report(saved, "--markdown", str(doc)) == 2
+        printed = capsys.readouterr()
+        assert f"{str(doc)!r} exists without one {MARKDOWN_BEGIN!r} line" in printed.err
+        assert printed.out == "" and doc.read_text() == text
+
+
 # bad input ----------------------------------------------------------------------------------
 
 
@@ -280,6 +351,15 @@ def inputs(tmp_path: Path) -> dict[str, str]:
         (["load"], ["--plots", "PLOTS"], "--plots draws bench results"),
         (["bench"], ["--json", "OUT"], "--json writes merged load results"),
         (["bench", "bench2"], ["--plots", "PLOTS"], "--plots draws one bench result"),
+        (["load"], ["--markdown", "OUT"], "--markdown writes bench tables"),
+        (["bench", "bench2"], ["--markdown", "OUT"], "--markdown writes one bench result's"),
+        (["bench"], ["--cell", "4KiB,1"], "--cell picks the cell of the --markdown table"),
+        (["bench"], ["--markdown", "OUT", "--cell", "1MiB"], "bad cell '1MiB'"),
+        (
+            ["bench"],
+            ["--markdown", "OUT", "--cell", "1MiB,8"],
+            "no row for 1MiB at 8 connections; the rows have 4KiB,1",
+        ),
         ([], [], "the following arguments are required"),
     ],
 )

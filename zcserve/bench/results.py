@@ -13,7 +13,9 @@ import csv
 import json
 import math
 import os
+import re
 import textwrap
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -135,6 +137,34 @@ def notes(rows: Iterable[BenchRow], pinning: str) -> list[str]:
     if any(row.client_bound for row in rows):
         lines.append(CLIENT_BOUND_NOTE)
     return lines
+
+
+STRATEGY_STYLES: dict[str, tuple[str, str]] = {
+    "readwrite": ("tab:orange", "o"),
+    "readall": ("tab:red", "v"),
+    "fallback": ("tab:blue", "s"),
+    "sendfile": ("tab:green", "^"),
+    "mmap": ("tab:purple", "D"),
+    "splice": ("tab:brown", "P"),
+    "auto": ("tab:pink", "X"),
+    "external": ("tab:cyan", "*"),
+}
+"""Each strategy's colour and marker in every plot, and the order strategies are listed
+in, whichever of them a run has: a figure is compared with another by its colours."""
+OTHER_STYLES = (("tab:olive", "h"), ("tab:gray", "p"), ("black", "d"), ("navy", "8"))
+
+
+def strategy_style(strategy: str) -> tuple[str, str]:
+    """(colour, marker) of `strategy`; a name not in STRATEGY_STYLES gets one by a
+    hash of its name, so it too is the same in every plot."""
+    known = STRATEGY_STYLES.get(strategy)
+    return known or OTHER_STYLES[zlib.crc32(strategy.encode()) % len(OTHER_STYLES)]
+
+
+def strategy_rank(strategy: str) -> tuple[int, str]:
+    """Sort key: STRATEGY_STYLES's order, then other names alphabetically."""
+    order = list(STRATEGY_STYLES)
+    return (order.index(strategy) if strategy in order else len(order), strategy)
 
 
 KEY_HEADERS = ("strategy", "size", "conns")
@@ -449,6 +479,33 @@ def plot_figure(rows: Sequence[BenchRow], plot: Plot, meta: Mapping[str, Any]) -
             gid="caption",
         )
     return fig
+
+
+def headline_table(rows: Sequence[BenchRow], size: int, connections: int) -> str:
+    """One cell's MB/s and server CPU-s per GiB for each strategy, as Markdown (the
+    README's results table), with the client-bound mark and its footnote; `ConfigError`
+    when no row has that size and concurrency."""
+    chosen = sorted(
+        (row for row in rows if (row.size, row.connections) == (size, connections)),
+        key=lambda row: strategy_rank(row.strategy),
+    )
+    if not chosen:
+        cells = sorted({(row.size, row.connections) for row in rows})
+        raise ConfigError(
+            f"no row for {format_size(size)} at {connections} connections; the rows have "
+            + ", ".join(f"{format_size(s)},{c}" for s, c in cells)
+        )
+    spaced = re.sub(r"^(\d+)", r"\1 ", format_size(size))  # 1MiB -> 1 MiB
+    conns = f"{connections} connection{'' if connections == 1 else 's'}"
+    lines = [
+        f"| {spaced} file, {conns} | MB/s | server CPU-s per GiB |",
+        "|---|---|---|",
+        *(
+            f"| {marked(row)} | {row.megabytes_per_second:,.0f} | {shown(row.cpu_per_gib, '.2f')} |"
+            for row in chosen
+        ),
+    ]
+    return "\n".join(lines) + "\n" + "".join(f"\n{note}\n" for note in notes(chosen, ""))
 
 
 def markdown_table(rows: Iterable[BenchRow], *, pinning: str = "") -> str:
