@@ -543,7 +543,7 @@ def test_client_bound_points_are_hollow() -> None:
         (axis,) = fig.axes
         points = {}
         for line in axis.get_lines():
-            if line.get_marker() == "o":
+            if line.get_linestyle() == "None":  # the points, not the line through them
                 face = line.get_markerfacecolor()
                 for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True):
                     points[(int(x), float(y))] = face

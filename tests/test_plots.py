@@ -1,10 +1,13 @@
 """The bench's plots are slides and its table reads in 80 columns.
 
 Plots: 16:9 and at least 1600 px wide, titled and captioned (CPU, cores, loop, cell
-duration, date, pinning), fonts of 12 pt or more, y from 0, x ticks at the measured
-concurrencies, a legend outside every panel, a third plot of server CPU-s per GiB,
-and gaps (not zeros) where nothing was measured. Without matplotlib the bench still
-writes everything else and says in one line how to get the plots."""
+duration, date, pinning), fonts of 12 pt or more, y from 0 (p99 on a log scale), x
+ticks at the measured concurrencies, a legend outside every panel and, with the
+caption, in under a fifth of the figure, one colour and marker per strategy whatever
+the run, a third plot of server CPU-s per GiB, and gaps (not zeros) where nothing was
+measured: a cell where no request completed is in no plot, and the figure says so.
+Without matplotlib the bench still writes everything else and says in one line how to
+get the plots."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Any
 
 import matplotlib.pyplot as pyplot
 import pytest
+from matplotlib.colors import to_hex
 from matplotlib.text import Text
 from rich.console import Console
 
@@ -35,6 +39,7 @@ from zcserve.bench.results import (
     print_table,
     write_results,
 )
+from zcserve.server.strategies import STRATEGY_NAMES
 from zcserve.units import format_size
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,14 +131,20 @@ def test_each_figure_is_titled_captioned_and_readable(figures: dict[Plot, Any]) 
         assert not small, (plot.filename, small)
 
 
-def test_axes_start_at_zero_with_ticks_at_the_measured_concurrencies(
+def test_y_from_zero_p99_on_a_log_scale_and_x_ticks_at_the_measured_concurrencies(
     figures: dict[Plot, Any],
 ) -> None:
+    """p99 spans decades (0.4 ms at one connection, seconds at 512): a log axis shows
+    them all; the other figures start at 0."""
     for plot, fig in figures.items():
         assert len(fig.axes) == len(SIZES)
         for axis, size in zip(fig.axes, SIZES, strict=True):
             assert axis.get_title() == format_size(size)
-            assert axis.get_ylim()[0] == 0, (plot.filename, size)
+            if plot.metric == "p99_ms":
+                assert axis.get_yscale() == "log", size
+            else:
+                assert axis.get_yscale() == "linear", (plot.filename, size)
+                assert axis.get_ylim()[0] == 0, (plot.filename, size)
             assert list(axis.get_xticks()) == list(CONCURRENCY)
             labels = [label.get_text() for label in axis.get_xticklabels()]
             assert labels == [str(c) for c in CONCURRENCY]
@@ -149,10 +160,76 @@ def test_the_legend_covers_no_panel(figures: dict[Plot, Any]) -> None:
         for axis in fig.axes:
             # The panel with its ticks, labels and title: nothing of it under the legend.
             assert not box.overlaps(axis.get_tightbbox(renderer)), plot.filename
-        (caption,) = [t for t in fig.texts if t.get_gid() == "caption"]
-        assert not box.overlaps(caption.get_window_extent(renderer)), plot.filename
+        notes = [t for t in fig.texts if t.get_gid() in ("caption", "missing")]
+        assert len(notes) == 2, plot.filename
+        for note in notes:
+            assert not box.overlaps(note.get_window_extent(renderer)), plot.filename
+            for axis in fig.axes:
+                assert not note.get_window_extent(renderer).overlaps(axis.get_tightbbox(renderer))
+        assert (
+            not notes[0].get_window_extent(renderer).overlaps(notes[1].get_window_extent(renderer))
+        )
         names = [text.get_text() for text in legend.get_texts()]
-        assert names[: len(STRATEGIES)] == sorted(STRATEGIES)
+        assert names[: len(STRATEGIES)] == list(STRATEGIES)
+
+
+@pytest.mark.parametrize("strategies", [STRATEGIES, STRATEGY_NAMES], ids=["two", "every"])
+def test_the_legend_and_caption_take_under_a_fifth_of_the_figure(
+    strategies: tuple[str, ...],
+) -> None:
+    """The strip the panels leave below them (their tick labels and axis label drawn)
+    holds the legend, the note and the caption, inside the figure, and is under a fifth
+    of its area; with every strategy too, whose legend takes two rows."""
+    rows = [_row(s, z, c) for s in strategies for z in SIZES for c in CONCURRENCY]
+    for plot in PLOTS:
+        fig = plot_figure(rows, plot, META)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        figure = fig.bbox
+        strip = min(axis.get_tightbbox(renderer).y0 for axis in fig.axes) - figure.y0
+        (legend,) = fig.legends
+        boxes = [legend.get_window_extent(renderer)]
+        notes = [t for t in fig.texts if t.get_gid() in ("caption", "missing")]
+        boxes += [note.get_window_extent(renderer) for note in notes]
+        assert strip * figure.width < figure.width * figure.height / 5, (plot.filename, strip)
+        for box in boxes:
+            assert figure.x0 <= box.x0 and box.x1 <= figure.x1, (plot.filename, box)
+            assert figure.y0 <= box.y0 and box.y1 <= figure.y0 + strip, (plot.filename, box)
+        assert len(boxes) == 3, plot.filename  # legend, note, caption
+        pyplot.close(fig)
+
+
+def _styles(fig: Any) -> dict[str, tuple[str, str]]:
+    """(colour, marker) of each name in the figure's legend."""
+    (legend,) = fig.legends
+    return {
+        text.get_text(): (to_hex(handle.get_color()), handle.get_marker())
+        for text, handle in zip(legend.get_texts(), legend.legend_handles, strict=True)
+    }
+
+
+def test_each_strategy_keeps_one_colour_and_marker_whatever_the_run() -> None:
+    """By name, not by place in the run: sendfile looks the same beside readwrite as
+    beside fallback, mmap and splice, in the legend and in every panel."""
+    seen: dict[str, tuple[str, str]] = {}
+    drawn: list[tuple[Any, dict[str, tuple[str, str]]]] = []
+    for strategies in (("readwrite", "sendfile"), ("fallback", "mmap", "sendfile", "splice")):
+        rows = [_row(s, z, c) for s in strategies for z in SIZES for c in CONCURRENCY]
+        for plot in PLOTS:
+            fig = plot_figure(rows, plot, META)
+            styles = {name: style for name, style in _styles(fig).items() if name in strategies}
+            assert sorted(styles) == sorted(strategies), plot.filename
+            assert len(set(styles.values())) == len(strategies)  # told apart
+            for name, style in styles.items():
+                assert seen.setdefault(name, style) == style, (name, plot.filename)
+            drawn.append((fig, styles))
+    for fig, styles in drawn:  # each line and point in its strategy's legend style
+        for axis in fig.axes:
+            for line in axis.get_lines():
+                colour, marker = styles[line.get_gid()]
+                assert to_hex(line.get_color()) == colour, line.get_gid()
+                assert line.get_marker() in ("None", marker), line.get_gid()
+        pyplot.close(fig)
 
 
 def _lines_of(axis: Any) -> list[tuple[list[float], list[float], str]]:
@@ -162,26 +239,29 @@ def _lines_of(axis: Any) -> list[tuple[list[float], list[float], str]]:
     ]
 
 
-def test_a_cell_without_a_figure_is_a_gap_not_a_zero(figures: dict[Plot, Any]) -> None:
-    """64 MiB at 512 connections: no response completed, so no latency (a gap in the
-    p99 plot), yet bytes moved (a point in the throughput plot)."""
+def test_a_cell_where_no_request_completed_is_in_no_plot_and_named(
+    rows: list[BenchRow], figures: dict[Plot, Any]
+) -> None:
+    """64 MiB at 512 connections: no response completed (though bytes moved). No plot
+    draws it, as a 0 or as a point; each figure names it in a note. A run where every
+    cell completed has no note."""
     size, connections = NOTHING_COMPLETED
-    by_metric = {plot.metric: fig for plot, fig in figures.items()}
-    axis = by_metric["p99_ms"].axes[SIZES.index(size)]
-    for xs, ys, style in _lines_of(axis):
-        if connections in xs:
-            y = ys[xs.index(connections)]
-            assert math.isnan(y), (xs, ys, style)  # NaN: matplotlib leaves a gap
-    assert all(0 not in ys for _, ys, _ in _lines_of(axis))
-    axis = by_metric["megabytes_per_second"].axes[SIZES.index(size)]
-    markers = [
-        (x, y)
-        for xs, ys, style in _lines_of(axis)
-        if style == "None"
-        for x, y in zip(xs, ys, strict=True)
-    ]
-    drawn = [y for x, y in markers if x == connections]
-    assert len(drawn) == len(STRATEGIES) and all(y > 0 for y in drawn), markers
+    for plot, fig in figures.items():
+        axis = fig.axes[SIZES.index(size)]
+        for xs, ys, style in _lines_of(axis):
+            drawn = [y for x, y in zip(xs, ys, strict=True) if x == connections]
+            assert all(math.isnan(y) for y in drawn), (plot.filename, xs, ys, style)
+            assert 0 not in ys
+        at_512 = [y for _, ys, _ in _lines_of(fig.axes[0]) for y in ys[-1:]]
+        assert any(not math.isnan(y) for y in at_512)  # a cell that completed is drawn
+        (note,) = [t for t in fig.texts if t.get_gid() == "missing"]
+        text = " ".join(note.get_text().split())
+        assert f"{format_size(size)} at {connections} connections (readwrite, sendfile)" in text
+    complete = [row for row in rows if (row.size, row.connections) != NOTHING_COMPLETED]
+    for plot in PLOTS:
+        fig = plot_figure(complete, plot, META)
+        assert [t for t in fig.texts if t.get_gid() == "missing"] == [], plot.filename
+        pyplot.close(fig)
 
 
 def test_table_and_csv_say_n_a_for_a_missing_latency(rows: list[BenchRow], tmp_path: Path) -> None:

@@ -318,11 +318,13 @@ class Plot:
     label: str
     filename: str
     title: str
+    log_y: bool = False
+    """For figures that span decades; the others start at 0."""
 
 
 PLOTS = (
     Plot("megabytes_per_second", "MB/s (body bytes)", "throughput.png", "Throughput"),
-    Plot("p99_ms", "p99 latency (ms)", "p99.png", "p99 latency"),
+    Plot("p99_ms", "p99 latency (ms, log scale)", "p99.png", "p99 latency", log_y=True),
     Plot(
         "cpu_per_gib",
         "server CPU-s per GiB sent",
@@ -334,17 +336,38 @@ FIGURE_INCHES = (16.0, 9.0)
 FIGURE_DPI = 120
 """16:9 at 120 dpi: 1920 x 1080 pixels, a full-HD slide."""
 FONT_POINTS = 14
-"""Every text on the plots is this size or larger, except the caption (12 pt)."""
+"""Every text on the plots is this size or larger, except the caption and the note (12 pt)."""
 CAPTION_POINTS = 12
+GAP_POINTS = 6
+"""Between the caption, the note, the legend and the panels' axis labels."""
+LEGEND_COLUMNS_MAX = 5
+"""More handles than this take a second legend row (every strategy: eight handles)."""
 
 
 def plotted(row: BenchRow, metric: str) -> float:
     """The value drawn for `row`, NaN (a gap in the line) when there is none: not
-    measured, or a cell where nothing completed and no byte moved."""
+    measured, or a cell where no request completed, whose bytes in flight are no
+    rate (`missing_note` names those)."""
     value = getattr(row, metric)
-    if value is None or (row.requests == 0 and not row.megabytes_per_second):
+    if value is None or row.requests == 0:
         return math.nan
     return float(value)
+
+
+def missing_note(rows: Iterable[BenchRow]) -> str:
+    """The cells where no request completed, which no plot draws; "" when none."""
+    cells: dict[tuple[int, int], list[str]] = {}
+    for row in rows:
+        if row.requests == 0:
+            cells.setdefault((row.size, row.connections), []).append(row.strategy)
+    if not cells:
+        return ""
+    named = "; ".join(
+        f"{format_size(size)} at {connections} connections "
+        f"({', '.join(sorted(names, key=strategy_rank))})"
+        for (size, connections), names in sorted(cells.items())
+    )
+    return textwrap.fill(f"Not drawn, no request completed: {named}", 150)
 
 
 def plot_caption(meta: Mapping[str, Any]) -> str:
@@ -402,20 +425,27 @@ def _pyplot() -> Any:
 def plot_figure(rows: Sequence[BenchRow], plot: Plot, meta: Mapping[str, Any]) -> Any:
     """One panel per file size: `plot.metric` against concurrency, a line per strategy.
 
-    For a slide: 16:9, titled and captioned (`plot_caption`), y from 0, x ticks at the
-    measured concurrencies, one legend below the panels where it covers no line.
-    Client-bound cells are hollow markers: there the client, not the server, set the
-    figure. Missing values are gaps."""
+    For a slide: 16:9, titled and captioned (`plot_caption`), y from 0 (or log), x
+    ticks at the measured concurrencies, one legend below the panels where it covers
+    no line. Each strategy has its colour and marker (`strategy_style`) in every plot;
+    client-bound cells are hollow markers: there the client, not the server, set the
+    figure. Missing values are gaps; cells where nothing completed are named in a note
+    (`missing_note`)."""
     plt = _pyplot()
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import NullLocator
+    from matplotlib.ticker import LogFormatterSciNotation, NullLocator
+
+    class PlainLog(LogFormatterSciNotation):
+        """The ticks matplotlib labels on a log axis, as 0.5 and 20 rather than 5x10^-1."""
+
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return f"{x:g}" if super().__call__(x, pos) else ""
 
     sizes = sorted({r.size for r in rows})
-    strategies = sorted({r.strategy for r in rows})
+    strategies = sorted({r.strategy for r in rows}, key=strategy_rank)
     concurrency = sorted({r.connections for r in rows})
     with plt.rc_context({"font.size": FONT_POINTS}):
         fig, axes = plt.subplots(1, len(sizes), figsize=FIGURE_INCHES, squeeze=False)
-        colors = {name: f"C{index}" for index, name in enumerate(strategies)}
         hollow = False
         for axis, size in zip(axes[0], sizes, strict=True):
             for strategy in strategies:
@@ -426,8 +456,9 @@ def plot_figure(rows: Sequence[BenchRow], plot: Plot, meta: Mapping[str, Any]) -
                 )
                 if not cells:
                     continue
-                color = colors[strategy]
-                axis.plot([x for x, _, _ in cells], [y for _, y, _ in cells], color=color)
+                color, marker = strategy_style(strategy)
+                xs, ys = [x for x, _, _ in cells], [y for _, y, _ in cells]
+                axis.plot(xs, ys, color=color, gid=strategy)
                 for bound in (False, True):
                     points = [(x, y) for x, y, b in cells if b == bound and not math.isnan(y)]
                     if points:
@@ -435,10 +466,11 @@ def plot_figure(rows: Sequence[BenchRow], plot: Plot, meta: Mapping[str, Any]) -
                             [x for x, _ in points],
                             [y for _, y in points],
                             linestyle="none",
-                            marker="o",
+                            marker=marker,
                             markersize=8,
                             color=color,
                             markerfacecolor="none" if bound else color,
+                            gid=strategy,
                         )
                         hollow = hollow or bound
             if len(concurrency) > 1:
@@ -446,39 +478,66 @@ def plot_figure(rows: Sequence[BenchRow], plot: Plot, meta: Mapping[str, Any]) -
             axis.set_xticks(concurrency, labels=[str(c) for c in concurrency])
             axis.xaxis.set_minor_locator(NullLocator())
             axis.set_xlim(concurrency[0] / 1.5, concurrency[-1] * 1.5)
-            axis.set_ylim(bottom=0)
+            if plot.log_y:
+                positive = [r for r in rows if r.size == size and plotted(r, plot.metric) > 0]
+                if positive:  # a log axis with nothing on it has no range
+                    axis.set_yscale("log")
+                    axis.yaxis.set_major_formatter(PlainLog())
+                    axis.yaxis.set_minor_formatter(PlainLog(labelOnlyBase=False))
+            else:
+                axis.set_ylim(bottom=0)
             axis.set_title(format_size(size))
             axis.set_xlabel("concurrent connections")
             axis.grid(True, alpha=0.3)
         axes[0][0].set_ylabel(plot.label)
-        handles = [
-            Line2D([], [], color=colors[name], marker="o", markersize=8, label=name)
-            for name in strategies
-        ]
+        handles = []
+        for name in strategies:
+            color, marker = strategy_style(name)
+            handles.append(Line2D([], [], color=color, marker=marker, markersize=8, label=name))
         if hollow:
             key = Line2D([], [], linestyle="none", marker="o", markersize=8, color="grey")
             key.set(markerfacecolor="none", label="client-bound (the load generator's limit)")
             handles.append(key)
         fig.suptitle(f"zcserve bench: {plot.title} against concurrency", fontsize=20)
-        fig.subplots_adjust(left=0.07, right=0.98, top=0.86, bottom=0.30, wspace=0.22)
-        # Below the panels, above the caption: outside every axis, so it covers no line.
-        fig.legend(
-            handles=handles,
-            loc="upper center",
-            bbox_to_anchor=(0.5, 0.195),
-            ncol=len(handles),
-            frameon=False,
-        )
-        fig.text(
-            0.5,
-            0.04,
-            plot_caption(meta),
-            ha="center",
-            va="bottom",
-            fontsize=CAPTION_POINTS,
-            gid="caption",
-        )
+        # bottom is provisional: _below_the_panels sets it once it has measured the rest.
+        fig.subplots_adjust(left=0.07, right=0.98, top=0.86, bottom=0.3, wspace=0.22)
+        _below_the_panels(fig, handles, plot_caption(meta), missing_note(rows))
     return fig
+
+
+def _below_the_panels(fig: Any, handles: Sequence[Any], caption: str, note: str) -> None:
+    """Caption, note and legend stacked up from the bottom edge, each as tall as its
+    text, then the panels just above them: as little of the slide as they need."""
+    renderer = fig.canvas.get_renderer()
+    height = float(fig.bbox.height)
+    gap = GAP_POINTS * fig.dpi / 72 / height
+
+    def top(artist: Any) -> float:
+        return float(artist.get_window_extent(renderer).y1) / height
+
+    texts = [(caption, "caption")] + ([(note, "missing")] if note else [])
+    y = gap
+    for text, gid in texts:
+        drawn = fig.text(0.5, y, text, ha="center", va="bottom", fontsize=CAPTION_POINTS, gid=gid)
+        y = top(drawn) + gap
+    # As many columns as fit the width: a long legend takes a second row, not the edges.
+    for columns in range(min(len(handles), LEGEND_COLUMNS_MAX), 0, -1):
+        legend = fig.legend(
+            handles=handles,
+            loc="lower center",
+            bbox_to_anchor=(0.5, y),
+            ncol=columns,
+            frameon=False,
+            borderaxespad=0,
+        )
+        if legend.get_window_extent(renderer).width <= 0.96 * fig.bbox.width or columns == 1:
+            break
+        legend.remove()
+    y = top(legend) + gap
+    labels = max(
+        axis.get_position().y0 - axis.get_tightbbox(renderer).y0 / height for axis in fig.axes
+    )
+    fig.subplots_adjust(bottom=y + labels)
 
 
 def headline_table(rows: Sequence[BenchRow], size: int, connections: int) -> str:
