@@ -113,3 +113,64 @@ def test_the_listing_renders_with_its_links(site: Path, tmp_path: Path) -> None:
     with serving(str(site), "--listing") as child:
         dom = dump_dom(f"{child.url}/folder/", tmp_path / "profile")
     assert re.search(r'<a href="[^"]*note\.txt"', dom), dom[-1000:]
+
+
+NAVIGATOR = """<!DOCTYPE html>
+<meta charset=utf-8>
+<title>listing check</title>
+<pre id=result>pending</pre>
+<iframe id=frame src="/a/b/"></iframe>
+<script>
+const frame = document.getElementById("frame");
+const seen = [];
+const steps = [
+  doc => {  // in /a/b/: click the breadcrumb that leads to /a/
+    seen.push("at " + frame.contentWindow.location.pathname);
+    doc.querySelector('h1 a[href="/a/"]').click();
+  },
+  doc => {  // in /a/: type into the filter, then sort by size
+    seen.push("at " + frame.contentWindow.location.pathname);
+    const box = doc.getElementById("filter");
+    box.value = "NOTE";
+    box.dispatchEvent(new Event("input"));
+    const shown = [...doc.querySelectorAll("tbody tr[data-name]")].filter(r => !r.hidden);
+    seen.push("filtered " + shown.map(r => r.dataset.name).join(","));
+    doc.querySelector('th button[value="size"]').click();
+  },
+  doc => {  // the sorted page
+    seen.push("at " + frame.contentWindow.location.pathname + frame.contentWindow.location.search);
+    const names = [...doc.querySelectorAll("tbody tr[data-name]")].map(r => r.dataset.name);
+    seen.push("order " + names.join(","));
+    document.getElementById("result").textContent = seen.join("; ");
+  },
+];
+frame.addEventListener("load", () => {
+  const step = steps.shift();
+  try { if (step) step(frame.contentDocument); }
+  catch (e) { document.getElementById("result").textContent = "error " + e + " after " + seen; }
+});
+</script>
+"""
+
+
+def test_a_listing_navigates_by_breadcrumb_filter_and_sort(tmp_path: Path) -> None:
+    """In a real browser: a breadcrumb leads up, the filter hides rows as one types
+    (no request), and a column head sorts through the server."""
+    root = tmp_path / "site"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "notes.txt").write_bytes(b"x" * 300)
+    (root / "a" / "big-note.bin").write_bytes(b"x" * 5000)
+    (root / "a" / "other.txt").write_bytes(b"x" * 10)
+    (root / "navigator.html").write_text(NAVIGATOR)
+    access_log = tmp_path / "access.log"
+    with serving(str(root), "--listing", "--access-log", str(access_log)) as child:
+        dom = dump_dom(f"{child.url}/navigator.html", tmp_path / "profile")
+    result = re.search(r'<pre id="result">(.*?)</pre>', dom)
+    assert result is not None, dom[-1000:]
+    assert result.group(1) == (
+        "at /a/b/; at /a/; filtered big-note.bin,notes.txt; at /a/?sort=size; "
+        "order b,other.txt,notes.txt,big-note.bin"
+    )
+    requested = re.findall(r'"GET (\S+) ', access_log.read_text())
+    assert requested.count("/a/") == 1  # the filter asked the server nothing
+    assert "/a/?sort=size" in requested

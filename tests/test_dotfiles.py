@@ -27,6 +27,13 @@ from tests.test_serve import one_connection
 from zcserve.errors import HttpError
 from zcserve.server.filecache import OpenFileCache
 from zcserve.server.files import Root
+from zcserve.server.listing import ListingQuery
+
+
+def listing_page(root: Root, url_path: bytes) -> bytes:
+    """The HTML listing of `url_path` as the server's thread renders it."""
+    return root.render_listing(root.resolve(url_path), ListingQuery())[0]
+
 
 FILES = {
     ".env": b"SECRET_KEY=dotenv\n",
@@ -132,7 +139,7 @@ def test_the_open_file_cache_keeps_no_dot_name(dotted: str) -> None:
 
 
 def listed_names(page: bytes) -> set[str]:
-    return set(re.findall(r'<a href="[^"]*">([^<]*)</a>', page.decode()))
+    return set(re.findall(r'<td><a href="[^"]*">([^<]*)</a>', page.decode()))
 
 
 def test_listings_leave_dot_names_out(dotted_port: int) -> None:
@@ -146,7 +153,7 @@ def test_listings_leave_dot_names_out(dotted_port: int) -> None:
 
 
 def test_hidden_root_lists_dot_names(dotted: str) -> None:
-    page = Root(dotted, listing=True, hidden=True).resolve(b"/").listing
+    page = listing_page(Root(dotted, listing=True, hidden=True), b"/")
     assert listed_names(page) == {
         ".d/",
         ".git/",
@@ -156,7 +163,7 @@ def test_hidden_root_lists_dot_names(dotted: str) -> None:
         "...",
         "normal.txt",
     }
-    sub = Root(dotted, listing=True, hidden=True).resolve(b"/sub/").listing
+    sub = listing_page(Root(dotted, listing=True, hidden=True), b"/sub/")
     assert listed_names(sub) == {"../", ".well-known/", ".hidden", "ok.txt"}
 
 
@@ -199,24 +206,31 @@ def odd_names(tmp_path_factory: pytest.TempPathFactory) -> str:
         unix.bind(str(root / "sock"))
     os.symlink("no-such-target", root / "dangling")
     os.symlink("folder", root / "folder-link")
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "secret.txt").write_text("not served\n")
+    os.symlink(outside, root / "out-folder")  # the server answers 404: not listed
+    os.symlink(outside / "secret.txt", root / "out-file.txt")
     return str(root)
 
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_every_listed_link_is_served(odd_names: str, loop: str) -> None:
-    """Names that are not UTF-8, hold a backslash, start with a dot, or are not a
-    file or folder (FIFO, socket, dangling symlink) are left out of the listing;
-    every link that remains answers 200 (or a slash redirect to a 200)."""
+    """Names that are not UTF-8, hold a backslash, start with a dot, are not a file
+    or folder (FIFO, socket, dangling symlink), or are symlinks out of the root are
+    left out of the listing; every link that remains answers 200 (or a slash
+    redirect to a 200), and each one left out is refused."""
     server = start_server(root=odd_names, loop=loop, listing=True)
     try:
         page = get(server.port, "/")
         assert page.status == 200
         shown = listed_names(page.body)
         assert shown == {"caf\u00e9 &amp; &lt;b&gt;.txt", "fine.txt", "folder/", "folder-link/"}
-        hrefs = re.findall(r'<a href="([^"]*)">', page.body.decode())
+        hrefs = re.findall(r'<td><a href="([^"]*)">', page.body.decode())
         assert len(hrefs) == len(shown)
         for href in hrefs:
             response = get(server.port, "/" + href)
             assert response.status == 200, href
+        for refused in ("/out-folder/", "/out-file.txt", "/dangling"):
+            assert get(server.port, refused).status in (403, 404), refused
     finally:
         server.stop()

@@ -25,6 +25,7 @@ from zcserve.server.files import (
     split_url_path,
     url_segments,
 )
+from zcserve.server.listing import ListingQuery
 
 
 @pytest.mark.parametrize(
@@ -200,20 +201,25 @@ def test_root_resolve(site: Site) -> None:
     assert caught.value.status == 403
 
 
+def listing_page(root: Root, url_path: bytes) -> bytes:
+    """The HTML listing of `url_path` as the server's thread renders it."""
+    return root.render_listing(root.resolve(url_path), ListingQuery())[0]
+
+
 def test_listing_leaves_out_names_that_are_not_utf8(tmp_path: Path) -> None:
     """The server refuses such a name with 404, so the listing does not link it."""
     os.makedirs(tmp_path / "up")
     with open(os.path.join(os.fsencode(tmp_path / "up"), b"\xff<b>.txt"), "w") as f:
         f.write("x")
     (tmp_path / "up" / "ok.txt").write_text("x")
-    page = Root(str(tmp_path), listing=True).resolve(b"/up/").listing.decode()
+    page = listing_page(Root(str(tmp_path), listing=True), b"/up/").decode()
     assert "%FF" not in page and "\ufffd" not in page and "&lt;b&gt;" not in page
     assert 'href="ok.txt"' in page
 
 
 def test_listing_escapes_names(site: Site) -> None:
-    resolved = Root(site.root, listing=True).resolve(b"/plain/")
-    assert resolved.kind is Kind.LISTING
-    page = resolved.listing.decode()
+    root = Root(site.root, listing=True)
+    assert root.resolve(b"/plain/").kind is Kind.LISTING
+    page = listing_page(root, b"/plain/").decode()
     assert "a&amp;b&lt;c&gt;.txt" in page and 'href="a%26b%3Cc%3E.txt"' in page
     assert 'href="sub/"' in page and "<c>" not in page

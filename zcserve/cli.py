@@ -231,6 +231,13 @@ _SERVE_OPTIONS = (
         _size,
         "SIZE",
     ),
+    _Option(
+        "--listing-max",
+        "listing_max",
+        "entries on one listing page; a longer folder gets a next-page link (?page=2)",
+        int,
+        "N",
+    ),
     _Option("--backlog", "backlog", "listen backlog", int),
     _Option(
         "--header-timeout",

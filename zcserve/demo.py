@@ -1,4 +1,4 @@
-"""Generate a demo folder: a few files of known sizes, an index and a subfolder.
+"""Generate a demo folder: a few files of known sizes and a subfolder, for listings.
 
 `python -m zcserve.demo DIR` is what `make serve` runs.
 """
@@ -34,16 +34,13 @@ def make_demo(folder: str, sizes: tuple[int, ...] = DEMO_SIZES) -> list[str]:
         if not os.path.exists(path) or os.path.getsize(path) != size:
             write_file(path, size, seed=size)
         names.append(name)
-    folders = sorted(
-        entry.name + "/" for entry in os.scandir(folder) if entry.is_dir() and entry.name[0] != "."
-    )
-    links = "\n".join(f'<li><a href="{n}">{n}</a></li>' for n in (*folders, *names))
-    with open(os.path.join(folder, "index.html"), "w", encoding="utf-8") as out:
-        out.write(
-            "<!DOCTYPE html>\n<meta charset=utf-8>\n"
-            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>zcserve demo</title>\n<h1>zcserve demo</h1>\n<ul>\n{links}\n</ul>\n"
-        )
+    # The root is listed like every other folder; an index this module wrote before
+    # (a bare list) would hide that page, so it goes.
+    old_index = os.path.join(folder, "index.html")
+    if os.path.exists(old_index):
+        with open(old_index, encoding="utf-8") as made:
+            if "<title>zcserve demo</title>" in made.read():
+                os.remove(old_index)
     with open(os.path.join(folder, "docs", "hello.txt"), "w", encoding="utf-8") as out:
         out.write("Hello from zcserve.\n")
     return names

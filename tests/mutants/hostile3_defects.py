@@ -78,4 +78,38 @@ MUTANTS: list[Mutant] = [
             "test_a_server_that_closes_after_every_response_counts_as_reconnects",
         ),
     ),
+    Mutant(
+        name="listing-rendered-on-the-loop",
+        path="zcserve/server/respond.py",
+        old="    page = root.listings.get(key, time.monotonic())\n",
+        new="    page = root.render_listing(resolved, query)\n",
+        tests=(
+            "tests/test_listing_large.py::"
+            "test_small_requests_are_answered_while_large_listings_render",
+        ),
+    ),
+    Mutant(
+        name="listing-cache-blind-to-the-folder-version",
+        path="zcserve/server/respond.py",
+        old="    key = (resolved.folder, resolved.version, query)\n",
+        new="    key = (resolved.folder, query)\n",
+        tests=("tests/test_listing.py::test_a_new_name_is_listed_at_once",),
+    ),
+    Mutant(
+        name="listing-shows-symlinks-out-of-the-root",
+        path="zcserve/server/files.py",
+        old="                if inside is not None and entry.is_symlink():\n",
+        new="                if False:\n",
+        tests=("tests/test_dotfiles.py::test_every_listed_link_is_served",),
+    ),
+    Mutant(
+        name="listing-max-ignored",
+        path="zcserve/server/files.py",
+        old="        page = paginate(self.list_folder(resolved), query, self.listing_max)\n",
+        new="        page = paginate(self.list_folder(resolved), query, 1_000_000)\n",
+        tests=(
+            "tests/test_listing.py::"
+            "test_a_long_listing_is_paged_with_a_visible_note_and_next_links",
+        ),
+    ),
 ]

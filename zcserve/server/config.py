@@ -11,6 +11,7 @@ from zcserve.server.accesslog import ACCESS_LOG_FORMATS, AccessLogFormat
 from zcserve.server.decorate import parse_header
 from zcserve.server.files import MAX_RANGES
 from zcserve.server.http import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PIPELINED, MAX_REQUEST_LINE
+from zcserve.server.listing import LISTING_MAX
 from zcserve.server.metrics import parse_address
 from zcserve.server.precompressed import parse_encodings
 from zcserve.server.strategies import (
@@ -43,15 +44,17 @@ class ServerConfig:
     strategy: StrategyName = "auto"
     loop: LoopName = "uvloop"
     listing: bool = False
+    listing_max: int = LISTING_MAX
+    """Entries on one listing page; the rest are on `?page=2` and on."""
     hidden: bool = False
     """Serve and list dot-names (`.env`, `.git/`); `/.well-known/` is served anyway."""
     chunk_size: int | None = None
     sendfile_chunk: int = SENDFILE_MAX_CHUNK
     readall_max: int = READALL_MAX
+    """Largest range the readall strategy reads into memory; 503 past it."""
     readall_budget: int | None = None
     """Bytes all readall bodies may hold at once (per worker); None: a quarter of RAM,
     at most 4 GiB. A request past it gets 503 and Retry-After before its head."""
-    """Largest range the readall strategy reads into memory; 503 past it."""
     backlog: int = DEFAULT_BACKLOG
     header_timeout: float = 10.0
     keepalive_timeout: float = 75.0
@@ -141,6 +144,7 @@ class ServerConfig:
             "max_headers",
             "max_pipelined",
             "max_ranges",
+            "listing_max",
         )
         for name in positive:
             value = getattr(self, name)

@@ -37,7 +37,13 @@ from zcserve.server.http import (
 )
 from zcserve.server.metrics import Metrics
 from zcserve.server.multipart import multipart_body
-from zcserve.server.respond import MultipartReply, Reply, error_reply
+from zcserve.server.respond import (
+    LISTING_TRIES,
+    ListingPending,
+    MultipartReply,
+    Reply,
+    error_reply,
+)
 from zcserve.server.sockio import MSG_MORE, SocketStream, unacknowledged
 from zcserve.server.strategies import (
     CopyStrategy,
@@ -93,6 +99,9 @@ class ServerState(Protocol):
     @property
     def closing(self) -> bool:
         """True once shutdown began: finish the response in flight, then close."""
+
+    def render_listing(self, pending: ListingPending) -> asyncio.Future[Any]:
+        """The listing rendered in a thread and kept; one rendering for many asking."""
 
 
 class Phase(enum.Enum):
@@ -343,13 +352,17 @@ class HttpConnection:
 
     # responding ------------------------------------------------------------------
 
-    def _respond(self, request: Request) -> None:
+    def _respond(self, request: Request, tries: int = 0, started: float = 0.0) -> None:
         server = self.server
-        started = time.perf_counter() if server.timed else 0.0
+        if server.timed and not tries:
+            started = time.perf_counter()
         if server.closing:  # say so, rather than drop the connection unannounced
             request = without_keep_alive(request)
         try:
             reply = server.plan(request, server.files)
+        except ListingPending as pending:
+            self._await_listing(request, pending, tries + 1, started)
+            return
         except Exception:
             # Nothing is sent yet, so any failure, an OSError from the file system
             # included, is the server's own: a 500, not the silence of a lost peer.
@@ -359,6 +372,36 @@ class HttpConnection:
         inflight = self._response
         inflight.begin(request, reply, started, not reply.keep_alive)
         self._commit(inflight)
+
+    def _await_listing(
+        self, request: Request, pending: ListingPending, tries: int, started: float
+    ) -> None:
+        """Have the listing rendered in a thread, then plan `request` again; the
+        loop serves other connections meanwhile, and this one's next request waits."""
+        if tries > LISTING_TRIES:
+            self.phase = _READING
+            self._answer_error(503, request)
+            return
+        self.phase = _RESPONDING
+        rendered = self.server.render_listing(pending)
+        rendered.add_done_callback(lambda done: self._on_listing(request, done, tries, started))
+
+    def _on_listing(
+        self, request: Request, done: asyncio.Future[Any], tries: int, started: float
+    ) -> None:
+        if self.phase is not _RESPONDING or self._inflight is not None:
+            return  # closed meanwhile
+        self.phase = _READING
+        exc = None if done.cancelled() else done.exception()
+        if exc is not None and not isinstance(exc, HttpError):
+            # A folder gone or refused meanwhile (HttpError) is planned again, and
+            # answered as any other request for it.
+            log.error("listing %r failed", request.target, exc_info=exc)
+            self._answer_500(request)
+            return
+        self._respond(request, tries, started)
+        if self.phase is _READING:
+            self._advance()
 
     def _commit(self, inflight: InFlight) -> None:
         """Start sending `inflight`: from here on, it is the connection's answer."""

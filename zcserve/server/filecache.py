@@ -15,7 +15,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from zcserve.server.files import Kind, OpenedFile, Resolved, Root, url_segments
+from zcserve.server.files import Kind, OpenedFile, Resolved, Root, identity, url_segments
+from zcserve.server.listing import ListingCache, ListingQuery
 
 _FILE = Kind.FILE  # bound once: an enum member lookup costs a call on the hot path
 
@@ -58,13 +59,6 @@ class _Entry:
                 os.close(self.fd)
 
 
-def _identity(info: os.stat_result) -> tuple[object, ...]:
-    # ctime moves on chmod, chown, rename and link: a file made unreadable, or moved
-    # away and linked back from outside the root, is resolved afresh. The first seven
-    # fields, in one slice: mode, inode, device, links, owner, group, size.
-    return (info[:7], info.st_mtime_ns, info.st_ctime_ns)
-
-
 class OpenFileCache:
     """Resolves like `Root.resolve`, keeping up to `capacity` regular files open.
 
@@ -77,6 +71,7 @@ class OpenFileCache:
         self.root = root
         self.capacity = capacity
         self.inactive = inactive
+        self.listings: ListingCache = root.listings
         self._entries: dict[bytes, _Entry] = {}
 
     def __len__(self) -> int:
@@ -87,7 +82,7 @@ class OpenFileCache:
         if entry is None:
             return None
         try:
-            current = _identity(os.stat(entry.path))
+            current = identity(os.stat(entry.path))
         except OSError:
             current = None
         if current == entry.identity:
@@ -106,6 +101,9 @@ class OpenFileCache:
                 resolved = Resolved(Kind.FILE, file=self._keep(url_path, resolved.file))
         return resolved
 
+    def render_listing(self, resolved: Resolved, query: ListingQuery) -> tuple[bytes, str]:
+        return self.root.render_listing(resolved, query)
+
     def _keep(self, url_path: bytes, file: OpenedFile) -> OpenedFile:
         # bytes: the path is stat'ed on every hit, and a str would be encoded each time
         path = os.fsencode(os.path.join(self.root.path, *url_segments(url_path)))
@@ -116,7 +114,7 @@ class OpenFileCache:
             fd=file.fd,
             name=file.name,
             path=path,
-            identity=_identity(info),
+            identity=identity(info),
             size=file.size,
             mtime=file.mtime,
             mtime_ns=file.mtime_ns,

@@ -21,10 +21,22 @@ from urllib.parse import quote, unquote_to_bytes
 
 from zcserve.errors import HttpError
 from zcserve.server.http import parse_http_date
-from zcserve.server.listing import Entry, render_html, sort_entries
+from zcserve.server.listing import (
+    LISTING_MAX,
+    Entry,
+    ListingCache,
+    ListingQuery,
+    paginate,
+    render_html,
+    render_json,
+)
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK  # no FIFO hangs
 _PROC_FD = os.path.isdir("/proc/self/fd")
+LISTING_CACHE_BYTES = 32 * 1024 * 1024
+"""Rendered listing pages kept at most, in all: a few pages of 10,000 entries."""
+LISTING_CACHE_AGE = 1.0
+"""Seconds a rendered page is reused: a listed size or date is at most this stale."""
 INDEX_FILE = "index.html"
 WELL_KNOWN = ".well-known"
 """The one dot-named folder served without `--hidden` (RFC 8615: ACME, security.txt)."""
@@ -134,22 +146,30 @@ class Resolved:
 
     kind: Kind
     file: OpenedFile | None = None
-    entries: list[Entry] | None = None
-    """A listing's entries, unsorted; `directory` is its URL path."""
     directory: str = ""
+    """A listing's URL path; `folder` is where it is, `version` its stat identity."""
+    folder: str = ""
+    version: tuple[object, ...] = ()
     location: str = ""
 
-    @property
-    def listing(self) -> bytes:
-        """The listing page sorted by name, as a browser first sees it."""
-        entries = sort_entries(self.entries or [], "name", False)
-        return render_html(self.directory, entries)
+
+def identity(info: os.stat_result) -> tuple[object, ...]:
+    """What changes when a file or folder is replaced, rewritten, renamed, or made
+    unreadable: mode, inode, device, links, owner, group, size, mtime and ctime
+    (ctime moves on chmod, chown, rename and link)."""
+    return (info[:7], info.st_mtime_ns, info.st_ctime_ns)
 
 
 class Resolver(Protocol):
     """Maps a URL path to what it names: `Root` itself, or the open-file cache."""
 
+    listings: ListingCache
+    """Rendered listing pages, kept briefly (`respond` fills it)."""
+
     def resolve(self, url_path: bytes) -> Resolved: ...
+
+    def render_listing(self, resolved: Resolved, query: ListingQuery) -> tuple[bytes, str]:
+        """Read, sort and render a listing: blocking work, for a thread."""
 
     def cached(self, url_path: bytes) -> OpenedFile | None:
         """The file `url_path` named when last resolved, if a stat shows it still does;
@@ -159,11 +179,21 @@ class Resolver(Protocol):
 class Root:
     """The served folder. Resolves URL paths to open files without leaving it."""
 
-    def __init__(self, path: str, *, listing: bool = False, hidden: bool = False) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        listing: bool = False,
+        hidden: bool = False,
+        listing_max: int = LISTING_MAX,
+    ) -> None:
         self.path = os.path.realpath(path)
         self.listing = listing
         self.hidden = hidden
         """Serve and list names starting with "." too (`--hidden`)."""
+        self.listing_max = listing_max
+        """Entries on one listing page (`--listing-max`)."""
+        self.listings = ListingCache(LISTING_CACHE_BYTES, LISTING_CACHE_AGE)
         self._prefix = self.path.rstrip(os.sep) + os.sep
 
     def cached(self, url_path: bytes) -> OpenedFile | None:
@@ -214,7 +244,7 @@ class Root:
         fd, info = self._open(joined)
         if stat.S_ISDIR(info.st_mode):
             try:
-                return self._resolve_dir(fd, joined, url_path, segments)
+                return self._resolve_dir(fd, info, joined, url_path, segments)
             finally:
                 os.close(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -226,7 +256,9 @@ class Root:
         name = segments[-1] if segments else ""
         return Resolved(Kind.FILE, file=_opened(fd, name, info))
 
-    def _resolve_dir(self, fd: int, joined: str, url_path: bytes, segments: list[str]) -> Resolved:
+    def _resolve_dir(
+        self, fd: int, info: os.stat_result, joined: str, url_path: bytes, segments: list[str]
+    ) -> Resolved:
         if not url_path.endswith(b"/"):
             # Built from the decoded segments, never echoed: "//host/x" must not
             # become a protocol-relative Location, nor raw bytes a header.
@@ -244,21 +276,52 @@ class Root:
         if not self.listing:
             raise HttpError(404, "directory without index")
         url_dir = "/" + "/".join(segments)
-        entries = list_entries(url_dir, fd, hidden=self.hidden)
-        return Resolved(Kind.LISTING, entries=entries, directory=url_dir)
+        return Resolved(Kind.LISTING, directory=url_dir, folder=joined, version=identity(info))
+
+    def list_folder(self, resolved: Resolved) -> list[Entry]:
+        """A listing's entries, read afresh (see `list_entries`)."""
+        fd, info = self._open(resolved.folder)
+        try:
+            if not stat.S_ISDIR(info.st_mode):
+                raise HttpError(404, "no longer a folder")
+            return list_entries(
+                resolved.directory,
+                fd,
+                hidden=self.hidden,
+                inside=self._inside,
+                folder=resolved.folder,
+            )
+        finally:
+            os.close(fd)
+
+    def render_listing(self, resolved: Resolved, query: ListingQuery) -> tuple[bytes, str]:
+        """One listing page as (body, media type). It reads and stats every entry and
+        sorts them all, so the server runs it in a thread, off the loop."""
+        page = paginate(self.list_folder(resolved), query, self.listing_max)
+        if query.as_json:
+            return render_json(resolved.directory, page, query), "application/json"
+        return render_html(resolved.directory, page, query), "text/html"
 
 
 def _opened(fd: int, name: str, info: os.stat_result) -> OpenedFile:
     return OpenedFile(fd, name, info.st_size, info.st_mtime, info.st_mtime_ns)
 
 
-def list_entries(url_dir: str, dir_fd: int, *, hidden: bool = False) -> list[Entry]:
+def list_entries(
+    url_dir: str,
+    dir_fd: int,
+    *,
+    hidden: bool = False,
+    inside: Callable[[str], bool] | None = None,
+    folder: str = "",
+) -> list[Entry]:
     """The entries of a directory worth listing, with their size and mtime.
 
     Only names the server would serve are listed: names that are not UTF-8 or hold
     a backslash (refused with 404), dot-names unless `hidden` (but `.well-known` at
-    the root), and anything neither a folder nor a regular file (403), dangling
-    symlinks included, are left out, rather than listed as links that fail.
+    the root), anything neither a folder nor a regular file (403), dangling
+    symlinks included, and symlinks whose target is not `inside` the root (404)
+    are left out, rather than listed as links that fail.
     """
     at_root = url_dir in ("", "/")
     entries = []
@@ -278,16 +341,13 @@ def list_entries(url_dir: str, dir_fd: int, *, hidden: bool = False) -> list[Ent
                 if not is_dir and not entry.is_file():
                     continue
                 info = entry.stat()  # follows a symlink, as serving it would
+                if inside is not None and entry.is_symlink():
+                    if not inside(os.path.realpath(os.path.join(folder, name))):
+                        continue
             except OSError:
                 continue
             entries.append(Entry(name, is_dir, 0 if is_dir else info.st_size, info.st_mtime))
     return entries
-
-
-def render_listing(url_dir: str, dir_fd: int, *, hidden: bool = False) -> bytes:
-    """An HTML index of a directory, sorted by name; see `list_entries`."""
-    entries = sort_entries(list_entries(url_dir, dir_fd, hidden=hidden), "name", False)
-    return render_html(url_dir, entries)
 
 
 # Ranges (RFC 9110 14.2) ---------------------------------------------------------------

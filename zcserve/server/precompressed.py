@@ -72,6 +72,8 @@ class _Sidecars:
         self.root = root
         self.wanted = wanted
         self.used: str | None = None
+        self.listings = root.listings
+        self.render_listing = root.render_listing
 
     def cached(self, url_path: bytes) -> OpenedFile | None:
         """Always `resolve`: which file answers depends on the sidecars."""

@@ -7,7 +7,10 @@ This is where HTTP semantics meet the file system; it opens files (through
 
 from __future__ import annotations
 
+import functools
 import secrets
+import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -35,8 +38,11 @@ from zcserve.server.http import (
     http_date,
     render_head,
 )
-from zcserve.server.listing import parse_query, render_html, render_json, sort_entries, wants_json
+from zcserve.server.listing import parse_query
 
+LISTING_TRIES = 3
+"""Renderings of one listing request before it gets 503: a folder that changes
+between its rendering and the next plan is rendered again."""
 _RANGE_OR_CONDITIONAL = frozenset(
     ("range", "if-match", "if-unmodified-since", "if-none-match", "if-modified-since")
 )
@@ -101,7 +107,7 @@ def plan_reply(request: Request, root: Resolver, max_ranges: int = MAX_RANGES) -
             resolved = root.resolve(path)
             file = resolved.file
             if file is None:
-                return _not_a_file(resolved, request)
+                return _not_a_file(resolved, request, root)
         keep = request.keep_alive
         head_only = method == "HEAD"
         asked = request.headers
@@ -207,7 +213,7 @@ def _multipart(
     return MultipartReply(206, head, keep, file=file, count=length, parts=tuple(parts), tail=tail)
 
 
-def _not_a_file(resolved: Resolved, request: Request) -> Reply:
+def _not_a_file(resolved: Resolved, request: Request, root: Resolver) -> Reply:
     """A slash redirect, keeping the query, or a directory listing."""
     if resolved.kind is Kind.REDIRECT:
         location = resolved.location
@@ -220,18 +226,33 @@ def _not_a_file(resolved: Resolved, request: Request) -> Reply:
             ("Content-Length", str(len(body))),
         ]
         return _simple(301, headers, body, request)
-    return _listing(resolved, request)
+    return _listing(resolved, request, root)
 
 
-def _listing(resolved: Resolved, request: Request) -> Reply:
-    """The folder as HTML, or JSON for a client that asks for it, sorted as the
-    query says (`?sort=size&order=desc`)."""
-    sort, descending = parse_query(request.query)
-    entries = sort_entries(resolved.entries or [], sort, descending)
-    if wants_json(request.headers.get("accept")):
-        body, media = render_json(entries), "application/json"
-    else:
-        body, media = render_html(resolved.directory, entries, sort, descending), "text/html"
+class ListingPending(Exception):
+    """Raised by `plan_reply` for a listing page not rendered yet: reading a large
+    folder must not stall the loop. Run `build` in a thread, `keep` its result
+    (on the loop), then plan the request again."""
+
+    def __init__(self, key: Hashable, build: Callable[[], tuple[bytes, str]], root: Resolver):
+        super().__init__(key)
+        self.key = key
+        self.build = build
+        self._listings = root.listings
+
+    def keep(self, page: tuple[bytes, str]) -> None:
+        self._listings.put(self.key, page[0], page[1], time.monotonic())
+
+
+def _listing(resolved: Resolved, request: Request, root: Resolver) -> Reply:
+    """The folder as HTML, or JSON for a client that asks for it, sorted and paged
+    as the query says (`?sort=size&order=desc&page=2`), from the listing cache."""
+    query = parse_query(request.query, request.headers.get("accept"))
+    key = (resolved.folder, resolved.version, query)
+    page = root.listings.get(key, time.monotonic())
+    if page is None:
+        raise ListingPending(key, functools.partial(root.render_listing, resolved, query), root)
+    body, media = page
     headers = [
         ("Content-Type", f"{media}; charset=utf-8"),
         ("Content-Length", str(len(body))),
