@@ -443,10 +443,6 @@ def run(
                 await endpoint.close()
 
     started = time.monotonic()
-    # What start-up made (modules, the server) lives as long as the process: moved
-    # out of the collector's sight, a full collection walks only what serving
-    # makes. It took 10-50 ms per full collection while a large listing rendered.
-    gc.freeze()
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(serve())
     log.info("stopped after %.1fs", time.monotonic() - started)
