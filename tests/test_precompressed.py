@@ -146,6 +146,27 @@ def test_an_unsatisfiable_range_is_not_labelled_encoded(server: ServerThread) ->
     assert refused.headers["vary"] == "Accept-Encoding"
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status"),
+    [
+        ("GET", "/style.css", {"If-Match": '"no-such-etag"'}, 412),
+        ("GET", "/style.css", {"If-Unmodified-Since": "Sat, 01 Jan 2000 00:00:00 GMT"}, 412),
+        ("GET", "/no-such.css", {}, 404),
+        ("DELETE", "/style.css", {}, 405),
+    ],
+)
+def test_no_error_answer_carries_representation_headers(
+    server: ServerThread, method: str, path: str, headers: dict[str, str], status: int
+) -> None:
+    """An error's body is its own short text: it is not the encoded file, and has no
+    validators; Vary stays, since the answer could differ with Accept-Encoding."""
+    refused = get(server.port, path, {**ae("gzip"), **headers}, method=method)
+    assert refused.status == status
+    for name in ("content-encoding", "etag", "last-modified"):
+        assert name not in refused.headers, (name, refused.headers)
+    assert refused.headers["vary"] == "Accept-Encoding"
+
+
 def test_conditionals_use_the_sidecar_etag(server: ServerThread) -> None:
     encoded = get(server.port, "/style.css", ae("br"))
     again = get(server.port, "/style.css", {**ae("br"), "If-None-Match": encoded.headers["etag"]})
