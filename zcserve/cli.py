@@ -232,6 +232,30 @@ _SERVE_OPTIONS = (
         "SIZE",
     ),
     _Option(
+        "--memory-cache",
+        "memory_cache",
+        "bytes of small files' heads and bodies kept in memory, each answered with one send "
+        "(--strategy memory; auto uses it only when this is given; default: off, or 64M "
+        "with --strategy memory)",
+        _size,
+        "SIZE",
+    ),
+    _Option(
+        "--memory-file-max",
+        "memory_file_max",
+        "largest file the memory cache keeps; larger ones go by sendfile",
+        _size,
+        "SIZE",
+    ),
+    _Option(
+        "--cache-valid",
+        "cache_valid",
+        "seconds a cached file is served without a stat to check it is unchanged (as nginx's "
+        "open_file_cache_valid); a file changed meanwhile is served stale that long",
+        _non_negative_float,
+        "SECONDS",
+    ),
+    _Option(
         "--listing-max",
         "listing_max",
         "entries on one listing page; a longer folder gets a next-page link (?page=2)",

@@ -21,6 +21,10 @@ from zcserve.server.strategies import (
     StrategyName,
 )
 
+MEMORY_FILE_MAX = 64 * 1024
+"""Largest file the `memory` strategy holds by default: past it, sendfile wins."""
+MEMORY_CACHE_DEFAULT = 64 * 1024 * 1024
+"""What `--strategy memory` holds without `--memory-cache`."""
 ZERO_COPY_STRATEGIES = ("sendfile", "splice", "mmap")
 """Strategies that hand file pages to the kernel's socket path, which TLS cannot use."""
 
@@ -61,6 +65,13 @@ class ServerConfig:
     send_timeout: float = 60.0
     max_connections: int = 10_000
     open_file_cache: int = 1024
+    memory_cache: int | None = None
+    """Bytes the `memory` strategy may hold (heads and bodies); None: off, unless the
+    strategy is `memory`, which then holds up to MEMORY_CACHE_DEFAULT."""
+    memory_file_max: int = MEMORY_FILE_MAX
+    """Largest file the memory cache holds."""
+    cache_valid: float = 0.0
+    """Seconds a cached file is trusted without a stat (nginx's open_file_cache_valid)."""
     """Open descriptors kept for hot files; 0 turns the cache off."""
     cork: bool = True
     """Send a head with MSG_MORE so it leaves in one segment with the body's start."""
@@ -145,6 +156,8 @@ class ServerConfig:
             "max_pipelined",
             "max_ranges",
             "listing_max",
+            "memory_cache",
+            "memory_file_max",
         )
         for name in positive:
             value = getattr(self, name)
@@ -153,6 +166,8 @@ class ServerConfig:
         for name in ("header_timeout", "keepalive_timeout", "send_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive, in seconds")
+        if self.cache_valid < 0:
+            raise ConfigError("cache-valid must be zero or more seconds")
         if self.open_file_cache < 0:
             raise ConfigError("open-file-cache must be 0 (off) or more")
         if self.grace < 0:
