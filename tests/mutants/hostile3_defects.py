@@ -69,16 +69,6 @@ MUTANTS: list[Mutant] = [
         tests=("tests/test_readall.py::test_past_the_budget_a_request_gets_503_and_retry_after",),
     ),
     Mutant(
-        name="load-ignores-connections-the-server-closed",
-        path="zcserve/load/client.py",
-        old="the next request reconnects\n            self.stats.reconnects += 1\n",
-        new="the next request reconnects\n",
-        tests=(
-            "tests/test_load_hostile.py::"
-            "test_a_server_that_closes_after_every_response_counts_as_reconnects",
-        ),
-    ),
-    Mutant(
         name="listing-rendered-on-the-loop",
         path="zcserve/server/respond.py",
         old="    page = root.listings.get(key, time.monotonic())\n",

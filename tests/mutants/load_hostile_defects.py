@@ -184,4 +184,14 @@ MUTANTS: list[Mutant] = [
         new="        return False\n",
         tests=(f"{HOSTILE}::test_a_saturated_client_is_warned_about",),
     ),
+    Mutant(
+        name="load-ignores-connections-the-server-closed",
+        path="zcserve/load/client.py",
+        old="the next request reconnects\n            self.stats.reconnects += 1\n",
+        new="the next request reconnects\n",
+        tests=(
+            "tests/test_load_hostile.py::"
+            "test_a_server_that_closes_after_every_response_counts_as_reconnects",
+        ),
+    ),
 ]
