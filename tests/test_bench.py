@@ -30,8 +30,10 @@ from tests.loadhelpers import Behaviour, ScriptedServer
 from tests.procs import zcserve_command
 from tests.test_metrics import ACTIVE, moved_by, sent_by_strategy, settled
 from zcserve import cli
+from zcserve.bench import command as bench_command
 from zcserve.bench import sweep
 from zcserve.bench.ceiling import CEILING_STRATEGIES, run_ceiling
+from zcserve.bench.placement import Placement
 from zcserve.bench.results import (
     CLIENT_BOUND_MARK,
     CLIENT_BOUND_NOTE,
@@ -41,13 +43,9 @@ from zcserve.bench.results import (
     load_results,
     plot_figure,
 )
-from zcserve.bench.sweep import (
-    SEED_STRATEGIES,
-    BenchOptions,
-    Placement,
-    ServerProcess,
-    run_seed_experiment,
-)
+from zcserve.bench.seed import SEED_STRATEGIES, run_seed_experiment
+from zcserve.bench.sweep import BenchOptions
+from zcserve.bench.syscalls import SYSCALL_STRATEGIES
 from zcserve.demo import write_file
 from zcserve.load.raw import RawOptions, RawResult
 from zcserve.load.raw import run_raw as real_run_raw
@@ -64,7 +62,7 @@ DURATION = 0.25
 
 
 @dataclass(frozen=True)
-class Cell:
+class MeasuredCell:
     """One measured cell: the row the bench made, the load generator's result, and
     what the server's byte counter grew by, per strategy label, during the cell."""
 
@@ -79,7 +77,7 @@ class Cell:
 
 @dataclass(frozen=True)
 class Bench:
-    cells: list[Cell]
+    cells: list[MeasuredCell]
     rows: list[BenchRow]
     """As read back from results.json."""
     meta: dict[str, object]
@@ -105,7 +103,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Bench:
         warmup=0.0,  # so every response the server sent is one the load generator counted
         out=out,
     )
-    cells: list[Cell] = []
+    cells: list[MeasuredCell] = []
     loads: list[tuple[LoadResult, LoadOptions, set[int]]] = []
     real_measure_cell = sweep.measure_cell
 
@@ -115,23 +113,15 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Bench:
         loads.append((result, load, cpus))
         return result
 
-    def measure_cell(
-        server: ServerProcess | None,
-        url: str,
-        size: int,
-        connections: int,
-        options: BenchOptions,
-        placement: Placement,
-        strategy: str,
-    ) -> BenchRow:
-        assert server is not None
-        before = counted(server.metrics_url)
+    def measure_cell(cell: sweep.Cell) -> BenchRow:
+        assert cell.server is not None
+        before = counted(cell.server.metrics_url)
         loads.clear()
-        row = real_measure_cell(server, url, size, connections, options, placement, strategy)
-        after = counted(server.metrics_url)
+        row = real_measure_cell(cell)
+        after = counted(cell.server.metrics_url)
         sent = {k: int(v - before.get(k, 0)) for k, v in after.items() if v != before.get(k, 0)}
         ((load, asked, cpus),) = loads
-        cells.append(Cell(row, load, sent, asked, cpus))
+        cells.append(MeasuredCell(row, load, sent, asked, cpus))
         return row
 
     console = Console(record=True, width=200)
@@ -342,7 +332,16 @@ def test_client_bound_counts_the_cpus_the_load_processes_could_use(
     with ScriptedServer(delay=0.05) as server, pytest.MonkeyPatch.context() as patch:
         patch.setattr(sweep, "run_load", run_load)
         options = BenchOptions(concurrency=(4,), duration=0.5, warmup=0.0, url=server.url)
-        row = sweep.measure_cell(None, server.url, 0, 4, options, placement, "external")
+        cell = sweep.Cell(
+            strategy="external",
+            size=0,
+            connections=4,
+            url=server.url,
+            server=None,
+            options=options,
+            placement=placement,
+        )
+        row = sweep.measure_cell(cell)
     (load,) = loads
     assert load.processes == processes and row.requests > 0
     assert row.client_cpu_seconds == pytest.approx(busy * processes * load.duration)
@@ -582,6 +581,12 @@ def test_report_reads_results_from_before_the_client_columns(
         (["--concurrency", "0"], "concurrency levels must be 1 or more"),
         (["--sizes", "huge"], "'huge' is not a size"),
         (["--duration", "soon"], "'soon' is not a duration"),
+        (["--seed-size", ""], "'' is not a size"),
+        (["--repeat", "0", "--ceiling"], "'0' must be at least 1"),
+        (["--seed-experiment", "--ceiling"], "not allowed with argument --seed-experiment"),
+        (["--mode", "ceiling", "--syscalls"], "not allowed with argument --mode"),
+        (["--mode", "seed", "--strategies", "teleport"], "unknown strategy 'teleport'"),
+        (["--mode", "ceiling", "--strategies", "auto"], "the ceiling measures only sendfile"),
     ],
 )
 def test_bench_bad_flags_exit_2(argv: list[str], message: str) -> None:
@@ -665,7 +670,7 @@ def test_the_lab_line_shows_the_ratio_as_the_rows_and_seed_json_do(
 
     argv = ["bench", "--seed-experiment", "--seed-size", "1MiB", "--seed-downloads", "2"]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sweep, "run_raw", run_raw)
+        patch.setattr("zcserve.bench.seed.run_raw", run_raw)
         assert cli.main([*argv, "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     lab = re.search(r"The lab measured readall / sendfile = 1\.93x .*this run: (\S+)x\.", printed)
@@ -690,3 +695,84 @@ def test_ceiling_measures_every_path(tmp_path: os.PathLike[str]) -> None:
         assert row.size == 8 * 1024 * 1024
         assert row.ceiling_gbps > 0 and row.server_gbps > 0 and row.ratio > 0
         json.dumps(row.to_dict())
+
+
+@dataclass
+class ModeCall:
+    """What the bench's command asked a mode for."""
+
+    mode: str = ""
+    strategies: tuple[str, ...] = ()
+    sizes: tuple[int, ...] = ()
+
+
+@pytest.fixture
+def mode_call(monkeypatch: pytest.MonkeyPatch) -> ModeCall:
+    """Each mode's entry point replaced by one that records what it was given."""
+    call = ModeCall()
+
+    def record(mode: str, strategies: Any, sizes: Any = ()) -> None:
+        call.mode, call.strategies, call.sizes = mode, tuple(strategies), tuple(sizes)
+
+    def sweep_(options: BenchOptions, console: Console) -> int:
+        record("sweep", options.strategies, options.sizes)
+        return 0
+
+    def seed_(strategies: Any, size: int, *rest: Any, **options: Any) -> list[Any]:
+        record("seed", strategies, (size,))
+        return []
+
+    def ceiling_(sizes: Any, strategies: Any, repeat: int, loop: str) -> list[Any]:
+        record("ceiling", strategies, sizes)
+        return []
+
+    def syscalls_(strategies: Any, sizes: Any, *rest: Any) -> list[Any]:
+        record("syscalls", strategies, sizes)
+        return []
+
+    monkeypatch.setattr(bench_command, "run_bench", sweep_)
+    monkeypatch.setattr(bench_command, "run_seed_experiment", seed_)
+    monkeypatch.setattr(bench_command, "run_ceiling_sizes", ceiling_)
+    monkeypatch.setattr(bench_command, "run_syscalls", syscalls_)
+    return call
+
+
+MiB = 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("argv", "mode", "strategies", "sizes"),
+    [
+        ([], "sweep", ("readwrite", "sendfile", "fallback"), (4096, MiB, 64 * MiB)),
+        (["--mode", "sweep", "--strategies", "mmap"], "sweep", ("mmap",), (4096, MiB, 64 * MiB)),
+        (["--mode", "seed"], "seed", SEED_STRATEGIES, (1024 * MiB,)),
+        (["--seed-experiment"], "seed", SEED_STRATEGIES, (1024 * MiB,)),
+        (
+            ["--seed-experiment", "--strategies", "splice", "--seed-size", "2MiB"],
+            "seed",
+            (*SEED_STRATEGIES, "splice"),
+            (2 * MiB,),
+        ),
+        (["--ceiling"], "ceiling", CEILING_STRATEGIES, (64 * MiB, 1024 * MiB)),
+        (
+            ["--mode", "ceiling", "--strategies", "auto,mmap", "--sizes", "1MiB"],
+            "ceiling",
+            ("mmap",),
+            (MiB,),
+        ),
+        (["--syscalls"], "syscalls", SYSCALL_STRATEGIES, (4096, MiB, 64 * MiB)),
+        (["--mode", "syscalls", "--sizes", "4KiB"], "syscalls", SYSCALL_STRATEGIES, (4096,)),
+    ],
+)
+def test_the_mode_is_chosen_by_name_and_brings_its_own_defaults(
+    mode_call: ModeCall,
+    tmp_path: Path,
+    argv: list[str],
+    mode: str,
+    strategies: tuple[str, ...],
+    sizes: tuple[int, ...],
+) -> None:
+    """`--mode NAME` or the flag it replaced runs that mode; a bare `zcserve bench` is
+    the sweep (`make bench`); --strategies and --sizes not given are the mode's own."""
+    assert cli.main(["bench", *argv, "--out", str(tmp_path)]) == 0
+    assert (mode_call.mode, mode_call.strategies, mode_call.sizes) == (mode, strategies, sizes)

@@ -13,6 +13,7 @@ from tests.httpclient import get
 from tests.procs import serving, zcserve_command
 from tests.serverthread import start_server
 from zcserve.cli import main
+from zcserve.server.strategies import STRATEGY_NAMES
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -93,7 +94,7 @@ def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
         main(["serve", "--help"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    assert "--strategy {auto,sendfile,readwrite,readall,fallback,mmap,splice}" in out
+    assert f"--strategy {{{','.join(STRATEGY_NAMES)}}}" in out
     flat = " ".join(out.split())
     assert "readall is the lab's naive server" in flat and "into memory" in flat
     assert "--readall-max SIZE" in out and "(default: 2147483648)" in flat

@@ -13,7 +13,8 @@ from tests.conftest import Site
 from tests.httpclient import get
 from tests.procs import zcserve_command
 from zcserve.bench.child import start_serve
-from zcserve.cli import build_parser, env_name, main
+from zcserve.cli import build_parser, main
+from zcserve.cliargs import env_name
 
 
 def serve_parser() -> argparse.ArgumentParser:

@@ -46,7 +46,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         name="bench-seed-lab-line-ratio-flipped",
-        path="zcserve/bench/sweep.py",
+        path="zcserve/bench/seed.py",
         old='f"this run: {naive.seconds / zero_copy.seconds:.2f}x."',
         new='f"this run: {zero_copy.seconds / naive.seconds:.2f}x."',
         tests=LAB_LINE,

@@ -26,7 +26,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         name="repeated-flag-adds-to-the-environment",
-        path="zcserve/cli.py",
+        path="zcserve/cliargs.py",
         old=" if getattr(namespace, marker, False) else []\n",
         new="\n",
         tests=("tests/test_cli_env.py::test_variables_set_defaults_and_flags_win",),

@@ -13,6 +13,7 @@ import os
 import resource
 import socket
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,11 +22,15 @@ from multiprocessing.connection import Connection
 import psutil
 
 from zcserve.bench.child import start_serve
+from zcserve.bench.placement import split_cpus
+from zcserve.bench.workspace import make_files
 from zcserve.errors import RunError
+from zcserve.units import format_size
 
 GIB = 1024**3
 CLIENT_BUFFER = 1024 * 1024
 CEILING_STRATEGIES = ("sendfile", "readwrite", "fallback", "mmap", "splice")
+CEILING_SIZES = (64 * 1024**2, GIB)
 READWRITE_CHUNK = 64 * 1024
 """The classic read/write loop's buffer, as in the reference measurement."""
 COPY_CHUNK = 1024 * 1024
@@ -226,12 +231,6 @@ class CeilingRow:
         return {**asdict(self), "ratio": self.ratio}
 
 
-def split_cpus() -> tuple[int | None, int | None]:
-    """(server CPU, client CPU), or (None, None) on one CPU."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    return (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
-
-
 def run_ceiling(
     paths: list[str], strategies: tuple[str, ...], repeat: int, loop: str
 ) -> list[CeilingRow]:
@@ -258,3 +257,28 @@ def run_ceiling(
         if original is not None:
             os.sched_setaffinity(0, original)
     return rows
+
+
+def run_ceiling_sizes(
+    sizes: tuple[int, ...], strategies: tuple[str, ...], repeat: int, loop: str
+) -> list[CeilingRow]:
+    """`run_ceiling` on one file of each size, made in a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="zcserve-ceiling-") as folder:
+        paths = make_files(folder, sizes)
+        return run_ceiling([paths[size] for size in sizes], strategies, repeat, loop)
+
+
+def ceiling_table(rows: list[CeilingRow]) -> list[str]:
+    """The rows as Markdown table lines, the server's figure beside its ceiling."""
+    lines = [
+        "| strategy | size | ceiling GB/s | ceiling CPU-s/GiB | server GB/s | "
+        "server CPU-s/GiB | server/ceiling |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.strategy} | {format_size(row.size)} | {row.ceiling_gbps:.2f} "
+            f"| {row.ceiling_cpu_per_gib:.2f} | {row.server_gbps:.2f} "
+            f"| {row.server_cpu_per_gib:.2f} | {row.ratio:.0%} |"
+        )
+    return lines

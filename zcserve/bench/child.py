@@ -2,7 +2,8 @@
 
 Bench, ceiling, compare and the tests all go through this one helper, so the way
 a child is started (`--ready-json`, read with a deadline) and stopped (by its own
-PID, SIGKILL only if it lingers) is written once.
+PID, SIGKILL only if it lingers) is written once. `ServerProcess` adds what the
+bench reads of the child: its CPU, its peak RSS and its --metrics counters.
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+import urllib.request
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from types import TracebackType
 from typing import IO, Any
 from urllib.parse import urlsplit
+
+import psutil
 
 from zcserve.errors import RunError
 
@@ -225,3 +231,89 @@ def stop_child(
         if pipe is not None:
             pipe.close()
     return out or "", err or ""
+
+
+class ServerProcess:
+    """`zcserve serve` in a child process, pinned to `cpus`, watched for CPU and peak
+    RSS, its --metrics listener scraped for what it sent and how many connections
+    are open."""
+
+    def __init__(self, args: Sequence[str], cpus: Collection[int] | None) -> None:
+        # The server's own counters say exactly how many file bytes it sent.
+        self.child = start_serve([*args, "--port", "0", "--metrics", "127.0.0.1:0"], cpus=cpus)
+        self.proc = self.child.proc
+        self.ps = psutil.Process(self.child.pid)
+        self.url = self.child.url
+        metrics_url = self.child.metrics_url
+        if metrics_url is None:
+            self.stop()
+            raise RunError("zcserve serve started without its --metrics listener")
+        self.metrics_url = metrics_url
+
+    def cpu_seconds(self) -> float:
+        times = self.ps.cpu_times()
+        return float(times.user + times.system)
+
+    def _scrape(self) -> dict[str, float]:
+        try:
+            with urllib.request.urlopen(self.metrics_url, timeout=30) as response:
+                text = response.read().decode()
+        except OSError as exc:
+            code = self.proc.poll()
+            state = "running" if code is None else f"exited with code {code}"
+            message = f"cannot read {self.metrics_url} (zcserve serve {state}): {exc}"
+            raise RunError(message) from None
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                family = name.split("{", 1)[0]
+                samples[family] = samples.get(family, 0.0) + float(value)
+        return samples
+
+    def bytes_written(self) -> int:
+        """File bytes the server has sent, by every strategy (its metrics counter)."""
+        return int(self._scrape().get("zcserve_sent_bytes_total", 0))
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Until the connections the load generator dropped are closed and counted."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._scrape().get("zcserve_active_connections", 0) == 0:
+                return
+            time.sleep(0.05)
+
+    @contextmanager
+    def watch_rss(self) -> Iterator[list[float]]:
+        """Sample RSS every 50 ms while the block runs; yields [peak MB] filled at exit."""
+        peak = [0.0]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                try:
+                    peak[0] = max(peak[0], self.ps.memory_info().rss / 1e6)
+                except psutil.Error:
+                    return
+                stop.wait(0.05)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            yield peak
+        finally:
+            stop.set()
+            sampler.join()
+
+    def stop(self) -> None:
+        self.child.stop()
+
+
+@contextmanager
+def serving(args: Sequence[str], cpus: Collection[int] | None) -> Iterator[ServerProcess]:
+    """A `ServerProcess` for the block, stopped at its end."""
+    server = ServerProcess(args, cpus)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -20,14 +20,13 @@ refused the same way.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.markup import escape
@@ -46,7 +45,7 @@ from zcserve.bench.syscalls import SyscallRow, syscalls_table
 from zcserve.errors import ConfigError
 from zcserve.load.report import format_ms, print_summary, write_json
 from zcserve.load.stats import LoadResult
-from zcserve.units import format_size, parse_size
+from zcserve.units import format_size
 
 SYSCALL_FIELDS = frozenset(field.name for field in fields(SyscallRow))
 
@@ -435,76 +434,25 @@ def spliced(path: str, table: str) -> str:
     return "".join(lines[: begins[0] + 1]) + table + "".join(lines[ends[0] :])
 
 
-def _cell(text: str) -> tuple[int, int]:
-    size, _, connections = text.partition(",")
-    try:
-        return parse_size(size.strip()), int(connections)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"bad cell {text!r}; expected SIZE,CONNECTIONS such as 1MiB,8"
-        ) from None
+# the report -------------------------------------------------------------------------
 
 
-# the command ----------------------------------------------------------------------------
-
-P = TypeVar("P", bound=argparse.ArgumentParser)
-
-
-def add_command(sub: argparse._SubParsersAction[P]) -> None:
-    """Add `zcserve report` to the `zcserve` command's subparsers."""
-    p = sub.add_parser(
-        "report",
-        help="render saved bench or load results again; merge load results of several clients",
-        description=(
-            "Render saved results again. A bench results.json is shown as the bench table "
-            "(--plots DIR draws its plots again, --markdown FILE writes it into FILE). Several "
-            "`zcserve load --json` results are merged as clients that ran at the same time: "
-            "exact histogram merge, requests/s and MB/s added up (each client's rate over "
-            "its own window). Exit code 2 on unreadable or mixed input, or on clients with "
-            "different URLs or window lengths (unless --force)."
-        ),
-    )
-    p.add_argument("results", nargs="+", metavar="RESULTS.json", help="files to render")
-    p.add_argument(
-        "--plots", metavar="DIR", default=None, help="bench: draw the plots into DIR again"
-    )
-    p.add_argument(
-        "--json", metavar="OUT", default=None, help="load: write the merged result as JSON"
-    )
-    p.add_argument(
-        "--markdown",
-        metavar="FILE",
-        default=None,
-        help=f"bench: write the table as Markdown into FILE, between its {MARKDOWN_BEGIN} "
-        f"and {MARKDOWN_END} lines (a new FILE gets both)",
-    )
-    p.add_argument(
-        "--cell",
-        metavar="SIZE,CONNS",
-        type=_cell,
-        default=None,
-        help="bench: with --markdown, only this cell: each strategy's MB/s and server "
-        "CPU-s per GiB (the README's table), e.g. 1MiB,8",
-    )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="load: merge clients that loaded different URLs or for windows of different "
-        "lengths (refused otherwise), with a warning",
-    )
-    p.set_defaults(run=run_command)
-
-
-def run_command(args: argparse.Namespace) -> int:
+def run_report(
+    paths: Sequence[str],
+    *,
+    plots: str | None = None,
+    json_out: str | None = None,
+    markdown: str | None = None,
+    cell: tuple[int, int] | None = None,
+    force: bool = False,
+) -> int:
     """`zcserve report`: 0 once rendered; bad input raises `ConfigError` (exit 2)."""
-    saved = [read_saved(path) for path in args.results]
-    kind = check_inputs(
-        saved, plots=args.plots, json_out=args.json, markdown=args.markdown, cell=args.cell
-    )
-    markdown = None
-    if args.markdown is not None:  # every refusal before any output
-        markdown = spliced(args.markdown, markdown_for(saved[0], args.cell))
-    if args.plots is not None:
+    saved = [read_saved(path) for path in paths]
+    kind = check_inputs(saved, plots=plots, json_out=json_out, markdown=markdown, cell=cell)
+    markdown_text = None
+    if markdown is not None:  # every refusal before any output
+        markdown_text = spliced(markdown, markdown_for(saved[0], cell))
+    if plots is not None:
         try:
             check_plotting()
         except PlotsUnavailable as exc:  # before any output or folder
@@ -512,13 +460,13 @@ def run_command(args: argparse.Namespace) -> int:
     # A pipe or a CI log gets the whole table rather than 80 squeezed columns (as bench).
     console = Console(width=None if sys.stdout.isatty() else 180, highlight=False)
     if kind == "bench":
-        report_bench(saved, console, plots=args.plots)
-        if markdown is not None:
+        report_bench(saved, console, plots=plots)
+        if markdown is not None and markdown_text is not None:
             try:
-                Path(args.markdown).write_text(markdown, encoding="utf-8")
+                Path(markdown).write_text(markdown_text, encoding="utf-8")
             except OSError as exc:
-                raise ConfigError(f"cannot write {args.markdown!r}: {exc.strerror}") from None
-            console.print(f"markdown written: {escape(args.markdown)}", soft_wrap=True)
+                raise ConfigError(f"cannot write {markdown!r}: {exc.strerror}") from None
+            console.print(f"markdown written: {escape(markdown)}", soft_wrap=True)
     elif kind == "seed":
         for one in saved:
             report_seed(one, console)
@@ -526,5 +474,5 @@ def run_command(args: argparse.Namespace) -> int:
         for one in saved:
             report_syscalls(one, console)
     else:
-        report_load(saved, console, json_out=args.json, force=args.force)
+        report_load(saved, console, json_out=json_out, force=force)
     return 0

@@ -1,4 +1,4 @@
-"""`zcserve bench --syscalls`: where each strategy's work goes, one request at a time.
+"""`zcserve bench --mode syscalls`: where each strategy's work goes, one request at a time.
 
 For each strategy and size a server is started, warmed with one request, and sent a
 fixed number of keep-alive GETs twice: once untraced, counting the context switches
@@ -27,10 +27,13 @@ from urllib.parse import urlsplit
 from rich.console import Console
 
 from zcserve.bench.child import start_serve
-from zcserve.demo import write_file
+from zcserve.bench.workspace import make_files
 from zcserve.errors import ConfigError, RunError
+from zcserve.server.strategies import STRATEGY_NAMES
 from zcserve.units import format_size
 
+SYSCALL_STRATEGIES = tuple(name for name in STRATEGY_NAMES if name != "auto")
+"""Every strategy by its own name: auto is one of them at run time."""
 SYSCALL_SIZES = (4 * 1024, 1024 * 1024, 64 * 1024 * 1024)
 BYTES_PER_SIZE = 256 * 1024 * 1024
 """Requests per size are chosen so each pass moves about this much (200 at most)."""
@@ -217,8 +220,7 @@ def run_syscalls(
         raise ConfigError("--syscalls needs strace; install it (apt-get install strace)")
     rows = []
     with tempfile.TemporaryDirectory(prefix="zcserve-syscalls-") as folder:
-        for size in sizes:
-            write_file(os.path.join(folder, f"{format_size(size)}.bin"), size)
+        make_files(folder, sizes)
         for size in sizes:
             for strategy in strategies:
                 rows.append(measure(strategy, folder, size, loop))

@@ -37,34 +37,24 @@ counted and timed apart (`tls_handshakes`, `handshake_ms()`), never in latency.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import math
 import os
 import signal
-import sys
 import threading
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from rich.console import Console
-
-from zcserve.errors import ConfigError, ZcserveError
-from zcserve.helptext import DefaultsFormatter
-from zcserve.load import raw as loadraw
-from zcserve.load.client import LATE_GRACE, LocalLink, run_worker
-from zcserve.load.http import METHODS, parse_statuses
-from zcserve.load.options import DEFAULT_CONNECTIONS, DEFAULT_DURATION, LoadOptions
+from zcserve.errors import ZcserveError
+from zcserve.load.client import LocalLink, run_worker
+from zcserve.load.options import LoadOptions
 from zcserve.load.plan import plan_workers
 from zcserve.load.probe import prepare_routes
 from zcserve.load.procs import ProgressCallback, WorkerPool
-from zcserve.load.report import STDOUT, LiveProgress, check_output, print_summary, write_json
 from zcserve.load.stats import LoadResult
-from zcserve.runtime import LOOP_NAMES, loop_factory, raise_nofile_limit
-from zcserve.units import parse_duration
+from zcserve.runtime import loop_factory, raise_nofile_limit
 
-__all__ = ["LoadOptions", "LoadResult", "add_command", "run_command", "run_load", "run_load_async"]
+__all__ = ["LoadOptions", "LoadResult", "run_load", "run_load_async"]
 
 # the run ------------------------------------------------------------------------
 
@@ -191,234 +181,11 @@ def _interrupts(stop_signals: Collection[int]) -> Iterator[_Interrupts]:
                 signal.signal(signum, previous)
 
 
-# the command ----------------------------------------------------------------------
+def __getattr__(name: str) -> object:
+    """`add_command` and `run_command` moved to `zcserve.load.command`; found here
+    still for `zcserve.loadgen`, which re-exports them from this module."""
+    if name in ("add_command", "run_command"):
+        from zcserve.load import command
 
-P = TypeVar("P", bound=argparse.ArgumentParser)
-
-
-def _duration(text: str) -> float:
-    try:
-        value = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
-    return value
-
-
-def _warmup(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text.replace("_", "").replace(",", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of requests/s") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 requests/s")
-    return value
-
-
-def add_command(sub: argparse._SubParsersAction[P]) -> None:
-    """Add `zcserve load` to the `zcserve` command's subparsers."""
-    p = sub.add_parser(
-        "load",
-        help="load an HTTP server and measure latency and throughput",
-        description=(
-            "Load http:// or https:// URLs over keep-alive HTTP/1.1 connections and report "
-            "requests/s, MB/s (10^6 bytes of body; response heads counted apart), latency "
-            "percentiles, mean and stdev (HDR histogram), statuses, TLS handshakes (timed "
-            "apart, never in the latency) and errors, per URL too when several are given. "
-            f"Give -d or -n; with neither, the run lasts {DEFAULT_DURATION:g}s. Exit code 1 "
-            "when any request failed or got an unexpected status, 2 on bad input or when the "
-            "first connect (or TLS handshake) fails."
-        ),
-        formatter_class=DefaultsFormatter,
-    )
-    p.add_argument(
-        "urls",
-        nargs="*",
-        metavar="URL",
-        help="http[s]://host[:port]/path; several are taken in turn on each connection (one "
-        "host's URLs share its connections) and reported one row each",
-    )
-    p.add_argument(
-        "-H",
-        "--header",
-        metavar="'NAME: VALUE'",
-        action="append",
-        dest="headers",
-        default=None,
-        help="add a request header, e.g. 'Range: bytes=0-99', 'If-None-Match: \"abc\"' or "
-        "'Accept-Encoding: gzip'; repeatable; replaces the default Host, User-Agent or Accept",
-    )
-    p.add_argument(
-        "-m",
-        "--method",
-        choices=METHODS,
-        default="GET",
-        help="request method; HEAD responses have no body, whatever their Content-Length",
-    )
-    p.add_argument(
-        "--expect-status",
-        metavar="LIST",
-        default=None,
-        help="statuses that count as success, e.g. 200,206 or 2xx; any other is an error "
-        "(default: 2xx and 3xx, 304 and redirects included, as wrk counts)",
-    )
-    p.add_argument(
-        "-c",
-        "--connections",
-        metavar="C",
-        type=_count,
-        default=DEFAULT_CONNECTIONS,
-        help="keep-alive connections, spread over the processes (https: one TLS handshake "
-        "each, plus one per reconnect)",
-    )
-    bound = p.add_mutually_exclusive_group()
-    bound.add_argument(
-        "-d",
-        "-z",
-        "--duration",
-        metavar="DURATION",
-        type=_duration,
-        default=None,
-        help=f"how long to measure: 10s, 500ms, 2m (default without -n: {DEFAULT_DURATION:g}s)",
-    )
-    bound.add_argument(
-        "-n",
-        "--requests",
-        metavar="N",
-        type=_count,
-        default=None,
-        help="total requests, split exactly between the processes",
-    )
-    p.add_argument(
-        "--rate",
-        metavar="R",
-        type=_rate,
-        default=None,
-        help="open model: R requests/s in all, on a fixed schedule; latency counts from "
-        "each request's intended send time; slots not sent by the end of -d (plus "
-        f"{LATE_GRACE:g}s) are counted as unsent, and a run that falls short of R says so "
-        "(default: closed model)",
-    )
-    p.add_argument(
-        "--warmup",
-        metavar="SECONDS",
-        type=_warmup,
-        default=0.0,
-        help="run this long first, then reset every counter",
-    )
-    p.add_argument(
-        "--processes",
-        metavar="P",
-        type=_count,
-        default=None,
-        help="worker processes, each with its own event loop (default: one per CPU, "
-        "at most one per connection)",
-    )
-    p.add_argument(
-        "--timeout",
-        metavar="SECONDS",
-        type=_duration,
-        default=10.0,
-        help="per request, connect included (the connection is then reopened); also "
-        "bounds the opening of the connections, and how long a run may go on past -d; "
-        "with --raw, per whole download",
-    )
-    p.add_argument(
-        "--verify",
-        action="store_true",
-        help="compare each body's SHA-256 with the first response for its URL",
-    )
-    p.add_argument(
-        "--expect",
-        metavar="FILE",
-        default=None,
-        help="compare each body's SHA-256 with FILE's (one URL; implies --verify)",
-    )
-    trust = p.add_mutually_exclusive_group()
-    trust.add_argument(
-        "--insecure",
-        action="store_true",
-        help="https: do not verify the certificate or host name (self-signed certificates)",
-    )
-    trust.add_argument(
-        "--cacert",
-        metavar="FILE",
-        default=None,
-        help="https: trust the CA certificates in FILE (PEM) instead of the system's",
-    )
-    p.add_argument("--loop", choices=LOOP_NAMES, default="uvloop", help="event loop")
-    p.add_argument(
-        "--json",
-        metavar="FILE",
-        default=None,
-        help="write every figure as JSON to FILE (checked before the run), or to stdout "
-        "with - (the report then goes to stderr)",
-    )
-    p.add_argument(
-        "--raw",
-        metavar="HOST:PORT",
-        default=None,
-        help="no HTTP: connect, read until EOF, close; -n times (default 10) in sequence; "
-        "the client of `zcserve serve --raw FILE`",
-    )
-    p.set_defaults(run=run_command)
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """`zcserve load`: 0 when every request succeeded, 1 when any failed."""
-    if args.json is not None:
-        check_output(args.json)
-    # With --json -, stdout carries the JSON alone; the report and the progress go to stderr.
-    console = Console(highlight=False, stderr=args.json == STDOUT)
-    if args.raw is not None:
-        return loadraw.run_command(args, console)
-    expect_status = None if args.expect_status is None else parse_statuses(args.expect_status)
-    options = LoadOptions(
-        urls=tuple(args.urls),
-        connections=args.connections,
-        duration=args.duration,
-        requests=args.requests,
-        rate=args.rate,
-        warmup=args.warmup,
-        processes=args.processes,
-        timeout=args.timeout,
-        verify=args.verify,
-        expect=args.expect,
-        loop=args.loop,
-        insecure=args.insecure,
-        cacert=args.cacert,
-        method=args.method,
-        headers=tuple(args.headers or ()),
-        expect_status=expect_status,
-    )
-    seconds = options.warmup + (options.duration or 0.0)
-    try:
-        with LiveProgress(console, total_requests=options.requests, seconds=seconds) as live:
-            result = run_load(options, on_progress=live.update, stop_signals=CLI_STOP_SIGNALS)
-    except ConfigError:
-        raise
-    except ZcserveError as exc:
-        print(f"zcserve load: error: {exc}", file=sys.stderr)
-        return 1
-    print_summary(console, result)
-    if args.json is not None:
-        write_json(args.json, result.to_json())
-    return 1 if result.error_total else 0
+        return getattr(command, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
