@@ -1,8 +1,10 @@
 """The layout rules: load/ and server/ never import each other or the bench, a
-strategy sees sockets and files only, and a load worker starts without the server."""
+strategy sees sockets and files only, a load worker starts without the server,
+each package owns its command, and no test module imports another."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from tests.import_graph import (
     Edge,
     build_graph,
     crossing_edges,
+    discover,
     forbidden_edges,
     imports_in,
     main,
@@ -26,6 +29,8 @@ from tests.import_graph import (
 )
 
 GRAPH = build_graph()
+MODULES = discover()
+TESTS_DIR = Path(__file__).resolve().parent
 
 
 def _edges_from(part: str) -> list[Edge]:
@@ -152,7 +157,9 @@ def test_a_forbidden_edge_is_detected(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "forbidden edges: 4" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("module", ["zcserve.load", "zcserve.load.run", "zcserve.load.procs"])
+@pytest.mark.parametrize(
+    "module", ["zcserve.load", "zcserve.load.run", "zcserve.load.procs", "zcserve.load.command"]
+)
 def test_load_imports_no_server_in_a_fresh_interpreter(module: str) -> None:
     code = (
         f"import json, sys; import {module}; "
@@ -176,3 +183,128 @@ def test_load_imports_no_server_in_a_fresh_interpreter(module: str) -> None:
         if m == "aiofiles" or m.startswith(("aiofiles.", "zcserve.server", "zcserve.bench"))
     ]
     assert banned == [], f"import {module} loaded {banned}"
+
+
+# each package owns its command ----------------------------------------------------------
+
+COMMANDS = {"zcserve.server.command", "zcserve.load.command", "zcserve.bench.command"}
+"""One per package with a subcommand: its flags, built from the shared conventions."""
+SHARED_CLI = "zcserve.cliargs"
+"""The parser class, the help formatter, the ZCSERVE_* variables and the converters."""
+CLI_MAY_IMPORT = COMMANDS | {SHARED_CLI, "zcserve", "zcserve.errors"}
+PARSER_CALLS = frozenset(
+    {
+        "ArgumentParser",
+        "Parser",
+        "add_subparsers",
+        "add_parser",
+        "add_argument",
+        "add_argument_group",
+        "add_mutually_exclusive_group",
+    }
+)
+
+
+def _called_names(module: str) -> set[str]:
+    """The names of every function or method `module` calls (`p.add_argument` -> add_argument)."""
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Attribute):
+                names.add(node.func.attr)
+            elif isinstance(node.func, ast.Name):
+                names.add(node.func.id)
+    return names
+
+
+def _names_used(module: str) -> set[str]:
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    names = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    return names | {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+
+
+def test_each_package_owns_its_command_and_cli_only_dispatches() -> None:
+    assert COMMANDS <= set(MODULES)
+    imported = {e.target for e in GRAPH["zcserve.cli"]}
+    assert imported <= CLI_MAY_IMPORT, sorted(imported - CLI_MAY_IMPORT)
+    assert COMMANDS <= imported
+    for module in COMMANDS:
+        tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+        defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        assert "add_command" in defined, module
+
+
+def test_no_parser_is_built_outside_the_command_modules() -> None:
+    builders = {m for m in MODULES if _called_names(m) & PARSER_CALLS}
+    assert builders <= COMMANDS | {SHARED_CLI}, sorted(builders - COMMANDS - {SHARED_CLI})
+
+
+def test_argparse_converters_are_written_once() -> None:
+    """Only the shared module turns a bad value into argparse's one-line error."""
+    converters = {m for m in MODULES if "ArgumentTypeError" in _names_used(m)}
+    assert converters == {SHARED_CLI}
+
+
+# the tests tree --------------------------------------------------------------------------
+
+TEST_IMPORTS_TO_UNTANGLE = {
+    ("tests.test_bench", "tests.test_metrics"),
+    ("tests.test_dotfiles", "tests.test_serve"),
+    ("tests.test_metrics_listener", "tests.test_process_faults"),
+    ("tests.test_paths_strict", "tests.test_serve"),
+    ("tests.test_preconditions", "tests.test_serve"),
+}
+"""Test modules that import another today; their shared helpers are to move into a
+helper module (tests/*.py not named test_*), and each pair then leaves this list."""
+
+
+def _test_modules_imported_by(module: str, source: str) -> set[str]:
+    """The tests.test_* modules that `source` (the test module `module`) imports."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = "tests" if node.level else node.module or ""
+            if node.level and node.module:
+                base = f"tests.{node.module}"
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names}
+    return {
+        name
+        for name in found
+        if name.startswith("tests.test_") and name.count(".") == 1 and name != module
+    }
+
+
+def test_no_test_module_imports_another() -> None:
+    pairs = set()
+    for path in sorted(TESTS_DIR.glob("test_*.py")):
+        module = f"tests.{path.stem}"
+        for imported in _test_modules_imported_by(module, path.read_text(encoding="utf-8")):
+            pairs.add((module, imported))
+    assert sorted(pairs - TEST_IMPORTS_TO_UNTANGLE) == []
+
+
+def test_every_way_of_importing_a_test_module_is_seen() -> None:
+    source = textwrap.dedent(
+        """
+        import tests.test_a
+        from tests.test_b import helper
+        from tests import test_c, conftest
+        from .test_d import other
+        from . import test_e
+        from tests.httpclient import get
+        def later():
+            from tests.test_f import late
+        """
+    )
+    assert _test_modules_imported_by("tests.test_self", source) == {
+        "tests.test_a",
+        "tests.test_b",
+        "tests.test_c",
+        "tests.test_d",
+        "tests.test_e",
+        "tests.test_f",
+    }
