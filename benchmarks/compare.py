@@ -181,9 +181,11 @@ def _read_port(proc: subprocess.Popen[str], pattern: str) -> int:
     raise RuntimeError(f"{proc.args!r} did not announce a port")
 
 
-def zcserve_spec(strategy: str, workers: str, tls: bool = False) -> ServerSpec:
+def zcserve_spec(
+    strategy: str, workers: str, tls: bool = False, extra: tuple[str, ...] = ()
+) -> ServerSpec:
     def start(root: str, tmp: str) -> Running:
-        args = [root, "--port", "0", "--strategy", strategy, "--workers", workers]
+        args = [root, "--port", "0", "--strategy", strategy, "--workers", workers, *extra]
         if tls:
             cert, key = tls_files(tmp)
             args += ["--tls-cert", cert, "--tls-key", key]
@@ -191,7 +193,7 @@ def zcserve_spec(strategy: str, workers: str, tls: bool = False) -> ServerSpec:
         child = start_serve(args, cpus={SERVER_CPU} if workers == "1" else None)
         return Running(child.proc, child.port)
 
-    name = f"zcserve {strategy} w={workers}"
+    name = " ".join(["zcserve", strategy, *extra, f"w={workers}"])
     if tls:
         return ServerSpec(name + HTTPS_SUFFIX, start, "https", name)
     return ServerSpec(name, start)
@@ -534,6 +536,11 @@ def all_servers(quick: bool) -> list[ServerSpec]:
     # `auto` (the default: a strategy chosen per response) once, with one worker.
     specs = [zcserve_spec(s, "1") for s in (strategies if quick else ("auto", *strategies))]
     specs += [zcserve_spec(s, "auto") for s in (("sendfile",) if quick else strategies)]
+    # Small files from memory, with a stat per request and with none for a second.
+    specs += [
+        zcserve_spec("memory", "1"),
+        zcserve_spec("memory", "1", extra=("--cache-valid", "1")),
+    ]
     specs += nginx_servers()
     specs += (
         [aiohttp_spec("uvloop")] if quick else [aiohttp_spec("uvloop"), aiohttp_spec("asyncio")]

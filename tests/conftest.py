@@ -141,8 +141,8 @@ class Transport:
     def strategies(self) -> tuple[str, ...]:
         """What can carry this transport's bodies: no zero-copy path under TLS."""
         if self.pem is not None:
-            return ("auto", "fallback", "readwrite")
-        return ("auto", "sendfile", "fallback", "readwrite", "mmap", "splice")
+            return ("auto", "fallback", "readwrite", "memory")
+        return ("auto", "sendfile", "fallback", "readwrite", "mmap", "splice", "memory")
 
     def options(self) -> dict[str, Any]:
         if self.pem is None:

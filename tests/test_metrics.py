@@ -65,9 +65,10 @@ def sent_by_strategy(samples: dict[str, float]) -> dict[str, float]:
 
 
 def moved_by(strategy: str, tls: bool = False) -> str:
-    """The strategy that really sends a file body: auto picks sendfile on plain TCP
-    and the userspace fallback under TLS."""
-    if strategy == "auto":
+    """The strategy that really sends a body past 64 KiB: auto picks sendfile on
+    plain TCP and the userspace fallback under TLS; memory holds only smaller
+    files, and sends the others as auto does."""
+    if strategy in ("auto", "memory"):
         return "fallback" if tls else "sendfile"
     return strategy
 

@@ -166,6 +166,11 @@ class ServerConfig:
         for name in ("header_timeout", "keepalive_timeout", "send_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive, in seconds")
+        if (self.strategy == "memory" or self.memory_cache) and not self.open_file_cache:
+            raise ConfigError(
+                "the memory cache keeps files in the open-file cache; "
+                "--open-file-cache 0 turns both off"
+            )
         if self.cache_valid < 0:
             raise ConfigError("cache-valid must be zero or more seconds")
         if self.open_file_cache < 0:

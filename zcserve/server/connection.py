@@ -40,6 +40,7 @@ from zcserve.server.multipart import multipart_body
 from zcserve.server.respond import (
     LISTING_TRIES,
     ListingPending,
+    MemoryReply,
     MultipartReply,
     Reply,
     error_reply,
@@ -48,6 +49,7 @@ from zcserve.server.sockio import MSG_MORE, SocketStream, unacknowledged
 from zcserve.server.strategies import (
     CopyStrategy,
     FallbackStrategy,
+    MemoryStrategy,
     Progress,
     Transfer,
 )
@@ -574,6 +576,8 @@ class HttpConnection:
                 self._log_response(inflight)
             if server.metrics_on:
                 server.metrics.response(reply.status, time.perf_counter() - inflight.started)
+                if reply.__class__ is MemoryReply:
+                    server.metrics.sent(MemoryStrategy.name, len(reply.body))
         file = reply.file
         if file is not None:
             self._release_body(inflight)
@@ -599,7 +603,7 @@ class HttpConnection:
         reply = inflight.reply
         if reply.file is None:
             body = max(0, len(reply.body) - len(inflight.unsent))
-            strategy = None
+            strategy = MemoryStrategy.name if reply.__class__ is MemoryReply else None
         else:
             body = self.stream.bytes_sent - inflight.body_start
             strategy = inflight.strategy.name if inflight.strategy is not None else None

@@ -2,17 +2,22 @@
 between requests, so a hot small file costs one stat(2) instead of open, readlink,
 fstat and close.
 
-Every hit is revalidated by a stat of the path: if the path no longer names the
-same inode, size and mtime (replaced, truncated, deleted, or a symlink swapped
-in), the entry is dropped and the path resolved afresh, with the root check.
-Descriptors are shared by reference count: an evicted entry closes its
-descriptor when its last response finishes. Idle entries close after `inactive`.
+Every hit is revalidated by a stat of the path (or, with `valid`, once per that
+many seconds): if the path no longer names the same inode, size, mtime and ctime
+(replaced, rewritten, truncated, deleted, or a symlink swapped in), the entry is
+dropped and the path resolved afresh, with the root check. Descriptors are
+shared by reference count: an evicted entry closes its descriptor when its last
+response finishes. Idle entries close after `inactive`.
+
+With a `MemoryCache` (`--memory-cache`), small files' bytes are kept too, so the
+answer goes out as one send of head and body.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from zcserve.server.files import Kind, OpenedFile, Resolved, Root, identity, url_segments
@@ -25,7 +30,7 @@ DEFAULT_INACTIVE = 2.0
 reopening a file every two seconds costs nothing, idle descriptors do)."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Entry:
     fd: int
     name: str
@@ -39,13 +44,18 @@ class _Entry:
     evicted: bool = False
     heads: dict[tuple[bool, str], tuple[str, bytes]] = field(default_factory=dict)
     """Full-file 200 heads, rendered once per Date second (see `OpenedFile.heads`)."""
+    checked: float = 0.0
+    """When a stat last showed the path unchanged (monotonic seconds)."""
+    body: bytes | None = None
+    """The file's bytes, while the memory cache holds them."""
 
     def lend(self) -> OpenedFile:
         self.users += 1
         # Positional, once per request: keywords cost more.
         return OpenedFile(
-            self.fd, self.name, self.size, self.mtime, self.mtime_ns, self._release, self.heads
-        )
+            self.fd, self.name, self.size, self.mtime, self.mtime_ns, self._release, self.heads,
+            self.body,
+        )  # fmt: skip
 
     def _release(self) -> None:
         self.users -= 1
@@ -59,6 +69,47 @@ class _Entry:
                 os.close(self.fd)
 
 
+HEAD_ALLOWANCE = 512
+"""Bytes counted per held body for its rendered heads."""
+
+
+class MemoryCache:
+    """The bytes of small files, `capacity` bytes in all (heads counted), the least
+    recently used let go first. A file it cannot hold is still served, by the copy
+    strategy; `held` and `evictions` show a cache that is too small."""
+
+    def __init__(self, capacity: int, file_max: int) -> None:
+        self.capacity = capacity
+        self.file_max = file_max
+        self.held = 0
+        self.evictions = 0
+        self._bodies: OrderedDict[_Entry, None] = OrderedDict()
+
+    def admit(self, entry: _Entry) -> None:
+        """Read `entry`'s file into memory, unless it changes while being read."""
+        cost = entry.size + HEAD_ALLOWANCE
+        if not 0 < entry.size <= self.file_max or cost > self.capacity:
+            return
+        body = os.pread(entry.fd, entry.size, 0)
+        if len(body) != entry.size or identity(os.fstat(entry.fd)) != entry.identity:
+            return  # being written: it is read again when it settles
+        entry.body = body
+        self._bodies[entry] = None
+        self.held += cost
+        while self.held > self.capacity:
+            self.forget(next(iter(self._bodies)))
+            self.evictions += 1
+
+    def touch(self, entry: _Entry) -> None:
+        self._bodies.move_to_end(entry)
+
+    def forget(self, entry: _Entry) -> None:
+        if entry.body is not None:
+            del self._bodies[entry]
+            self.held -= entry.size + HEAD_ALLOWANCE
+            entry.body = None
+
+
 class OpenFileCache:
     """Resolves like `Root.resolve`, keeping up to `capacity` regular files open.
 
@@ -67,10 +118,21 @@ class OpenFileCache:
     file named as a folder) hold on every hit without being checked again there.
     """
 
-    def __init__(self, root: Root, capacity: int, *, inactive: float = DEFAULT_INACTIVE) -> None:
+    def __init__(
+        self,
+        root: Root,
+        capacity: int,
+        *,
+        inactive: float = DEFAULT_INACTIVE,
+        valid: float = 0.0,
+        memory: MemoryCache | None = None,
+    ) -> None:
         self.root = root
         self.capacity = capacity
         self.inactive = inactive
+        self.valid = valid
+        """Seconds a hit is trusted without a stat (`--cache-valid`); 0: every hit."""
+        self.memory = memory
         self.listings: ListingCache = root.listings
         self._entries: dict[bytes, _Entry] = {}
 
@@ -81,15 +143,24 @@ class OpenFileCache:
         entry = self._entries.get(url_path)
         if entry is None:
             return None
-        try:
-            current = identity(os.stat(entry.path))
-        except OSError:
-            current = None
-        if current == entry.identity:
-            entry.last_used = time.monotonic()
-            return entry.lend()
-        self._drop(url_path)
-        return None
+        now = time.monotonic()
+        if not self.valid or now - entry.checked >= self.valid:
+            try:
+                current = identity(os.stat(entry.path))
+            except OSError:
+                current = None
+            if current != entry.identity:
+                self._drop(url_path)
+                return None
+            entry.checked = now
+        entry.last_used = now
+        memory = self.memory
+        if memory is not None:
+            if entry.body is not None:
+                memory.touch(entry)
+            elif entry.size <= memory.file_max:  # let go for room earlier: take it back
+                memory.admit(entry)
+        return entry.lend()
 
     def resolve(self, url_path: bytes) -> Resolved:
         file = self.cached(url_path)
@@ -120,13 +191,18 @@ class OpenFileCache:
             mtime_ns=file.mtime_ns,
             last_used=time.monotonic(),
         )
+        entry.checked = entry.last_used
         self._entries[url_path] = entry
         file.fd = -1  # the entry owns the descriptor now
+        if self.memory is not None:
+            self.memory.admit(entry)
         return entry.lend()
 
     def _drop(self, url_path: bytes) -> None:
         entry = self._entries.pop(url_path, None)
         if entry is not None:
+            if self.memory is not None:
+                self.memory.forget(entry)
             entry.evict()
 
     def sweep(self) -> None:

@@ -116,6 +116,8 @@ class OpenedFile:
     heads: dict[tuple[bool, str], tuple[str, bytes]] | None = None
     """Set by the open-file cache: 200 heads already rendered for this file version,
     by (keep-alive, HTTP version), each with the Date it carries."""
+    body: bytes | None = None
+    """The whole file's bytes, when the memory cache holds them (`--memory-cache`)."""
 
     @property
     def etag(self) -> str:

@@ -49,6 +49,10 @@ class Metrics:
     """Access-log lines that could not be written (a full disk): lost, responses go on."""
     readall_held: int = 0
     """Bytes the readall strategy holds for bodies in flight (its --readall-budget)."""
+    memory_held: int = 0
+    """Bytes the memory cache holds (its --memory-cache), as of the last sweep."""
+    memory_evictions: int = 0
+    """Files the memory cache let go to make room: a steady rise means it is too small."""
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
 
@@ -78,6 +82,8 @@ class Metrics:
             "connections_total": self.connections_total,
             "access_log_errors": self.access_log_errors,
             "readall_held": self.readall_held,
+            "memory_held": self.memory_held,
+            "memory_evictions": self.memory_evictions,
             "latency_counts": self.latency_counts,
             "latency_sum": self.latency_sum,
         }
@@ -99,6 +105,8 @@ class Metrics:
             total.connections_total += part.connections_total
             total.access_log_errors += part.access_log_errors
             total.readall_held += part.readall_held
+            total.memory_held += part.memory_held
+            total.memory_evictions += part.memory_evictions
             total.latency_sum += part.latency_sum
             total.latency_counts = [
                 a + b for a, b in zip(total.latency_counts, part.latency_counts, strict=True)
@@ -130,6 +138,12 @@ class Metrics:
             ("readall_held_bytes", "gauge",
              "Bytes the readall strategy holds for bodies in flight (see --readall-budget).",
              [("", self.readall_held)]),
+            ("memory_cache_bytes", "gauge",
+             "Bytes of small files the memory cache holds (see --memory-cache).",
+             [("", self.memory_held)]),
+            ("memory_cache_evictions_total", "counter",
+             "Files the memory cache let go to make room for others.",
+             [("", self.memory_evictions)]),
             ("workers", "gauge", "Worker processes whose figures are merged here.",
              [("", workers)]),
         ]  # fmt: skip

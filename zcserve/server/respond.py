@@ -71,6 +71,11 @@ class Reply:
 
 
 @dataclass(slots=True)
+class MemoryReply(Reply):
+    """A whole file's bytes from the memory cache, sent with the head in one send."""
+
+
+@dataclass(slots=True)
 class MultipartReply(Reply):
     """A 206 multipart/byteranges reply: each part's head (`parts[i][0]`), then
     `parts[i][2]` bytes of `file` from `parts[i][1]`, then `tail`. `count` is the
@@ -124,6 +129,10 @@ def plan_reply(request: Request, root: Resolver, max_ranges: int = MAX_RANGES) -
             if head_only or file.size == 0:
                 file.close()
                 return Reply(200, head, keep)
+            body = file.body
+            if body is not None:  # held by the memory cache: one send, head and body
+                file.close()
+                return MemoryReply(200, head, keep, body)
             return Reply(200, head, keep, b"", file, 0, file.size)  # positional: faster
         try:
             validators = [("Last-Modified", http_date(file.mtime)), ("ETag", file.etag)]

@@ -24,10 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from zcserve.errors import ConfigError
 from zcserve.runtime import loop_factory, raise_nofile_limit
 from zcserve.server.accesslog import AccessLog
-from zcserve.server.config import ServerConfig
+from zcserve.server.config import MEMORY_CACHE_DEFAULT, ServerConfig
 from zcserve.server.connection import HttpConnection, close_socket
 from zcserve.server.decorate import make_planner
-from zcserve.server.filecache import OpenFileCache
+from zcserve.server.filecache import MemoryCache, OpenFileCache
 from zcserve.server.files import OpenedFile, Root
 from zcserve.server.http import Limits, plain_http_on_tls_port
 from zcserve.server.metrics import (
@@ -109,7 +109,12 @@ class Server:
         )
         # A tenth of the descriptor limit at most, so the cache never starves accept.
         capacity = min(config.open_file_cache, raise_nofile_limit() // 10)
-        self.files = OpenFileCache(self.root, capacity)
+        memory = None
+        if config.strategy == "memory" or config.memory_cache is not None:
+            memory = MemoryCache(
+                config.memory_cache or MEMORY_CACHE_DEFAULT, config.memory_file_max
+            )
+        self.files = OpenFileCache(self.root, capacity, valid=config.cache_valid, memory=memory)
         self.strategy = make_strategy(
             config.strategy,
             CopyOptions(
@@ -225,6 +230,10 @@ class Server:
             tick += 1
             if tick % ticks_per_file_sweep == 0:
                 self.files.sweep()
+            memory = self.files.memory
+            if memory is not None:
+                self.metrics.memory_held = memory.held
+                self.metrics.memory_evictions = memory.evictions
 
     def _start_snapshots(self) -> asyncio.Task[None] | None:
         """Under a supervisor, write this worker's metrics where it can merge them."""

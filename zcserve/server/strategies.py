@@ -38,7 +38,9 @@ from zcserve.errors import FileShrankError, TransferError
 from zcserve.server.files import OpenedFile
 from zcserve.server.sockio import SocketStream
 
-StrategyName = Literal["auto", "sendfile", "readwrite", "readall", "fallback", "mmap", "splice"]
+StrategyName = Literal[
+    "auto", "sendfile", "readwrite", "readall", "fallback", "mmap", "splice", "memory"
+]
 STRATEGY_NAMES: tuple[StrategyName, ...] = get_args(StrategyName)
 
 DEFAULT_CHUNK = 256 * 1024
@@ -672,6 +674,15 @@ class AutoStrategy:
         await self.choose(stream).send(stream, file, offset, count)
 
 
+class MemoryStrategy(AutoStrategy):
+    """Small files from memory: the open-file cache holds their bytes (its
+    `MemoryCache`), and a whole-file answer goes out as one send of head and body,
+    with no copy strategy at all. Everything else (larger files, ranges, a file
+    the cache had no room for) goes as `auto` sends it."""
+
+    name: ClassVar[str] = "memory"
+
+
 StrategyClass = type[
     SendfileStrategy
     | ReadWriteStrategy
@@ -680,6 +691,7 @@ StrategyClass = type[
     | MmapStrategy
     | SpliceStrategy
     | AutoStrategy
+    | MemoryStrategy
 ]
 
 STRATEGIES: dict[str, StrategyClass] = {
@@ -692,6 +704,7 @@ STRATEGIES: dict[str, StrategyClass] = {
         FallbackStrategy,
         MmapStrategy,
         SpliceStrategy,
+        MemoryStrategy,
     )
 }
 """Every strategy by name; the CLI's choices come from here."""
