@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -204,3 +205,29 @@ def read_response(sock: socket.socket) -> None:
         chunk = sock.recv(65536)
         assert chunk
         received += chunk
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [([], "sendfile"), (["--memory-cache", "1M"], "memory"), (["--strategy", "memory"], "memory")],
+)
+def test_auto_holds_files_in_memory_only_when_asked(
+    folder: Path, tmp_path: Path, args: list[str], expected: str
+) -> None:
+    log = tmp_path / "access.log"
+    logged = ["--access-log", str(log), "--access-log-format", "json"]
+    with serving(str(folder), *args, *logged) as child:
+        for _ in range(2):
+            assert urllib.request.urlopen(f"{child.url}/small.bin", timeout=10).read() == SMALL
+    assert [json.loads(line)["strategy"] for line in log.read_text().splitlines()] == [expected] * 2
+
+
+def test_the_memory_cache_needs_the_open_file_cache(folder: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "zcserve", "serve", str(folder), "--strategy", "memory",
+         "--open-file-cache", "0", "--port", "0"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "open-file cache" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
