@@ -587,6 +587,8 @@ def test_report_reads_results_from_before_the_client_columns(
         (["--mode", "ceiling", "--syscalls"], "not allowed with argument --mode"),
         (["--mode", "seed", "--strategies", "teleport"], "unknown strategy 'teleport'"),
         (["--mode", "ceiling", "--strategies", "auto"], "the ceiling measures only sendfile"),
+        (["--ceiling", "--sizes", "0"], "file sizes must be 1 byte or more"),
+        (["--syscalls", "--sizes", "4KiB,0"], "file sizes must be 1 byte or more"),
     ],
 )
 def test_bench_bad_flags_exit_2(argv: list[str], message: str) -> None:

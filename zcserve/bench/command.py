@@ -30,6 +30,7 @@ from zcserve.bench.sweep import (
     DEFAULT_STRATEGIES,
     DEFAULT_WARMUP,
     BenchOptions,
+    check_sizes,
     check_strategies,
     run_bench,
 )
@@ -83,6 +84,7 @@ def _run_ceiling(args: argparse.Namespace, console: Console) -> int:
         if not strategies:
             raise ConfigError(f"the ceiling measures only {','.join(CEILING_STRATEGIES)}")
     sizes = CEILING_SIZES if args.sizes is None else args.sizes
+    check_sizes(sizes)
     for line in ceiling_table(run_ceiling_sizes(sizes, strategies, args.repeat, args.loop)):
         console.print(line)
     return 0
@@ -92,6 +94,7 @@ def _run_syscalls(args: argparse.Namespace, console: Console) -> int:
     strategies = SYSCALL_STRATEGIES if args.strategies is None else args.strategies
     check_strategies(strategies)
     sizes = SYSCALL_SIZES if args.sizes is None else args.sizes
+    check_sizes(sizes)
     run_syscalls(strategies, sizes, args.loop, output_folder(args.out), console)
     return 0
 

@@ -60,6 +60,12 @@ def check_strategies(names: Sequence[str]) -> None:
             )
 
 
+def check_sizes(sizes: Sequence[int]) -> None:
+    """ConfigError unless every file size is 1 byte or more."""
+    if any(size < 1 for size in sizes):
+        raise ConfigError("file sizes must be 1 byte or more")
+
+
 @dataclass(frozen=True)
 class BenchOptions:
     """One bench run, validated once."""
@@ -81,8 +87,7 @@ class BenchOptions:
             raise ConfigError("strategies, sizes and concurrency each need at least one value")
         if any(c < 1 for c in self.concurrency):
             raise ConfigError("concurrency levels must be 1 or more")
-        if any(s < 1 for s in self.sizes):
-            raise ConfigError("file sizes must be 1 byte or more")
+        check_sizes(self.sizes)
         if not self.duration > 0 or self.warmup < 0:
             raise ConfigError("duration must be more than 0 and warm-up 0 or more seconds")
         if self.loop not in LOOP_NAMES:
