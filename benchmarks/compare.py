@@ -222,12 +222,16 @@ def before_spec(checkout: str, strategy: str, tls: bool = False) -> ServerSpec:
 
 
 def before_has_tls(checkout: str) -> bool:
-    """Whether the checkout's `zcserve serve` takes --tls-cert (its cli.py says so)."""
-    try:
-        with open(os.path.join(checkout, "zcserve", "cli.py")) as source:
-            return "--tls-cert" in source.read()
-    except OSError:
-        return False
+    """Whether the checkout's `zcserve serve` takes --tls-cert: its serve options are
+    in server/command.py, or in cli.py before that module existed."""
+    for where in (("server", "command.py"), ("cli.py",)):
+        try:
+            with open(os.path.join(checkout, "zcserve", *where)) as source:
+                if "--tls-cert" in source.read():
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def before_env(checkout: str) -> dict[str, str]:
