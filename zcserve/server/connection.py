@@ -36,7 +36,7 @@ from zcserve.server.http import (
     without_keep_alive,
 )
 from zcserve.server.metrics import Metrics
-from zcserve.server.multipart import multipart_body
+from zcserve.server.multipart import MultipartBody
 from zcserve.server.respond import (
     LISTING_TRIES,
     ListingPending,
@@ -419,7 +419,7 @@ class HttpConnection:
         if self._fell_back:
             server.metrics.fallbacks += 1
         if reply.__class__ is MultipartReply:  # several ranges: parts go one by one
-            strategy = multipart_body(strategy, reply)
+            strategy = MultipartBody(strategy, reply)
         # What the body needs (a pipe, a descriptor of its own) is taken before the
         # head goes out: after a 200 and its length, a missing one could only cut
         # the body short.

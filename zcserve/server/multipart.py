@@ -4,8 +4,6 @@ zero copies), then the closing boundary."""
 
 from __future__ import annotations
 
-from typing import ClassVar, cast
-
 from zcserve.server.files import OpenedFile
 from zcserve.server.respond import MultipartReply
 from zcserve.server.sockio import SocketStream
@@ -16,13 +14,11 @@ class MultipartBody:
     """Stands in for the chosen strategy for one `MultipartReply`: nothing is taken
     before the head (`start` is None), and `send` moves the parts in order."""
 
-    name: ClassVar[str] = "multipart"
-    """Overridden by `multipart_body` with the name of the strategy that moves the
-    bytes, which metrics and the access log report."""
-
     def __init__(self, strategy: CopyStrategy, reply: MultipartReply) -> None:
         self.strategy = strategy
         self.reply = reply
+        self.name = strategy.name
+        """The strategy that moves the bytes, which metrics and the access log report."""
 
     def choose(self, stream: SocketStream) -> CopyStrategy:
         return self
@@ -39,16 +35,3 @@ class MultipartBody:
             await stream.send_all(part_head, more=True)
             await strategy.send(stream, file, part_offset, part_count)
         await stream.send_all(self.reply.tail)
-
-
-_BY_NAME: dict[str, type[MultipartBody]] = {}
-
-
-def multipart_body(strategy: CopyStrategy, reply: MultipartReply) -> CopyStrategy:
-    """A `MultipartBody` that carries the real strategy's name, as a class variable
-    like every strategy's (one small class per strategy name, made once)."""
-    cls = _BY_NAME.get(strategy.name)
-    if cls is None:
-        made = type(f"MultipartBody_{strategy.name}", (MultipartBody,), {"name": strategy.name})
-        cls = _BY_NAME[strategy.name] = cast(type[MultipartBody], made)
-    return cls(strategy, reply)

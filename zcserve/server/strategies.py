@@ -180,7 +180,9 @@ class CopyStrategy(Protocol):
     peer stops reading, `OSError` if the connection breaks. `count` is > 0.
     """
 
-    name: ClassVar[str]
+    @property
+    def name(self) -> str:
+        """What metrics and the access log call it."""
 
     def choose(self, stream: SocketStream) -> CopyStrategy:
         """The strategy that really moves the bytes on `stream` (itself, but for auto)."""
@@ -194,19 +196,24 @@ class CopyStrategy(Protocol):
         """Copy the bytes; return only when the kernel holds all of them."""
 
 
-class SteppedStrategy:
-    """A strategy made of one `Step` per transfer."""
+class BaseStrategy:
+    """What every strategy but `auto` shares: it moves the bytes itself, and
+    awaiting it is pumping the transfer it starts."""
 
     name: ClassVar[str]
 
     def choose(self, stream: SocketStream) -> CopyStrategy:
         return self
 
+    def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
+        raise NotImplementedError
+
     async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
         await pump(self.start(stream, file, offset, count))
 
-    def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
-        raise NotImplementedError
+
+class SteppedStrategy(BaseStrategy):
+    """A strategy made of one `Step` per transfer."""
 
 
 class SendfileStrategy(SteppedStrategy):
@@ -273,20 +280,12 @@ def _has_native_sock_sendfile(loop: asyncio.AbstractEventLoop) -> bool:
     return isinstance(loop, asyncio.SelectorEventLoop) and hasattr(os, "sendfile")
 
 
-class AwaitedReadStrategy:
+class AwaitedReadStrategy(BaseStrategy):
     """A strategy whose file reads are awaitable by nature (aiofiles): the whole body
     moves in its `_copy` coroutine, handed off from the first step."""
 
-    name: ClassVar[str]
-
-    def choose(self, stream: SocketStream) -> CopyStrategy:
-        return self
-
     def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
         return _handed_off(stream, file, offset, count, self._copy)
-
-    async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
-        await pump(self.start(stream, file, offset, count))
 
     async def _copy(
         self, stream: SocketStream, file: OpenedFile, fd: int, offset: int, count: int
