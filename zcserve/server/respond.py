@@ -85,6 +85,29 @@ class MultipartReply(Reply):
     tail: bytes = b""
 
 
+class _Owned:
+    """The planned file, closed when planning ends unless a reply took it: every
+    way out of `plan_reply` but one (a 304, a 416, HEAD, an error) closes it."""
+
+    __slots__ = ("file",)
+
+    def __init__(self, file: OpenedFile) -> None:
+        self.file: OpenedFile | None = file
+
+    def __enter__(self) -> _Owned:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def hand_over(self, reply: Reply) -> Reply:
+        """`reply` now owns the file, if it carries it."""
+        if reply.file is not None:
+            self.file = None
+        return reply
+
+
 def error_reply(error: HttpError, request: Request | None = None) -> Reply:
     """A short plain-text error. The connection stays open only for a 403, 404, 405
     or 412, where the request itself was well-formed."""
@@ -134,13 +157,12 @@ def plan_reply(request: Request, root: Resolver, max_ranges: int = MAX_RANGES) -
                 file.close()
                 return MemoryReply(200, head, keep, body)
             return Reply(200, head, keep, b"", file, 0, file.size)  # positional: faster
-        try:
+        with _Owned(file) as owned:
             validators = [("Last-Modified", http_date(file.mtime)), ("ETag", file.etag)]
             precondition = preconditions(asked, file)
             if precondition is Precondition.FAILED:
                 raise HttpError(412, "precondition failed")
             if precondition is Precondition.NOT_MODIFIED:
-                file.close()
                 return Reply(
                     304, render_head(304, validators, keep_alive=keep, version=version), keep
                 )
@@ -149,7 +171,7 @@ def plan_reply(request: Request, root: Resolver, max_ranges: int = MAX_RANGES) -
             if byte_range.kind is RangeKind.FULL and range_header and "," in range_header:
                 ranges = parse_ranges(range_header, file.size, max_ranges)
                 if len(ranges) > 1 and if_range_matches(asked.get("if-range"), file):
-                    return _multipart(request, file, ranges, validators, head_only)
+                    return owned.hand_over(_multipart(request, file, ranges, validators, head_only))
                 byte_range = ranges[0]  # whole, unsatisfiable, or merged into one
             if byte_range.kind is not RangeKind.FULL and not if_range_matches(
                 asked.get("if-range"), file
@@ -157,7 +179,6 @@ def plan_reply(request: Request, root: Resolver, max_ranges: int = MAX_RANGES) -
                 byte_range = parse_range(None, file.size)
             common = [("Content-Type", file.content_type), ("Accept-Ranges", "bytes"), *validators]
             if byte_range.kind is RangeKind.UNSATISFIABLE:
-                file.close()
                 body = b"416 Range Not Satisfiable\n"
                 headers_416 = [
                     ("Content-Type", "text/plain; charset=utf-8"),
@@ -175,12 +196,8 @@ def plan_reply(request: Request, root: Resolver, max_ranges: int = MAX_RANGES) -
             common.append(("Content-Length", str(count)))
             head = render_head(status, common, keep_alive=keep, version=version)
             if head_only or count == 0:
-                file.close()
                 return Reply(status, head, keep)
-            return Reply(status, head, keep, file=file, offset=offset, count=count)
-        except BaseException:
-            file.close()
-            raise
+            return owned.hand_over(Reply(status, head, keep, file=file, offset=offset, count=count))
     except HttpError as error:
         return error_reply(error, request)
 
@@ -217,7 +234,6 @@ def _multipart(
     keep = request.keep_alive
     head = render_head(206, headers, keep_alive=keep, version=request.version)
     if head_only:
-        file.close()
         return Reply(206, head, keep)
     return MultipartReply(206, head, keep, file=file, count=length, parts=tuple(parts), tail=tail)
 
