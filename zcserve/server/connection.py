@@ -577,7 +577,7 @@ class HttpConnection:
             if server.metrics_on:
                 server.metrics.response(reply.status, time.perf_counter() - inflight.started)
                 if reply.__class__ is MemoryReply:
-                    server.metrics.sent(MemoryStrategy.name, len(reply.body))
+                    server.metrics.sent(MemoryStrategy.name, reply.count)
         file = reply.file
         if file is not None:
             self._release_body(inflight)
@@ -601,9 +601,12 @@ class HttpConnection:
         body bytes counted are those actually sent."""
         server = self.server
         reply = inflight.reply
-        if reply.file is None:
+        if reply.__class__ is MemoryReply:  # the body is the end of what `head` holds
+            body = max(0, reply.count - len(inflight.unsent))
+            strategy: str | None = MemoryStrategy.name
+        elif reply.file is None:
             body = max(0, len(reply.body) - len(inflight.unsent))
-            strategy = MemoryStrategy.name if reply.__class__ is MemoryReply else None
+            strategy = None
         else:
             body = self.stream.bytes_sent - inflight.body_start
             strategy = inflight.strategy.name if inflight.strategy is not None else None

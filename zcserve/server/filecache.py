@@ -20,7 +20,15 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from zcserve.server.files import Kind, OpenedFile, Resolved, Root, identity, url_segments
+from zcserve.server.files import (
+    WHOLES_HELD,
+    Kind,
+    OpenedFile,
+    Resolved,
+    Root,
+    identity,
+    url_segments,
+)
 from zcserve.server.listing import ListingCache, ListingQuery
 
 _FILE = Kind.FILE  # bound once: an enum member lookup costs a call on the hot path
@@ -48,13 +56,15 @@ class _Entry:
     """When a stat last showed the path unchanged (monotonic seconds)."""
     body: bytes | None = None
     """The file's bytes, while the memory cache holds them."""
+    wholes: dict[tuple[bool, str], tuple[str, bytes]] = field(default_factory=dict)
+    """With `body`: whole answers, head and body (see `OpenedFile.wholes`)."""
 
     def lend(self) -> OpenedFile:
         self.users += 1
         # Positional, once per request: keywords cost more.
         return OpenedFile(
             self.fd, self.name, self.size, self.mtime, self.mtime_ns, self._release, self.heads,
-            self.body,
+            self.body, self.wholes,
         )  # fmt: skip
 
     def _release(self) -> None:
@@ -73,6 +83,11 @@ HEAD_ALLOWANCE = 512
 """Bytes counted per held body for its rendered heads."""
 
 
+def _cost(entry: _Entry) -> int:
+    """What holding `entry` costs: its body, and the whole answers made from it."""
+    return entry.size * (1 + WHOLES_HELD) + HEAD_ALLOWANCE
+
+
 class MemoryCache:
     """The bytes of small files, `capacity` bytes in all (heads counted), the least
     recently used let go first. A file it cannot hold is still served, by the copy
@@ -87,7 +102,7 @@ class MemoryCache:
 
     def admit(self, entry: _Entry) -> None:
         """Read `entry`'s file into memory, unless it changes while being read."""
-        cost = entry.size + HEAD_ALLOWANCE
+        cost = _cost(entry)
         if not 0 < entry.size <= self.file_max or cost > self.capacity:
             return
         body = os.pread(entry.fd, entry.size, 0)
@@ -106,8 +121,9 @@ class MemoryCache:
     def forget(self, entry: _Entry) -> None:
         if entry.body is not None:
             del self._bodies[entry]
-            self.held -= entry.size + HEAD_ALLOWANCE
+            self.held -= _cost(entry)
             entry.body = None
+            entry.wholes.clear()
 
 
 class OpenFileCache:

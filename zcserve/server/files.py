@@ -33,6 +33,9 @@ from zcserve.server.listing import (
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK  # no FIFO hangs
 _PROC_FD = os.path.isdir("/proc/self/fd")
+WHOLES_HELD = 2
+"""Whole answers (head and body) a file held in memory keeps at once, as for the
+keep-alive and the closing variant of HTTP/1.1; more, and they are made afresh."""
 LISTING_CACHE_BYTES = 32 * 1024 * 1024
 """Rendered listing pages kept at most, in all: a few pages of 10,000 entries."""
 LISTING_CACHE_AGE = 1.0
@@ -118,6 +121,8 @@ class OpenedFile:
     by (keep-alive, HTTP version), each with the Date it carries."""
     body: bytes | None = None
     """The whole file's bytes, when the memory cache holds them (`--memory-cache`)."""
+    wholes: dict[tuple[bool, str], tuple[str, bytes]] | None = None
+    """With `body`: whole 200 answers, head and body, rendered once per Date second."""
 
     @property
     def etag(self) -> str:

@@ -17,6 +17,7 @@ from urllib.parse import quote
 from zcserve.errors import HttpError
 from zcserve.server.files import (
     MAX_RANGES,
+    WHOLES_HELD,
     ByteRange,
     Kind,
     OpenedFile,
@@ -72,7 +73,9 @@ class Reply:
 
 @dataclass(slots=True)
 class MemoryReply(Reply):
-    """A whole file's bytes from the memory cache, sent with the head in one send."""
+    """A whole answer from the memory cache: `head` holds the head and the body,
+    made once per Date second, so no request copies the body; `count` is the
+    body's length."""
 
 
 @dataclass(slots=True)
@@ -153,9 +156,15 @@ def plan_reply(request: Request, root: Resolver, max_ranges: int = MAX_RANGES) -
                 file.close()
                 return Reply(200, head, keep)
             body = file.body
-            if body is not None:  # held by the memory cache: one send, head and body
+            if body is not None and (wholes := file.wholes) is not None:
+                # Held by the memory cache: one send of one object, made once a second.
+                whole = wholes.get((keep, version))
+                if whole is None or whole[0] is not date:
+                    if len(wholes) >= WHOLES_HELD:
+                        wholes.clear()
+                    whole = wholes[(keep, version)] = (date, head + body)
                 file.close()
-                return MemoryReply(200, head, keep, body)
+                return MemoryReply(200, whole[1], keep, b"", None, 0, len(body))
             return Reply(200, head, keep, b"", file, 0, file.size)  # positional: faster
         with _Owned(file) as owned:
             validators = [("Last-Modified", http_date(file.mtime)), ("ETag", file.etag)]
