@@ -24,7 +24,7 @@ from tests.procs import serving
 from tests.serverthread import ServerThread, start_server
 
 SMALL = bytes(range(256)) * 16  # 4 KiB
-LARGER = os.urandom(100_000)  # past --memory-file-max's default (64 KiB)
+LARGER = os.urandom(100_000)  # past --memory-file-max's default (16 KiB)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_memory_stays_within_its_budget_and_every_file_is_still_served(tmp_path:
     files = {f"f{i:02d}.bin": os.urandom(8192) for i in range(20)}
     for name, body in files.items():
         (tmp_path / name).write_bytes(body)
-    budget = 3 * (8192 + 512) + 100
+    budget = 3 * (8192 * 3 + 512) + 100  # a body and two whole answers each, and a head
     args = ["--strategy", "memory", "--memory-cache", str(budget), "--metrics", "127.0.0.1:0"]
     with serving(str(tmp_path), *args, "--quiet") as child:
         assert child.metrics_url is not None
