@@ -147,11 +147,12 @@ STRATEGY_STYLES: dict[str, tuple[str, str]] = {
     "mmap": ("tab:purple", "D"),
     "splice": ("tab:brown", "P"),
     "auto": ("tab:pink", "X"),
+    "memory": ("tab:olive", "h"),
     "external": ("tab:cyan", "*"),
 }
 """Each strategy's colour and marker in every plot, and the order strategies are listed
 in, whichever of them a run has: a figure is compared with another by its colours."""
-OTHER_STYLES = (("tab:olive", "h"), ("tab:gray", "p"), ("black", "d"), ("navy", "8"))
+OTHER_STYLES = (("tab:gray", "p"), ("black", "d"), ("navy", "8"), ("gold", "H"))
 
 
 def strategy_style(strategy: str) -> tuple[str, str]:

@@ -43,7 +43,8 @@ EXPLANATION = (
     "readwrite reads each chunk with read(2) in aiofiles' thread pool (the futex calls "
     "are the hand-offs to and from that thread); readall reads the whole body there in "
     "one read(2) before its first send; sendfile and mmap read nothing into userspace; "
-    "splice makes two calls per chunk (file to pipe, pipe to socket)."
+    "splice makes two calls per chunk (file to pipe, pipe to socket); memory read the "
+    "file once, before these requests, and sends each answer, head and body, in one sendto."
 )
 
 # `1234 read(15</srv/x.bin>, ...) = 4096`, or the same split into an
