@@ -26,7 +26,7 @@ from typing import Any
 from zcserve.errors import ZcserveError
 from zcserve.load.client import run_worker
 from zcserve.load.plan import WorkerPlan
-from zcserve.load.stats import LoadResult, new_histogram
+from zcserve.load.stats import LiveStats, LoadResult
 from zcserve.runtime import loop_factory, raise_nofile_limit
 
 START_MARGIN = 0.05
@@ -121,26 +121,11 @@ def worker_main(plan: WorkerPlan, pipe: Pipe) -> None:
 
 
 def dead_worker_result(plan: WorkerPlan) -> LoadResult:
-    """What a worker that died without a result adds: its connections, one error."""
-    empty = new_histogram().encode().decode("ascii")
-    return LoadResult(
-        urls=plan.urls,
-        model="closed" if plan.rate is None else "open",
-        connections=plan.connections,
-        processes=1,
-        duration=0.0,
-        requests=0,
-        failed=0,
-        body_bytes=0,
-        errors={"worker_died": 1},
-        histogram=empty,
-        cpu_seconds=0.0,
-        target_rate=plan.rate,
-        warmup=plan.warmup,
-        loop=plan.loop,
-        verified=plan.hash_bodies,
-        handshake_histogram=empty,
-    )
+    """What a worker that died without a result adds: its connections, one error (and
+    no per-URL rows: it has no counts for them)."""
+    stats = LiveStats()
+    stats.error("worker_died")
+    return LoadResult.of_worker(plan, stats)
 
 
 class WorkerPool:

@@ -10,13 +10,14 @@ shape, so request latencies never include a handshake.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from hdrh.histogram import HdrHistogram
 
 from zcserve.load.http import STATUS_KEYS, unexpected_statuses
+from zcserve.load.plan import WorkerPlan
 
 LOWEST_MICROS = 1
 HIGHEST_MICROS = 3600 * 1_000_000
@@ -44,6 +45,12 @@ says that the client or the server is saturated."""
 
 def new_histogram() -> HdrHistogram:
     return HdrHistogram(LOWEST_MICROS, HIGHEST_MICROS, SIGNIFICANT_DIGITS)
+
+
+def encode_histogram(histogram: HdrHistogram) -> str:
+    """HdrHistogram's compressed base64 encoding, as results hold it."""
+    text: str = histogram.encode().decode("ascii")
+    return text
 
 
 def merge_histograms(encoded: Sequence[str]) -> HdrHistogram:
@@ -224,7 +231,7 @@ class LiveStats:
                 failed=one.failed,
                 body_bytes=one.body_bytes,
                 status=dict(sorted(statuses[index].items())),
-                histogram=one.histogram.encode().decode("ascii"),
+                histogram=encode_histogram(one.histogram),
             )
             for index, (url, one) in enumerate(zip(urls, self.by_url, strict=True))
         ]
@@ -302,10 +309,73 @@ def merge_url_results(groups: Iterable[Sequence[UrlResult]]) -> tuple[UrlResult,
                 failed=sum(row.failed for row in rows),
                 body_bytes=sum(row.body_bytes for row in rows),
                 status=dict(sorted(status.items())),
-                histogram=histogram.encode().decode("ascii"),
+                histogram=encode_histogram(histogram),
             )
         )
     return tuple(merged)
+
+
+# How each field of a `LoadResult` merges and loads from JSON ---------------------
+
+MergeRule = Callable[[Sequence["LoadResult"], str], Any]
+"""The merged value of field `name` over several processes' results."""
+
+
+def _rule(merge: MergeRule, load: Callable[[Any], Any]) -> dict[str, Any]:
+    """A `LoadResult` field's metadata: how it merges, how its JSON value loads."""
+    return {"merge": merge, "load": load}
+
+
+def _kept(results: Sequence[LoadResult], name: str) -> Any:
+    """A setting the processes share: the first one's."""
+    return getattr(results[0], name)
+
+
+def _summed(results: Sequence[LoadResult], name: str) -> Any:
+    return sum(getattr(result, name) for result in results)
+
+
+def _longest(results: Sequence[LoadResult], name: str) -> Any:
+    """A length of time: the processes ran side by side, over the longest."""
+    return max(getattr(result, name) for result in results)
+
+
+def _histograms(results: Sequence[LoadResult], name: str) -> str:
+    return encode_histogram(merge_histograms([getattr(result, name) for result in results]))
+
+
+def _counts(results: Sequence[LoadResult], name: str) -> dict[Any, int]:
+    total: dict[Any, int] = {}
+    for result in results:
+        add_counts(total, getattr(result, name))
+    return dict(sorted(total.items()))
+
+
+def _url_rows(results: Sequence[LoadResult], name: str) -> tuple[UrlResult, ...]:
+    if not any(result.per_url for result in results):
+        return ()
+    merged = merge_url_results(result.url_rows() for result in results)
+    return merged if len(merged) > 1 else ()
+
+
+def _strings(data: Iterable[Any]) -> tuple[str, ...]:
+    return tuple(str(one) for one in data)
+
+
+def _model(data: Any) -> Model:
+    return "open" if data == "open" else "closed"
+
+
+def _error_counts(data: Mapping[str, Any]) -> dict[str, int]:
+    return {str(kind): int(count) for kind, count in data.items()}
+
+
+def _optional_float(data: Any) -> float | None:
+    return None if data is None else float(data)
+
+
+def _url_results(data: Iterable[Mapping[str, Any]]) -> tuple[UrlResult, ...]:
+    return tuple(UrlResult.from_json(row) for row in data)
 
 
 @dataclass(frozen=True)
@@ -319,54 +389,104 @@ class LoadResult:
     handshake is a failed request (error kind "tls"). In the open model, the slots
     due in the window are requests + failed + `unsent`, and the latency histogram
     holds the unsent ones too, each charged from its due time to the end of the run.
+
+    Each field says how the results of several processes merge and how its JSON
+    loads (`_rule`): `merge` and `from_json` follow the fields, no list of their own.
     """
 
-    urls: tuple[str, ...]
-    model: Model
-    connections: int
-    processes: int
-    duration: float
+    urls: tuple[str, ...] = field(metadata=_rule(_kept, _strings))
+    model: Model = field(metadata=_rule(_kept, _model))
+    connections: int = field(metadata=_rule(_summed, int))
+    processes: int = field(metadata=_rule(_summed, int))
+    duration: float = field(metadata=_rule(_longest, float))
     """Seconds measured: closed model, from the end of the warm-up to the last
     response; open model, the window of the schedule (-d, or -n / rate)."""
-    requests: int
-    failed: int
-    body_bytes: int
-    errors: Mapping[str, int]
-    histogram: str
+    requests: int = field(metadata=_rule(_summed, int))
+    failed: int = field(metadata=_rule(_summed, int))
+    body_bytes: int = field(metadata=_rule(_summed, int))
+    errors: Mapping[str, int] = field(metadata=_rule(_counts, _error_counts))
+    histogram: str = field(metadata=_rule(_histograms, str))
     """The latency histogram, HdrHistogram's compressed base64 encoding."""
-    cpu_seconds: float
+    cpu_seconds: float = field(metadata=_rule(_summed, float))
     """User + system CPU of every client process during the measurement."""
-    target_rate: float | None = None
-    warmup: float = 0.0
-    loop: str = "uvloop"
-    verified: bool = False
-    tls_handshakes: int = 0
+    target_rate: float | None = field(default=None, metadata=_rule(_kept, _optional_float))
+    warmup: float = field(default=0.0, metadata=_rule(_kept, float))
+    loop: str = field(default="uvloop", metadata=_rule(_kept, str))
+    verified: bool = field(default=False, metadata=_rule(_kept, bool))
+    tls_handshakes: int = field(default=0, metadata=_rule(_summed, int))
     """TLS handshakes completed: one per https connection opened, reconnects included."""
-    handshake_histogram: str = ""
+    handshake_histogram: str = field(default="", metadata=_rule(_histograms, str))
     """Handshake durations (TCP connect excluded), encoded like `histogram`; "" is none."""
-    window_bytes: int = 0
+    window_bytes: int = field(default=0, metadata=_rule(_summed, int))
     """Body bytes that arrived inside the measurement window, whichever request they
     belong to: a 64 MiB response to each of 512 connections may not finish in the
     window, yet its bytes still moved."""
-    window_seconds: float = 0.0
+    window_seconds: float = field(default=0.0, metadata=_rule(_longest, float))
     """Length of that window: the duration asked for, or the whole run with -n."""
-    unsent: int = 0
+    unsent: int = field(default=0, metadata=_rule(_summed, int))
     """Open model: slots due in the window that were never sent, because the server
     (or the client) fell behind; each is in the latency histogram, from its due time
     to the end of the run (wrk2's correction carried to the end)."""
-    reconnects: int = 0
+    reconnects: int = field(default=0, metadata=_rule(_summed, int))
     """Connections the server closed (`Connection: close`, or an idle keep-alive
     closed), opened again; a request that met one closing before any byte of its
     response was sent again on the new one. Not failures."""
-    wall_seconds: float = 0.0
+    wall_seconds: float = field(default=0.0, metadata=_rule(_summed, float))
     """Wall-clock seconds over which `cpu_seconds` was counted, summed over the
     processes: `cpu_seconds / wall_seconds` is how busy the client was."""
-    status: Mapping[int, int] = field(default_factory=dict)
+    status: Mapping[int, int] = field(
+        default_factory=dict, metadata=_rule(_counts, _statuses_from_json)
+    )
     """Complete responses by status (JSON: `"status": {"200": n, "206": n}`)."""
-    header_bytes: int = 0
+    header_bytes: int = field(default=0, metadata=_rule(_summed, int))
     """Bytes of the response heads (status lines and headers), apart from `body_bytes`."""
-    per_url: tuple[UrlResult, ...] = ()
+    per_url: tuple[UrlResult, ...] = field(default=(), metadata=_rule(_url_rows, _url_results))
     """One row per URL when the run loaded several; empty with one (the totals say it)."""
+
+    @classmethod
+    def of_worker(
+        cls,
+        plan: WorkerPlan,
+        stats: LiveStats,
+        *,
+        duration: float = 0.0,
+        cpu_seconds: float = 0.0,
+        wall_seconds: float = 0.0,
+        window_bytes: int = 0,
+        window_seconds: float = 0.0,
+    ) -> LoadResult:
+        """One worker process's result: how it ran from `plan`, its counts from `stats`
+        (flushed), its times as measured (none: a worker that died)."""
+        return cls(
+            # how it ran
+            urls=plan.urls,
+            model="closed" if plan.rate is None else "open",
+            connections=plan.connections,
+            processes=1,
+            target_rate=plan.rate,
+            warmup=plan.warmup,
+            loop=plan.loop,
+            verified=plan.hash_bodies,
+            # what it counted
+            requests=stats.requests,
+            failed=stats.failed,
+            body_bytes=stats.body_bytes,
+            header_bytes=stats.header_bytes,
+            status=status_counts(stats.statuses),
+            errors=stats.all_errors(),
+            histogram=encode_histogram(stats.histogram),
+            unsent=stats.unsent,
+            reconnects=stats.reconnects,
+            tls_handshakes=stats.handshakes,
+            handshake_histogram=encode_histogram(stats.handshake_histogram),
+            per_url=stats.url_results(plan.urls),
+            # when, and at what cost
+            duration=duration,
+            window_seconds=window_seconds,
+            window_bytes=window_bytes,
+            cpu_seconds=cpu_seconds,
+            wall_seconds=wall_seconds,
+        )
 
     # derived figures -----------------------------------------------------------
 
@@ -457,41 +577,8 @@ class LoadResult:
         """One result for processes that ran side by side over the same period."""
         if not results:
             raise ValueError("nothing to merge")
-        first = results[0]
-        errors: dict[str, int] = {}
-        for result in results:
-            for kind, count in result.errors.items():
-                errors[kind] = errors.get(kind, 0) + count
-        status: dict[int, int] = {}
-        for result in results:
-            add_counts(status, result.status)
-        per_url: tuple[UrlResult, ...] = ()
-        if any(result.per_url for result in results):
-            per_url = merge_url_results(result.url_rows() for result in results)
-        histogram = merge_histograms([result.histogram for result in results])
-        handshakes = merge_histograms([result.handshake_histogram for result in results])
-        return replace(
-            first,
-            connections=sum(result.connections for result in results),
-            processes=sum(result.processes for result in results),
-            duration=max(result.duration for result in results),
-            requests=sum(result.requests for result in results),
-            failed=sum(result.failed for result in results),
-            body_bytes=sum(result.body_bytes for result in results),
-            errors=dict(sorted(errors.items())),
-            histogram=histogram.encode().decode("ascii"),
-            cpu_seconds=sum(result.cpu_seconds for result in results),
-            tls_handshakes=sum(result.tls_handshakes for result in results),
-            handshake_histogram=handshakes.encode().decode("ascii"),
-            window_bytes=sum(result.window_bytes for result in results),
-            window_seconds=max(result.window_seconds for result in results),
-            unsent=sum(result.unsent for result in results),
-            reconnects=sum(result.reconnects for result in results),
-            wall_seconds=sum(result.wall_seconds for result in results),
-            status=dict(sorted(status.items())),
-            header_bytes=sum(result.header_bytes for result in results),
-            per_url=per_url if len(per_url) > 1 else (),
-        )
+        merged = {one.name: one.metadata["merge"](results, one.name) for one in fields(LoadResult)}
+        return replace(results[0], **merged)
 
     def to_json(self) -> dict[str, Any]:
         """Every figure, derived ones included, as JSON-ready values."""
@@ -519,32 +606,11 @@ class LoadResult:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LoadResult:
-        """The inverse of `to_json`; derived figures are recomputed, not read."""
-        target_rate = data.get("target_rate")
-        return cls(
-            urls=tuple(str(url) for url in data["urls"]),
-            model="open" if data["model"] == "open" else "closed",
-            connections=int(data["connections"]),
-            processes=int(data["processes"]),
-            duration=float(data["duration"]),
-            requests=int(data["requests"]),
-            failed=int(data["failed"]),
-            body_bytes=int(data["body_bytes"]),
-            errors={str(kind): int(count) for kind, count in data["errors"].items()},
-            histogram=str(data["histogram"]),
-            cpu_seconds=float(data["cpu_seconds"]),
-            target_rate=None if target_rate is None else float(target_rate),
-            warmup=float(data.get("warmup", 0.0)),
-            loop=str(data.get("loop", "uvloop")),
-            verified=bool(data.get("verified", False)),
-            tls_handshakes=int(data.get("tls_handshakes", 0)),
-            handshake_histogram=str(data.get("handshake_histogram", "")),
-            window_bytes=int(data.get("window_bytes", 0)),
-            window_seconds=float(data.get("window_seconds", 0.0)),
-            unsent=int(data.get("unsent", 0)),
-            reconnects=int(data.get("reconnects", 0)),
-            wall_seconds=float(data.get("wall_seconds", 0.0)),
-            status=_statuses_from_json(data.get("status", {})),
-            header_bytes=int(data.get("header_bytes", 0)),
-            per_url=tuple(UrlResult.from_json(row) for row in data.get("per_url", ())),
-        )
+        """The inverse of `to_json`; derived figures are recomputed, not read. A field
+        without a default must be there (KeyError); the others may be missing."""
+        values = {
+            one.name: one.metadata["load"](data[one.name])
+            for one in fields(LoadResult)
+            if one.name in data or (one.default is MISSING and one.default_factory is MISSING)
+        }
+        return cls(**values)
