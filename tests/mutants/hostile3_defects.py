@@ -10,9 +10,10 @@ SLOW_READER = "tests/test_one_core.py::test_a_slow_steady_reader_is_not_cut_at_t
 MUTANTS: list[Mutant] = [
     Mutant(
         name="unsatisfiable-range-labelled-with-the-sidecar-encoding",
-        path="zcserve/server/precompressed.py",
-        old="    if sidecars.used is not None and reply.status in (200, 206, 304):\n",
-        new="    if sidecars.used is not None and reply.status in (200, 206, 304, 416):\n",
+        path="zcserve/server/respond.py",
+        old='                    ("Content-Range", f"bytes */{file.size}"),\n',
+        new='                    ("Content-Range", f"bytes */{file.size}"),\n'
+        "                    *validators[2:],\n",
         tests=("tests/test_precompressed.py::test_an_unsatisfiable_range_is_not_labelled_encoded",),
     ),
     Mutant(

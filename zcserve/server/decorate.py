@@ -2,8 +2,8 @@
 `--precompressed`.
 
 Chosen once, at start-up: with none of them set the planner is `plan_reply` itself,
-so a plain GET does no extra work. With one, each planned reply's head gets a
-few pre-rendered header bytes spliced in before its final blank line.
+so a plain GET does no extra work. With one, the header lines they add are
+rendered once (`AddedHeaders`) and go into every head as it is rendered.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from zcserve.errors import ConfigError
 from zcserve.server.files import MAX_RANGES, Resolver
 from zcserve.server.http import Request, render_head
-from zcserve.server.precompressed import plan_with_sidecars
-from zcserve.server.respond import Reply, plan_reply
+from zcserve.server.precompressed import VARY, plan_with_sidecars
+from zcserve.server.respond import AddedHeaders, Reply, plan_reply
 
 Planner = Callable[[Request, Resolver], Reply]
 """Turns a request into a reply: `plan_reply`, or it with headers added."""
@@ -62,11 +62,6 @@ def _render(headers: Sequence[tuple[str, str]]) -> bytes:
     return "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1")
 
 
-def _with(head: bytes, extra: bytes) -> bytes:
-    """`head` with `extra` header lines before its closing blank line."""
-    return head[:-2] + extra + b"\r\n"
-
-
 def make_planner(
     headers: Sequence[str] = (),
     *,
@@ -74,33 +69,35 @@ def make_planner(
     max_ranges: int = MAX_RANGES,
     precompressed: tuple[str, ...] = (),
 ) -> Planner:
-    """The planner for these flags; `plan_reply` itself when none is on."""
+    """The planner for these flags; `plan_reply` itself when none is on. Added
+    headers are rendered here once, and `plan_reply` puts them into each head
+    before it is cached: no head is reopened per request."""
     if not headers and not cors and not precompressed:
         if max_ranges == MAX_RANGES:
             return plan_reply
         return functools.partial(plan_reply, max_ranges=max_ranges)
-    base: Planner = functools.partial(plan_reply, max_ranges=max_ranges)
+    every = _render([VARY]) if precompressed else b""
+    cors_lines = _render(CORS_HEADERS) if cors else b""
+    # --header goes on success and redirects (304 included), as nginx's add_header
+    # does; CORS goes on errors too, so a script can read why a fetch failed.
+    added = AddedHeaders(
+        success=every + _render([parse_header(text) for text in headers]) + cors_lines,
+        error=every + cors_lines,
+    )
+    base: Planner = functools.partial(plan_reply, max_ranges=max_ranges, added=added)
     if precompressed:
         base = functools.partial(plan_with_sidecars, encodings=precompressed, plan=base)
-    if not headers and not cors:
+    if not cors:
         return base
-    cors_lines = _render(CORS_HEADERS) if cors else b""
-    success_lines = _render([parse_header(text) for text in headers]) + cors_lines
 
-    def plan_decorated(request: Request, root: Resolver) -> Reply:
-        if cors and request.method == "OPTIONS":
+    def plan_with_preflight(request: Request, root: Resolver) -> Reply:
+        if request.method == "OPTIONS":
             preflight = preflight_reply(request)
             if preflight is not None:
                 return preflight
-        reply = base(request, root)
-        # --header goes on success and redirects (304 included), as nginx's add_header
-        # does; CORS goes on errors too, so a script can read why a fetch failed.
-        extra = success_lines if reply.status < 400 else cors_lines
-        if extra:
-            reply.head = _with(reply.head, extra)
-        return reply
+        return base(request, root)
 
-    return plan_decorated
+    return plan_with_preflight
 
 
 def preflight_reply(request: Request) -> Reply | None:

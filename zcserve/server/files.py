@@ -123,9 +123,14 @@ class OpenedFile:
     """The whole file's bytes, when the memory cache holds them (`--memory-cache`)."""
     wholes: dict[tuple[bool, str], tuple[str, bytes]] | None = None
     """With `body`: whole 200 answers, head and body, rendered once per Date second."""
+    encoding: str = ""
+    """Set for a precompressed sidecar standing in for the file it encodes (its
+    name, so its Content-Type, is the original's): the Content-Encoding."""
 
     @property
     def etag(self) -> str:
+        if self.encoding:  # the encoded bytes are a representation of their own
+            return f'"{self.size:x}-{self.mtime_ns:x}-{self.encoding}"'
         return f'"{self.size:x}-{self.mtime_ns:x}"'
 
     @property

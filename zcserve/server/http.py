@@ -459,9 +459,15 @@ def parse_http_date(value: str) -> float | None:
 
 
 def render_head(
-    status: int, headers: Iterable[tuple[str, str]], *, keep_alive: bool, version: str = "1.1"
+    status: int,
+    headers: Iterable[tuple[str, str]],
+    *,
+    keep_alive: bool,
+    version: str = "1.1",
+    extra: bytes = b"",
 ) -> bytes:
-    """Status line and headers, with Date, Server and Connection added, as bytes."""
+    """Status line and headers, with Date, Server and Connection added, as bytes;
+    `extra` is header lines already rendered (what start-up flags add)."""
     lines = [
         f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
         f"Date: {_date_cache.now()}",
@@ -473,7 +479,8 @@ def render_head(
     elif version == "1.0":
         lines.append("Connection: keep-alive")
     lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1")
+    head = "\r\n".join(lines).encode("latin-1")
+    return head[:-2] + extra + b"\r\n" if extra else head
 
 
 def error_body(status: int) -> bytes:
@@ -494,7 +501,12 @@ def plain_http_on_tls_port() -> bytes:
 
 
 def error_response(
-    status: int, *, keep_alive: bool = False, head_only: bool = False, version: str = "1.1"
+    status: int,
+    *,
+    keep_alive: bool = False,
+    head_only: bool = False,
+    version: str = "1.1",
+    extra: bytes = b"",
 ) -> bytes:
     """A complete response with a one-line plain-text body saying what went wrong."""
     body = error_body(status)
@@ -503,5 +515,5 @@ def error_response(
         headers.append(("Allow", ", ".join(ALLOWED_METHODS)))
     elif status == 503:  # zcserve answers 503 only for a shortage that passes
         headers.append(("Retry-After", str(RETRY_AFTER_SECONDS)))
-    head = render_head(status, headers, keep_alive=keep_alive, version=version)
+    head = render_head(status, headers, keep_alive=keep_alive, version=version, extra=extra)
     return head if head_only else head + body

@@ -8,7 +8,6 @@ and conditionals apply to its bytes and its own ETag.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal, get_args
 
 from zcserve.errors import ConfigError, HttpError
@@ -21,7 +20,8 @@ ENCODINGS: tuple[str, ...] = get_args(Encoding)
 SUFFIXES = {"br": b".br", "gzip": b".gz", "zstd": b".zst"}
 """The sidecar's suffix for each content coding (nginx, caddy and
 `precompress` tools use these)."""
-VARY = b"Vary: Accept-Encoding\r\n"
+VARY = ("Vary", "Accept-Encoding")
+"""On every answer under --precompressed."""
 
 
 def parse_encodings(text: str) -> tuple[str, ...]:
@@ -52,26 +52,13 @@ def accepted(accept_encoding: str, encodings: tuple[str, ...]) -> list[str]:
     return [name for weight, _, name in sorted(taken, key=lambda t: (-t[0], t[1])) if weight > 0]
 
 
-@dataclass(slots=True)
-class EncodedFile(OpenedFile):
-    """A sidecar standing in for the file it encodes: the original's name (so its
-    Content-Type), the sidecar's descriptor, size, mtime, and an ETag of its own."""
-
-    encoding: str = ""
-
-    @property
-    def etag(self) -> str:
-        return f'"{self.size:x}-{self.mtime_ns:x}-{self.encoding}"'
-
-
 class _Sidecars:
     """Resolves like `root`, but a file with a sidecar the client takes resolves to
-    the sidecar; `used` says which encoding was chosen, if any."""
+    the sidecar, labelled with its encoding (`OpenedFile.encoding`)."""
 
     def __init__(self, root: Resolver, wanted: list[str]) -> None:
         self.root = root
         self.wanted = wanted
-        self.used: str | None = None
         self.listings = root.listings
         self.render_listing = root.render_listing
 
@@ -94,13 +81,12 @@ class _Sidecars:
             if side.mtime_ns < original.mtime_ns:  # stale: the original changed since
                 side.close()
                 continue
-            encoded = EncodedFile(
+            encoded = OpenedFile(
                 side.fd, original.name, side.size, side.mtime, side.mtime_ns,
                 on_close=side.on_close, encoding=encoding,
             )  # fmt: skip
             side.fd, side.on_close = -1, None  # the descriptor (or its lease) moves over
             original.close()
-            self.used = encoding
             return Resolved(Kind.FILE, file=encoded)
         return resolved
 
@@ -111,20 +97,9 @@ def plan_with_sidecars(
     encodings: tuple[str, ...],
     plan: Callable[[Request, Resolver], Reply],
 ) -> Reply:
-    """`plan`'s reply, from a sidecar when one fits; `Vary: Accept-Encoding` on every
-    answer, since any of them could differ with that header."""
+    """`plan`'s reply, from a sidecar when one fits. Its Content-Encoding is part of
+    the head `plan` renders, and `Vary: Accept-Encoding` one of the added headers
+    (`VARY`), on every answer, since any of them could differ with that header."""
     accept = request.headers.get("accept-encoding")
     wanted = accepted(accept, encodings) if accept else []
-    if not wanted:
-        reply = plan(request, root)
-        reply.head = reply.head[:-2] + VARY + b"\r\n"
-        return reply
-    sidecars = _Sidecars(root, wanted)
-    reply = plan(request, sidecars)
-    extra = VARY
-    # Only an answer that carries (or, for 304, stands for) the encoded bytes says
-    # so: a 416's body is plain text, and `curl --compressed` would fail to decode it.
-    if sidecars.used is not None and reply.status in (200, 206, 304):
-        extra += f"Content-Encoding: {sidecars.used}\r\n".encode("ascii")
-    reply.head = reply.head[:-2] + extra + b"\r\n"
-    return reply
+    return plan(request, _Sidecars(root, wanted) if wanted else root)

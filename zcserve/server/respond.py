@@ -111,19 +111,46 @@ class _Owned:
         return reply
 
 
-def error_reply(error: HttpError, request: Request | None = None) -> Reply:
+@dataclass(frozen=True, slots=True)
+class AddedHeaders:
+    """Header lines start-up flags add (--header, --cors, --precompressed's Vary),
+    rendered once, and rendered into each head before it is cached."""
+
+    success: bytes = b""
+    """On answers below 400: --header's, as nginx's add_header, and CORS."""
+    error: bytes = b""
+    """On errors: CORS, so a script can read why a fetch failed."""
+
+    def lines(self, status: int) -> bytes:
+        return self.success if status < 400 else self.error
+
+
+NO_HEADERS = AddedHeaders()
+
+
+def error_reply(
+    error: HttpError, request: Request | None = None, added: AddedHeaders = NO_HEADERS
+) -> Reply:
     """A short plain-text error. The connection stays open only for a 403, 404, 405
     or 412, where the request itself was well-formed."""
     keep = request is not None and request.keep_alive and error.status in (403, 404, 405, 412)
     version = request.version if request is not None else "1.1"
-    head = error_response(error.status, keep_alive=keep, head_only=True, version=version)
+    head = error_response(
+        error.status, keep_alive=keep, head_only=True, version=version, extra=added.error
+    )
     body = b"" if request is not None and request.method == "HEAD" else error_body(error.status)
     return Reply(error.status, head, keep, body)
 
 
-def plan_reply(request: Request, root: Resolver, max_ranges: int = MAX_RANGES) -> Reply:
+def plan_reply(
+    request: Request,
+    root: Resolver,
+    max_ranges: int = MAX_RANGES,
+    added: AddedHeaders = NO_HEADERS,
+) -> Reply:
     """The reply to `request` for files under `root`; errors become error replies.
-    A Range of more than `max_ranges` ranges gets the whole file."""
+    A Range of more than `max_ranges` ranges gets the whole file; `added` header
+    lines go into every head."""
     try:
         # Each field read once (a NamedTuple read goes through a descriptor): the reads
         # saved pay for the header check below.
@@ -138,7 +165,7 @@ def plan_reply(request: Request, root: Resolver, max_ranges: int = MAX_RANGES) -
             resolved = root.resolve(path)
             file = resolved.file
             if file is None:
-                return _not_a_file(resolved, request, root)
+                return _not_a_file(resolved, request, root, added)
         keep = request.keep_alive
         head_only = method == "HEAD"
         asked = request.headers
@@ -151,7 +178,7 @@ def plan_reply(request: Request, root: Resolver, max_ranges: int = MAX_RANGES) -
             if cached is not None and cached[0] is date:
                 head = cached[1]
             else:
-                head = _whole_file_head(file, file.heads, keep, version, date)
+                head = _whole_file_head(file, file.heads, keep, version, date, added.success)
             if head_only or file.size == 0:
                 file.close()
                 return Reply(200, head, keep)
@@ -168,33 +195,39 @@ def plan_reply(request: Request, root: Resolver, max_ranges: int = MAX_RANGES) -
             return Reply(200, head, keep, b"", file, 0, file.size)  # positional: faster
         with _Owned(file) as owned:
             validators = [("Last-Modified", http_date(file.mtime)), ("ETag", file.etag)]
+            if file.encoding:  # a sidecar: its answers carry (or, for 304, stand for) it
+                validators.append(("Content-Encoding", file.encoding))
             precondition = preconditions(asked, file)
             if precondition is Precondition.FAILED:
                 raise HttpError(412, "precondition failed")
             if precondition is Precondition.NOT_MODIFIED:
-                return Reply(
-                    304, render_head(304, validators, keep_alive=keep, version=version), keep
+                head = render_head(
+                    304, validators, keep_alive=keep, version=version, extra=added.success
                 )
+                return Reply(304, head, keep)
             range_header = asked.get("range")
             byte_range = parse_range(range_header, file.size)
             if byte_range.kind is RangeKind.FULL and range_header and "," in range_header:
                 ranges = parse_ranges(range_header, file.size, max_ranges)
                 if len(ranges) > 1 and if_range_matches(asked.get("if-range"), file):
-                    return owned.hand_over(_multipart(request, file, ranges, validators, head_only))
+                    return owned.hand_over(
+                        _multipart(request, file, ranges, validators, head_only, added)
+                    )
                 byte_range = ranges[0]  # whole, unsatisfiable, or merged into one
             if byte_range.kind is not RangeKind.FULL and not if_range_matches(
                 asked.get("if-range"), file
             ):
                 byte_range = parse_range(None, file.size)
-            common = [("Content-Type", file.content_type), ("Accept-Ranges", "bytes"), *validators]
             if byte_range.kind is RangeKind.UNSATISFIABLE:
+                # Plain text: no validators or Content-Encoding of a body it lacks.
                 body = b"416 Range Not Satisfiable\n"
                 headers_416 = [
                     ("Content-Type", "text/plain; charset=utf-8"),
                     ("Content-Length", str(len(body))),
                     ("Content-Range", f"bytes */{file.size}"),
                 ]
-                return _simple(416, headers_416, body, request)
+                return _simple(416, headers_416, body, request, added)
+            common = [("Content-Type", file.content_type), ("Accept-Ranges", "bytes"), *validators]
             if byte_range.kind is RangeKind.PARTIAL:
                 status, offset, count = 206, byte_range.start, byte_range.length
                 common.append(
@@ -203,12 +236,14 @@ def plan_reply(request: Request, root: Resolver, max_ranges: int = MAX_RANGES) -
             else:
                 status, offset, count = 200, 0, file.size
             common.append(("Content-Length", str(count)))
-            head = render_head(status, common, keep_alive=keep, version=version)
+            head = render_head(
+                status, common, keep_alive=keep, version=version, extra=added.success
+            )
             if head_only or count == 0:
                 return Reply(status, head, keep)
             return owned.hand_over(Reply(status, head, keep, file=file, offset=offset, count=count))
     except HttpError as error:
-        return error_reply(error, request)
+        return error_reply(error, request, added)
 
 
 def _multipart(
@@ -217,6 +252,7 @@ def _multipart(
     ranges: list[ByteRange],
     validators: list[tuple[str, str]],
     head_only: bool,
+    added: AddedHeaders,
 ) -> Reply:
     """206 multipart/byteranges (RFC 9110 14.6): the parts' heads are rendered here,
     their bytes are moved by the copy strategy, part after part."""
@@ -241,13 +277,13 @@ def _multipart(
         ("Content-Length", str(length)),
     ]
     keep = request.keep_alive
-    head = render_head(206, headers, keep_alive=keep, version=request.version)
+    head = render_head(206, headers, keep_alive=keep, version=request.version, extra=added.success)
     if head_only:
         return Reply(206, head, keep)
     return MultipartReply(206, head, keep, file=file, count=length, parts=tuple(parts), tail=tail)
 
 
-def _not_a_file(resolved: Resolved, request: Request, root: Resolver) -> Reply:
+def _not_a_file(resolved: Resolved, request: Request, root: Resolver, added: AddedHeaders) -> Reply:
     """A slash redirect, keeping the query, or a directory listing."""
     if resolved.kind is Kind.REDIRECT:
         location = resolved.location
@@ -259,8 +295,8 @@ def _not_a_file(resolved: Resolved, request: Request, root: Resolver) -> Reply:
             ("Content-Type", "text/plain; charset=utf-8"),
             ("Content-Length", str(len(body))),
         ]
-        return _simple(301, headers, body, request)
-    return _listing(resolved, request, root)
+        return _simple(301, headers, body, request, added)
+    return _listing(resolved, request, root, added)
 
 
 class ListingPending(Exception):
@@ -278,7 +314,7 @@ class ListingPending(Exception):
         self._listings.put(self.key, page[0], page[1], time.monotonic())
 
 
-def _listing(resolved: Resolved, request: Request, root: Resolver) -> Reply:
+def _listing(resolved: Resolved, request: Request, root: Resolver, added: AddedHeaders) -> Reply:
     """The folder as HTML, or JSON for a client that asks for it, sorted and paged
     as the query says (`?sort=size&order=desc&page=2`), from the listing cache."""
     query = parse_query(request.query, request.headers.get("accept"))
@@ -292,7 +328,7 @@ def _listing(resolved: Resolved, request: Request, root: Resolver) -> Reply:
         ("Content-Length", str(len(body))),
         ("Vary", "Accept"),
     ]
-    return _simple(200, headers, body, request)
+    return _simple(200, headers, body, request, added)
 
 
 def _whole_file_head(
@@ -301,8 +337,10 @@ def _whole_file_head(
     keep: bool,
     version: str,
     date: str,
+    extra: bytes,
 ) -> bytes:
-    """Render a whole-file 200 head and keep it for the rest of this Date second."""
+    """Render a whole-file 200 head, the added header lines `extra` in it, and keep it
+    for the rest of this Date second."""
     headers = [
         ("Content-Type", file.content_type),
         ("Accept-Ranges", "bytes"),
@@ -310,11 +348,23 @@ def _whole_file_head(
         ("ETag", file.etag),
         ("Content-Length", str(file.size)),
     ]
-    head = render_head(200, headers, keep_alive=keep, version=version)
+    head = render_head(200, headers, keep_alive=keep, version=version, extra=extra)
     heads[(keep, version)] = (date, head)
     return head
 
 
-def _simple(status: int, headers: list[tuple[str, str]], body: bytes, request: Request) -> Reply:
-    head = render_head(status, headers, keep_alive=request.keep_alive, version=request.version)
+def _simple(
+    status: int,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    request: Request,
+    added: AddedHeaders,
+) -> Reply:
+    head = render_head(
+        status,
+        headers,
+        keep_alive=request.keep_alive,
+        version=request.version,
+        extra=added.lines(status),
+    )
     return Reply(status, head, request.keep_alive, b"" if request.method == "HEAD" else body)
