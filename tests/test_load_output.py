@@ -22,9 +22,9 @@ from rich.console import Console
 from tests.loadhelpers import ScriptedServer
 from tests.serverthread import start_server
 from zcserve import cli
-from zcserve.load.client import LATE_GRACE
 from zcserve.load.report import LiveProgress, RateMeter, progress_figures, summary_lines
 from zcserve.load.run import LoadOptions, run_load
+from zcserve.load.schedule import LATE_GRACE
 from zcserve.load.stats import LoadResult, figures_ms, new_histogram
 
 BODY = bytes(range(256)) * 16  # 4 KiB

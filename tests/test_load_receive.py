@@ -123,7 +123,7 @@ class _PipelinedOwner:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, expected: int) -> None:
         buffer = bytearray(loadclient.RECEIVE_BUFFER)
-        self.worker = SimpleNamespace(
+        self.dialer = SimpleNamespace(
             loop=loop, buffer=buffer, view=memoryview(buffer), wires=set()
         )
         self.reader = ResponseReader(hash_bodies=True)
@@ -139,7 +139,7 @@ class _PipelinedOwner:
         reader = self.reader
         offset = 0
         while offset < nbytes:
-            offset = reader.receive(self.worker.buffer, nbytes, offset)
+            offset = reader.receive(self.dialer.buffer, nbytes, offset)
             if not reader.done:
                 break
             self.responses.append((reader.status, reader.body_bytes, reader.digest()))

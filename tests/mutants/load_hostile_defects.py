@@ -17,16 +17,16 @@ MUTANTS: list[Mutant] = [
     # 1. --rate runs bounded by -d
     Mutant(
         name="load-rate-run-without-a-hard-end",
-        path="zcserve/load/client.py",
-        old="            bound = self.open_start + plan.warmup + window + plan.timeout\n",
+        path="zcserve/load/schedule.py",
+        old="            bound = open_start + plan.warmup + window + plan.timeout\n",
         new="            bound = math.inf\n",
         tests=RATE_TESTS,
     ),
     Mutant(
         name="load-unsent-slots-not-counted",
         path="zcserve/load/client.py",
-        old="unsent = self._charge_unsent() if self.began and self.rate is not None else 0",
-        new="unsent = 0",
+        old="        self.schedule.charge_unsent(self.connections, self.measure_end)\n",
+        new="",
         tests=RATE_TESTS[:1],
     ),
     Mutant(
@@ -99,8 +99,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="load-connect-slot-wait-outside-the-timeout",
         path="zcserve/load/client.py",
-        old="async with asyncio.timeout(max(deadline - _now(), 0.0)), worker.connect_slots:",
-        new="async with worker.connect_slots, asyncio.timeout(worker.timeout):",
+        old="async with asyncio.timeout(budget), self.connect_slots:",
+        new="async with self.connect_slots, asyncio.timeout(budget):",
         tests=(f"{HOSTILE}::test_a_slow_acceptor_bounds_the_run_and_every_latency",),
     ),
     # 6. the split across processes, the window
@@ -113,17 +113,17 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         name="load-open-model-divides-by-the-last-response",
-        path="zcserve/load/client.py",
-        old="        return max(self.stop_at - self.measure_start, 0.0)\n",
-        new="        return max(self.measure_end - self.measure_start, 0.0)\n",
+        path="zcserve/load/schedule.py",
+        old="        return max(self.stop_at - measure_start, 0.0)\n",
+        new="        return max(measure_end - measure_start, 0.0)\n",
         tests=(f"{HOSTILE}::test_requests_at_a_rate_on_two_processes_divide_by_the_window",),
     ),
     # 7. a keep-alive close before the response
     Mutant(
         name="load-quiet-keep-alive-close-not-retried",
         path="zcserve/load/client.py",
-        old="        if not reader.started and reader.completed and not self.retried",
-        new="        if reader.started and reader.completed and not self.retried",
+        old="            not reader.started\n            and reader.completed\n",
+        new="            reader.started\n            and reader.completed\n",
         tests=(f"{HOSTILE}::test_a_quiet_keep_alive_close_is_retried_not_failed",),
     ),
     # 8. the small ones
@@ -173,7 +173,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="load-a-receive-buffer-per-connection",
         path="zcserve/load/client.py",
-        old="        self.buffer = owner.worker.view\n",
+        old="        self.buffer = owner.dialer.view\n",
         new="        self.buffer = memoryview(bytearray(RECEIVE_BUFFER))\n",
         tests=(f"{RECEIVE}::test_the_connections_read_into_the_workers_one_buffer",),
     ),

@@ -2,7 +2,8 @@
 
 Everything on the hot path is a callback, not a coroutine: a response completes
 in `buffer_updated`, the next request is written from there (closed model) or from
-a timer at its intended time (open model). Coroutines only connect.
+a timer at its intended time (open model). Coroutines only connect. When each
+request is due, and which phase counts it, is the `Schedule`'s (schedule.py).
 
 Receiving copies nothing after the kernel: each connection is an
 `asyncio.BufferedProtocol` that reads into the worker's one receive buffer (the
@@ -11,14 +12,6 @@ returns, so one buffer serves every connection, TLS ones included: asyncio's and
 uvloop's SSL transports decrypt straight into it). Body bytes are counted, and
 hashed from a memoryview only when verifying.
 
-Latency runs from `min(intended, sent)`: in the closed model the request is sent
-the moment it is intended; in the open model a request delayed by a busy
-connection still counts from its slot in the schedule (wrk2's correction for
-coordinated omission), while one that a coarse timer (uvloop's are in whole
-milliseconds) fires slightly early counts from when it really left. Slots are
-numbered over every connection (slot j is due at j / rate and belongs to
-connection j mod C), so which slots a window holds is exact integer arithmetic.
-
 A TLS handshake is timed on its own (`LiveStats.handshake`) and kept out of the
 request latency: a request that had to reconnect first counts from its start
 moved later by the handshake's duration (the TCP connect stays in, as without TLS).
@@ -26,11 +19,10 @@ Initial connections' handshakes count in the measurement unless there is a warm-
 
 Nothing outlives the run's bounds. Opening the connections takes at most
 `timeout` (waiting for a connect slot included); with a duration nothing runs past
-the opening's start + warm-up + duration + timeout (`hard_end`): in-flight
+the opening's start + warm-up + duration + timeout (`Schedule.hard_end`): in-flight
 requests are then timed out, and in the open model the slots due in the window
-but never sent are counted as `unsent`, each charged the latency from its due time
-to the end of the run. `stop` (Ctrl-C) cancels connects and timers at once and
-gives requests in flight `STOP_GRACE` to finish.
+but never sent are counted as `unsent`. `stop` (Ctrl-C) cancels connects and
+timers at once and gives requests in flight `STOP_GRACE` to finish.
 """
 
 from __future__ import annotations
@@ -45,7 +37,9 @@ from typing import Any, Protocol, cast
 
 from zcserve.load.http import STATUS_KEYS, ResponseError, ResponseReader, unexpected_statuses
 from zcserve.load.plan import Route, WorkerPlan
-from zcserve.load.stats import LiveStats, LoadResult, record_spread, status_counts
+from zcserve.load.schedule import LATE_GRACE as LATE_GRACE  # zcserve load's help names it
+from zcserve.load.schedule import schedule_for
+from zcserve.load.stats import LiveStats, LoadResult
 from zcserve.load.tls import HandshakeError, client_context
 from zcserve.runtime import cpu_seconds
 
@@ -64,14 +58,6 @@ CLOSE_WAIT = 0.5
 those still open then are aborted."""
 STOP_GRACE = 0.5
 """Seconds requests in flight get to finish after Ctrl-C before they are cut."""
-LATE_GRACE = 0.25
-"""Open model: seconds after the window's end during which slots due in it may still
-be sent late, so a brief stall at the edge (a busy CPU, a collection) does not turn
-them into unsent. A schedule further behind is not drained: the client or the server
-is saturated, and what is left is counted as unsent."""
-UNSENT_SPREAD = 100_000
-"""At most this many distinct latencies are recorded for a run's unsent slots
-(each slot still counts once; see `record_spread`)."""
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 _now = time.monotonic
@@ -82,13 +68,6 @@ def connect_error_kind(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timeout"
     return "tls" if isinstance(exc, HandshakeError) else "connect"
-
-
-def first_index_at(seconds: float, rate: float) -> int:
-    """The first slot due at or after `seconds` (slot j is due at j / rate); a slot
-    within a billionth of the edge counts as on it, whatever the float rounding."""
-    product = seconds * rate
-    return max(math.ceil(product - 1e-9 * max(1.0, abs(product))), 0)
 
 
 class WorkerLink(Protocol):
@@ -120,8 +99,8 @@ class _Wire(asyncio.BufferedProtocol):
     def __init__(self, owner: Connection) -> None:
         self.owner = owner
         self.transport: asyncio.Transport | None = None
-        self.closed: asyncio.Future[None] = owner.worker.loop.create_future()
-        self.buffer = owner.worker.view
+        self.closed: asyncio.Future[None] = owner.dialer.loop.create_future()
+        self.buffer = owner.dialer.view
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -139,14 +118,100 @@ class _Wire(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             self.closed.set_result(None)
-        self.owner.worker.wires.discard(self)
+        self.owner.dialer.wires.discard(self)
         self.owner.on_lost(self)
+
+
+class Dialer:
+    """Opens a worker's connections and holds what they share: the event loop, the one
+    receive buffer, the connect slots, the TLS context, the open wires, the connects."""
+
+    def __init__(self, plan: WorkerPlan, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.buffer = bytearray(RECEIVE_BUFFER)
+        self.view = memoryview(self.buffer)
+        self.hash_bodies = plan.hash_bodies
+        self.no_body = plan.method == "HEAD"
+        self.connect_slots = asyncio.Semaphore(plan.connect_concurrency)
+        self.ssl_context: ssl.SSLContext | None = None
+        if any(route.tls for route in plan.routes):
+            self.ssl_context = client_context(insecure=plan.insecure, cacert=plan.cacert)
+        self.wires: set[_Wire] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def reader(self) -> ResponseReader:
+        """A new connection's response reader."""
+        return ResponseReader(hash_bodies=self.hash_bodies, no_body=self.no_body)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def open(self, owner: Connection, deadline: float) -> tuple[_Wire, float]:
+        """A new connection for `owner`, open by `deadline` (`time.monotonic`; the wait
+        for a connect slot included), and the seconds its TLS handshake took (0 without
+        TLS). Raises OSError: TimeoutError, HandshakeError, ..."""
+        route = owner.route
+        sock = socket.socket(route.family, socket.SOCK_STREAM)
+        handshake = 0.0
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if owner.source is not None:
+                # Let connect() pick the port per destination, not bind() per address.
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((owner.source, 0))
+            budget = max(deadline - _now(), 0.0)
+            async with asyncio.timeout(budget), self.connect_slots:
+                await self.loop.sock_connect(sock, route.address)
+                if route.tls:
+                    # Inside the slot and the timeout: a handshake is part of connecting.
+                    began = _now()
+                    wire = await self._handshake(owner, sock)
+                    handshake = _now() - began
+                else:
+                    _, wire = await self.loop.create_connection(lambda: _Wire(owner), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        if wire.closed.done():
+            raise ConnectionResetError("closed by the server as it was opened")
+        self.wires.add(wire)
+        return wire, handshake
+
+    async def _handshake(self, owner: Connection, sock: socket.socket) -> _Wire:
+        try:
+            _, wire = await self.loop.create_connection(
+                lambda: _Wire(owner),
+                sock=sock,
+                ssl=self.ssl_context,
+                server_hostname=owner.route.server_hostname,
+            )
+        except OSError as exc:  # ssl.SSLError included; a timeout is a cancellation here
+            raise HandshakeError(str(exc)) from exc
+        return wire
+
+    async def close_all(self) -> None:
+        """Give the closing wires `CLOSE_WAIT`, abort the rest, cancel the connects."""
+        closing = [wire.closed for wire in self.wires]
+        if closing:
+            await asyncio.wait(closing, timeout=CLOSE_WAIT)
+        for wire in list(self.wires):
+            if wire.transport is not None:
+                wire.transport.abort()
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Connection:
     """One client slot: a keep-alive connection to one origin and its request loop.
 
-    One request is in flight at a time. After an error the TCP connection is
+    One request is in flight at a time; the schedule says when (`Schedule.take` calls
+    back `send`, `send_later` or `go_idle`). After an error the TCP connection is
     dropped and reopened before the next request. A reused connection that closes
     before any byte of the response (the server closed it as the request went
     out) is reopened and the request sent once more: a `reconnect`, not a failure.
@@ -154,9 +219,12 @@ class Connection:
 
     __slots__ = (
         "worker",
+        "dialer",
+        "schedule",
         "route",
         "source",
         "index",
+        "taken",
         "position",
         "current",
         "wire",
@@ -167,7 +235,6 @@ class Connection:
         "started_at",
         "sent_at",
         "expected",
-        "slot",
         "timer",
         "idle",
         "task",
@@ -177,17 +244,24 @@ class Connection:
         "status_base",
     )
 
-    def __init__(self, worker: Worker, index: int, route: Route, source: str | None) -> None:
+    def __init__(
+        self, worker: Worker, index: int, route: Route, source: str | None, position: int
+    ) -> None:
         self.worker = worker
+        self.dialer = worker.dialer
+        self.schedule = worker.schedule
         self.route = route
         self.source = source
         self.index = index
         """This connection's number among every process's (open model: its slots)."""
-        self.position = (index // len(worker.plan.routes)) % len(route.requests)
-        self.current = self.position
-        """The request (of `route.requests`) in flight."""
+        self.taken = 0
+        """Open model: how many of this connection's slots have been taken."""
+        self.position = position
+        """The next request (of `route.requests`) to send."""
+        self.current = position
+        """The request in flight."""
         self.wire: _Wire | None = None
-        self.reader = ResponseReader(hash_bodies=worker.plan.hash_bodies, no_body=worker.no_body)
+        self.reader = self.dialer.reader()
         self.in_flight = False
         self.stats = worker.warmup_stats
         self.intended = 0.0
@@ -196,8 +270,6 @@ class Connection:
         self.sent_at = 0.0
         """When the current attempt began, connect included: its timeout counts from here."""
         self.expected: bytes | None = None
-        self.slot = 0
-        """Open model: how many of this connection's slots have been taken."""
         self.timer: asyncio.TimerHandle | None = None
         self.idle = True
         self.task: asyncio.Task[None] | None = None
@@ -213,68 +285,27 @@ class Connection:
     # connecting ---------------------------------------------------------------
 
     async def connect(self, stats: LiveStats, deadline: float) -> float:
-        """Open a new connection by `deadline` (`time.monotonic`; the wait for a connect
-        slot included); return the seconds its TLS handshake took (0 without TLS),
-        counted in `stats`. Raises OSError: TimeoutError, HandshakeError, ..."""
-        worker = self.worker
-        loop = worker.loop
-        route = self.route
-        sock = socket.socket(route.family, socket.SOCK_STREAM)
-        handshake = 0.0
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.source is not None:
-                # Let connect() pick the port per destination, not bind() per address.
-                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                sock.bind((self.source, 0))
-            async with asyncio.timeout(max(deadline - _now(), 0.0)), worker.connect_slots:
-                await loop.sock_connect(sock, route.address)
-                if route.tls:
-                    # Inside the slot and the timeout: a handshake is part of connecting.
-                    began = _now()
-                    wire = await self._handshake(sock)
-                    handshake = _now() - began
-                else:
-                    _, wire = await loop.create_connection(lambda: _Wire(self), sock=sock)
-        except BaseException:
-            sock.close()
-            raise
-        if wire.closed.done():
-            raise ConnectionResetError("closed by the server as it was opened")
-        if route.tls:
+        """Open a new connection by `deadline` (see `Dialer.open`); return the seconds
+        its TLS handshake took, counted in `stats`."""
+        wire, handshake = await self.dialer.open(self, deadline)
+        if self.route.tls:
             stats.handshake(handshake)
-        worker.wires.add(wire)
         self.wire = wire
-        self.reader = ResponseReader(hash_bodies=worker.plan.hash_bodies, no_body=worker.no_body)
+        self.reader = self.dialer.reader()
         return handshake
 
-    async def _handshake(self, sock: socket.socket) -> _Wire:
-        try:
-            _, wire = await self.worker.loop.create_connection(
-                lambda: _Wire(self),
-                sock=sock,
-                ssl=self.worker.ssl_context,
-                server_hostname=self.route.server_hostname,
-            )
-        except OSError as exc:  # ssl.SSLError included; a timeout is a cancellation here
-            raise HandshakeError(str(exc)) from exc
-        return wire
-
     async def _connect_then_send(self) -> None:
-        worker = self.worker
         stats = self.stats
         self.open_error = None  # this attempt's outcome is counted instead
         try:
             try:
-                deadline = min(self.sent_at + worker.timeout, worker.hard_end)
-                handshake = await self.connect(stats, deadline)
+                handshake = await self.connect(stats, self.schedule.deadline(self.sent_at))
             except OSError as exc:
                 self.task = None
                 self._count_failed(stats)
                 stats.error(connect_error_kind(exc))
                 await asyncio.sleep(CONNECT_BACKOFF)
-                self.next(_now())
+                self.schedule.take(self, _now())
                 return
         except asyncio.CancelledError:
             self.task = None
@@ -291,36 +322,11 @@ class Connection:
 
     def begin(self, now: float) -> None:
         self.idle = False
-        self.next(now)
+        self.schedule.take(self, now)
 
-    def next(self, now: float) -> None:
-        """Take the next request from the worker's budget and send or schedule it."""
-        worker = self.worker
-        if worker.halted:
-            self.go_idle()
-            return
-        if worker.rate is None:
-            stats = worker.take(now)
-            if stats is None:
-                self.go_idle()
-            else:
-                self.send(now, stats)
-            return
-        if now >= worker.send_until:
-            self.go_idle()  # what is left of the window is unsent
-            return
-        index = self.index + self.slot * worker.total_connections
-        stats = worker.take_slot(index)
-        if stats is None:
-            self.go_idle()
-            return
-        self.slot += 1
-        # Multiplied, not summed, so the schedule does not drift over a long run.
-        intended = worker.origin + index * worker.spacing
-        if intended > now:
-            self.timer = worker.loop.call_later(intended - now, self._fire, intended, stats)
-        else:
-            self.send(intended, stats)
+    def send_later(self, intended: float, stats: LiveStats, delay: float) -> None:
+        """Send the next request in `delay` seconds, at `intended` (open model)."""
+        self.timer = self.dialer.loop.call_later(delay, self._fire, intended, stats)
 
     def _fire(self, intended: float, stats: LiveStats) -> None:
         self.timer = None
@@ -347,7 +353,7 @@ class Connection:
             self.sent_at = now
         if wire is None or wire.transport is None or wire.transport.is_closing():
             self.wire = None
-            self.task = self.worker.spawn(self._connect_then_send())
+            self.task = self.dialer.spawn(self._connect_then_send())
             return
         if self.started_at < 0:
             self.started_at = start if start < now else now
@@ -365,16 +371,16 @@ class Connection:
         reader = self.reader
         before = reader.body_bytes
         try:
-            stop = reader.receive(self.worker.buffer, nbytes)
+            stop = reader.receive(self.dialer.buffer, nbytes)
         except ResponseError as exc:
-            self._count_window(reader.body_bytes - before, _now())
-            self._fail(exc.kind)
+            self.worker.count_window(reader.body_bytes - before, _now())
+            self.fail(exc.kind)
             return
         # One clock read per buffer, for the window's bytes and the latency alike.
         now = _now()
         arrived = reader.body_bytes - before
         if arrived:
-            self._count_window(arrived, now)
+            self.worker.count_window(arrived, now)
         if not reader.done:
             return
         self._record(now)
@@ -387,12 +393,7 @@ class Connection:
             self.drop()
         else:
             reader.reset()
-        self.next(now)
-
-    def _count_window(self, arrived: int, now: float) -> None:
-        worker = self.worker
-        if arrived and worker.measuring and now < worker.stop_at:
-            worker.window_bytes += arrived
+        self.schedule.take(self, now)
 
     def _record(self, now: float) -> None:
         """Count the complete response the reader holds."""
@@ -424,13 +425,13 @@ class Connection:
         if stats.by_url is not None:
             stats.by_url[self.url_of[self.current]].failed += 1
 
-    def _fail(self, kind: str) -> None:
-        """The request in flight got no complete response."""
+    def fail(self, kind: str) -> None:
+        """The request in flight got no complete response: an error of `kind`."""
         self.in_flight = False
         self._count_failed(self.stats)
         self.stats.error(kind)
         self.drop(abort=True)
-        self.next(_now())
+        self.schedule.take(self, _now())
 
     def on_lost(self, wire: _Wire) -> None:
         if wire is not self.wire:
@@ -440,7 +441,12 @@ class Connection:
             self.stats.reconnects += 1
             return
         reader = self.reader
-        if not reader.started and reader.completed and not self.retried and not self.worker.halted:
+        if (
+            not reader.started
+            and reader.completed
+            and not self.retried
+            and not self.schedule.halted
+        ):
             # A reused connection closed before any byte of the response: the server
             # closed it (idle keep-alive) as the request went out. Once more, anew.
             self.in_flight = False
@@ -450,14 +456,11 @@ class Connection:
             return
         kind = reader.eof_error()
         if kind is not None:
-            self._fail(kind)
+            self.fail(kind)
             return
         now = _now()
         self._record(now)
-        self.next(now)
-
-    def timed_out(self) -> None:
-        self._fail("timeout")
+        self.schedule.take(self, now)
 
     def drop(self, *, abort: bool = False) -> None:
         """Forget the current TCP connection; the next request opens a new one."""
@@ -480,7 +483,7 @@ class Connection:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-            self.slot -= 1  # not sent: counted as unsent if it was due
+            self.schedule.give_back(self)
             self.go_idle()
 
     def cancel_connect(self) -> None:
@@ -493,8 +496,8 @@ class Connection:
             # Sent once already, and never answered.
             self._count_failed(self.stats)
             self.stats.error("interrupted")
-        elif self.worker.rate is not None:
-            self.slot -= 1  # never sent: counted as unsent if it was due
+        else:
+            self.schedule.give_back(self)
         self.go_idle()
 
 
@@ -504,98 +507,48 @@ class Worker:
     def __init__(self, plan: WorkerPlan, loop: asyncio.AbstractEventLoop) -> None:
         self.plan = plan
         self.loop = loop
-        self.rate = plan.rate
-        self.timeout = plan.timeout
-        self.total_connections = plan.total_connections
-        self.spacing = 1 / plan.rate if plan.rate else 0.0
-        """Open model: seconds between two slots (over every connection)."""
-        self.first_index = 0
-        """Open model: the first slot of the measurement (before it: warm-up)."""
-        self.end_index = 0
-        """Open model: the first slot past the window."""
-        self.buffer = bytearray(RECEIVE_BUFFER)
-        self.view = memoryview(self.buffer)
-        self.no_body = plan.method == "HEAD"
+        self.dialer = Dialer(plan, loop)
         unexpected = unexpected_statuses(plan.expect_status)
         self.warmup_stats = LiveStats(len(plan.urls), unexpected)
         """Counts of requests intended before the measurement starts; thrown away."""
         self.stats = LiveStats(len(plan.urls), unexpected)
         """Counts of requests intended from the measurement start on: the result."""
-        self.remaining: int | None = plan.requests if plan.rate is None else None
+        self.schedule = schedule_for(plan, self.warmup_stats, self.stats)
         self.open_start = 0.0
         self.open_failures = 0
-        self.measure_at = math.inf
-        self.stop_at = math.inf
-        """No request intended from then on (closed model), the window's end."""
-        self.hard_end = math.inf
-        """Nothing runs past this: requests in flight then time out."""
-        self.send_until = math.inf
-        """Open model: no slot is sent from then on (the window's end + `LATE_GRACE`)."""
-        self.origin = 0.0
-        """The common start time of every process (`time.monotonic`)."""
-        self.began = False
         self.stopping = False
         """Ctrl-C (or the parent) asked to stop."""
-        self.halted = False
-        """No request is sent or retried any more (stopped, or past `hard_end`)."""
         self.measuring = False
         self.measure_start = 0.0
-        self.window_bytes = 0
-        """Body bytes that arrived between the measurement start and the deadline."""
         self.measure_end = 0.0
+        self.window_bytes = 0
+        """Body bytes that arrived between the measurement start and the window's end."""
         self.cpu_start = 0.0
         self.busy = 0
         self.done: asyncio.Future[None] = loop.create_future()
         self.stopped: asyncio.Future[None] = loop.create_future()
         self.opening: asyncio.Future[list[None]] | None = None
-        self.connect_slots = asyncio.Semaphore(plan.connect_concurrency)
-        self.ssl_context: ssl.SSLContext | None = None
-        if any(route.tls for route in plan.routes):
-            self.ssl_context = client_context(insecure=plan.insecure, cacert=plan.cacert)
-        self.wires: set[_Wire] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
         self.link: WorkerLink | None = None
         self.tick_timer: asyncio.TimerHandle | None = None
-        routes = plan.routes
-        sources = plan.sources
+        first = plan.first_connection
         self.connections = [
-            Connection(
-                self,
-                index,
-                routes[index % len(routes)],
-                sources[index % len(sources)] if sources else None,
-            )
-            for index in range(plan.first_connection, plan.first_connection + plan.connections)
+            self._connection(index) for index in range(first, first + plan.connections)
         ]
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = self.loop.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task
+    def _connection(self, index: int) -> Connection:
+        routes, sources = self.plan.routes, self.plan.sources
+        route = routes[index % len(routes)]
+        # A route's connections start at different requests of its round robin.
+        position = (index // len(routes)) % len(route.requests)
+        source = sources[index % len(sources)] if sources else None
+        return Connection(self, index, route, source, position)
 
-    # the budget -----------------------------------------------------------------
+    # what the connections report ---------------------------------------------------
 
-    def take(self, when: float) -> LiveStats | None:
-        """Closed model: the stats to count a request sent at `when` in, or None: no
-        more requests."""
-        if when >= self.stop_at:
-            return None
-        if when < self.measure_at:
-            return self.warmup_stats
-        remaining = self.remaining
-        if remaining is not None:
-            if remaining <= 0:
-                return None
-            self.remaining = remaining - 1
-        return self.stats
-
-    def take_slot(self, index: int) -> LiveStats | None:
-        """Open model: the stats slot `index` counts in, or None: past the window. The
-        phase follows the slot, so exactly the window's slots are measured."""
-        if index >= self.end_index:
-            return None
-        return self.warmup_stats if index < self.first_index else self.stats
+    def count_window(self, arrived: int, now: float) -> None:
+        """Body bytes that arrived at `now`: counted when inside the measurement window."""
+        if arrived and self.measuring and now < self.schedule.stop_at:
+            self.window_bytes += arrived
 
     def connection_idle(self) -> None:
         self.busy -= 1
@@ -606,19 +559,21 @@ class Worker:
             self.measure_end = _now()
             self.done.set_result(None)
 
+    # ending ---------------------------------------------------------------------
+
     def stop(self) -> None:
         """End early (Ctrl-C): no new requests, connects and timers cancelled at once,
         requests in flight cut after `STOP_GRACE`."""
         if self.stopping:
             return
-        self.stopping = self.halted = True
+        self.stopping = True
+        self.schedule.stop(_now())
         if not self.stopped.done():
             self.stopped.set_result(None)
         if self.opening is not None:
             self.opening.cancel()
-        if not self.began:
+        if not self.schedule.begun:
             return
-        self.stop_at = min(self.stop_at, _now())
         if not self.measuring:
             self._measure()
         for connection in self.connections:
@@ -632,13 +587,12 @@ class Worker:
         """Fail every request still in flight."""
         for connection in self.connections:
             if connection.in_flight:
-                connection._fail(kind)
+                connection.fail(kind)
 
     def _hard_end(self) -> None:
         """The run may last no longer: requests in flight time out; connects in
         progress time out by themselves (their deadline is this moment)."""
-        self.halted = True
-        self.hard_end = min(self.hard_end, _now())  # a timer may fire a little early
+        self.schedule.end(_now())
         self._cut("timeout")
         for connection in self.connections:
             connection.cancel_timer()
@@ -679,7 +633,7 @@ class Worker:
         """Open every connection, within `timeout` in all (waits for a slot included)."""
         # The first handshakes belong to the measurement unless a warm-up comes first.
         opening = self.warmup_stats if self.plan.warmup > 0 else self.stats
-        deadline = self.open_start + self.timeout
+        deadline = self.open_start + self.plan.timeout
         self.opening = asyncio.gather(*(self._open(c, opening, deadline) for c in self.connections))
         await asyncio.wait([self.opening])
         try:
@@ -703,27 +657,10 @@ class Worker:
         """The common start: set the phases and the bounds, start every connection."""
         plan = self.plan
         now = _now()
-        self.began = True
-        self.origin = start
-        self.measure_at = start + plan.warmup
-        window = plan.duration
-        if plan.rate is not None:
-            self.first_index = first_index_at(plan.warmup, plan.rate)
-            if plan.duration is not None:
-                self.end_index = first_index_at(plan.warmup + plan.duration, plan.rate)
-            else:
-                total = plan.total_requests or 0
-                self.end_index = self.first_index + total
-                window = total * self.spacing
-        if window is not None:
-            # From the common clock, so every process stops at the same moment.
-            self.stop_at = self.measure_at + window
-            # The opening counts against the bound too; never before the window ends.
-            bound = self.open_start + plan.warmup + window + plan.timeout
-            self.hard_end = max(bound, self.stop_at)
-            self.send_until = min(self.stop_at + LATE_GRACE, self.hard_end)
-            if self.hard_end < math.inf:
-                self.loop.call_later(max(self.hard_end - now, 0.0), self._hard_end)
+        schedule = self.schedule
+        schedule.begin(start, self.open_start)
+        if schedule.hard_end < math.inf:
+            self.loop.call_later(max(schedule.hard_end - now, 0.0), self._hard_end)
         self.busy = len(self.connections)
         if plan.warmup > 0:
             self.loop.call_later(start + plan.warmup - now, self._measure)
@@ -737,7 +674,7 @@ class Worker:
         if self.measuring:
             return
         # The scheduled moment, not when this callback ran: -d 10s measures 10 s.
-        self.measure_start = min(_now(), self.measure_at)
+        self.measure_start = min(_now(), self.schedule.measure_at)
         self.cpu_start = cpu_seconds()
         self.measuring = True
         self._check_done()
@@ -747,19 +684,20 @@ class Worker:
         if self.done.done():
             return
         now = _now()
-        limit = now - self.timeout
+        timeout = self.plan.timeout
+        limit = now - timeout
         for connection in self.connections:
             if connection.in_flight and connection.sent_at < limit:
-                connection.timed_out()
+                connection.fail("timeout")
         self.warmup_stats.flush()
         stats = self.stats if self.measuring else self.warmup_stats
         stats.flush()
         if self.link is not None:
-            if self.began:
+            if self.schedule.begun:
                 self.link.progress(stats.requests, stats.error_total)
             else:  # still opening: the connects that failed so far
                 self.link.progress(0, self.open_failures)
-        interval = min(PROGRESS_INTERVAL, self.timeout / 4)
+        interval = min(PROGRESS_INTERVAL, timeout / 4)
         self.tick_timer = self.loop.call_later(interval, self._tick)
 
     async def _finish(self) -> LoadResult:
@@ -772,91 +710,21 @@ class Worker:
         for connection in self.connections:
             if connection.open_error is not None:
                 stats.error(connection.open_error)
-        unsent = self._charge_unsent() if self.began and self.rate is not None else 0
-        await self._close_all()
-        stats.flush()
-        plan = self.plan
-        return LoadResult(
-            urls=plan.urls,
-            model="closed" if plan.rate is None else "open",
-            connections=plan.connections,
-            processes=1,
-            duration=self._duration(),
-            requests=stats.requests,
-            failed=stats.failed,
-            body_bytes=stats.body_bytes,
-            errors=stats.all_errors(),
-            histogram=stats.histogram.encode().decode("ascii"),
-            cpu_seconds=cpu,
-            target_rate=plan.rate,
-            warmup=plan.warmup,
-            loop=plan.loop,
-            verified=plan.hash_bodies,
-            tls_handshakes=stats.handshakes,
-            handshake_histogram=stats.handshake_histogram.encode().decode("ascii"),
-            window_bytes=self.window_bytes,
-            window_seconds=self._window_seconds(),
-            unsent=unsent,
-            reconnects=stats.reconnects,
-            wall_seconds=wall,
-            status=status_counts(stats.statuses),
-            header_bytes=stats.header_bytes,
-            per_url=stats.url_results(plan.urls),
-        )
-
-    def _charge_unsent(self) -> int:
-        """Count the window's slots that were never sent, each with the latency from
-        its due time to the end of the run (as if answered at the end: a lower bound)."""
-        rate = self.rate
-        assert rate is not None
-        end_index = self.end_index
-        if self.stopping:
-            # Stopped early: only what was due by then.
-            end_index = min(end_index, first_index_at(self.stop_at - self.origin, rate))
-        total = self.total_connections
-        spans = []
-        for connection in self.connections:
-            index = connection.index
-            first = max(connection.slot, -((index - self.first_index) // total))
-            last = -((index - end_index) // total)  # past the last
-            if last > first:
-                spans.append((index + first * total, index + (last - 1) * total, last - first))
-        unsent = sum(count for _, _, count in spans)
-        if unsent:
-            end = self.measure_end
-            share = max(1, UNSENT_SPREAD // len(spans))
-            for first_index, last_index, count in spans:
-                # Earlier slots waited longer: from the first one's latency down.
-                oldest = int((end - (self.origin + first_index * self.spacing)) * 1_000_000)
-                newest = int((end - (self.origin + last_index * self.spacing)) * 1_000_000)
-                record_spread(self.stats.pending, newest, oldest, count, share)
-            self.stats.unsent += unsent
-        return unsent
-
-    async def _close_all(self) -> None:
+        self.schedule.charge_unsent(self.connections, self.measure_end)
         for connection in self.connections:
             connection.drop()
-        closing = [wire.closed for wire in self.wires]
-        if closing:
-            await asyncio.wait(closing, timeout=CLOSE_WAIT)
-        for wire in list(self.wires):
-            if wire.transport is not None:
-                wire.transport.abort()
-        tasks = list(self.tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _duration(self) -> float:
-        """Closed model: to the last response. Open model: the window asked for (cut
-        short by Ctrl-C): rates divide by the schedule's length, not the tail's."""
-        if self.rate is None or not self.began:
-            return max(self.measure_end - self.measure_start, 0.0)
-        return max(self.stop_at - self.measure_start, 0.0)
-
-    def _window_seconds(self) -> float:
-        end = min(self.stop_at, self.measure_end)
-        return max(end - self.measure_start, 0.0)
+        await self.dialer.close_all()
+        stats.flush()
+        measured = (self.measure_start, self.measure_end)
+        return LoadResult.of_worker(
+            self.plan,
+            stats,
+            duration=self.schedule.duration(*measured),
+            cpu_seconds=cpu,
+            wall_seconds=wall,
+            window_bytes=self.window_bytes,
+            window_seconds=self.schedule.window_seconds(*measured),
+        )
 
 
 class LocalLink:
