@@ -37,7 +37,6 @@ from typing import Any, Protocol, cast
 
 from zcserve.load.http import STATUS_KEYS, ResponseError, ResponseReader, unexpected_statuses
 from zcserve.load.plan import Route, WorkerPlan
-from zcserve.load.schedule import LATE_GRACE as LATE_GRACE  # zcserve load's help names it
 from zcserve.load.schedule import schedule_for
 from zcserve.load.stats import LiveStats, LoadResult
 from zcserve.load.tls import HandshakeError, client_context

@@ -13,11 +13,11 @@ from rich.console import Console
 from zcserve import cliargs
 from zcserve.errors import ConfigError, ZcserveError
 from zcserve.load import raw as loadraw
-from zcserve.load.client import LATE_GRACE
 from zcserve.load.http import METHODS, parse_statuses
 from zcserve.load.options import DEFAULT_CONNECTIONS, DEFAULT_DURATION, LoadOptions
 from zcserve.load.report import STDOUT, LiveProgress, check_output, print_summary, write_json
 from zcserve.load.run import CLI_STOP_SIGNALS, run_load
+from zcserve.load.schedule import LATE_GRACE
 from zcserve.runtime import LOOP_NAMES
 
 
