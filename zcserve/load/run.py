@@ -179,13 +179,3 @@ def _interrupts(stop_signals: Collection[int]) -> Iterator[_Interrupts]:
             loop.remove_signal_handler(signum)
             if previous is not None:  # the caller's own handler, as it was
                 signal.signal(signum, previous)
-
-
-def __getattr__(name: str) -> object:
-    """`add_command` and `run_command` moved to `zcserve.load.command`; found here
-    still for `zcserve.loadgen`, which re-exports them from this module."""
-    if name in ("add_command", "run_command"):
-        from zcserve.load import command
-
-        return getattr(command, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
