@@ -177,7 +177,7 @@ def run_command(args: argparse.Namespace) -> int:
     # With --json -, stdout carries the JSON alone; the report and the progress go to stderr.
     console = Console(highlight=False, stderr=args.json == STDOUT)
     if args.raw is not None:
-        return loadraw.run_command(args, console)
+        return _run_raw(args, console)
     expect_status = None if args.expect_status is None else parse_statuses(args.expect_status)
     options = LoadOptions(
         urls=tuple(args.urls),
@@ -210,3 +210,24 @@ def run_command(args: argparse.Namespace) -> int:
     if args.json is not None:
         write_json(args.json, result.to_json())
     return 1 if result.error_total else 0
+
+
+def _run_raw(args: argparse.Namespace, console: Console) -> int:
+    """`zcserve load --raw`: 0 when every download completed, 1 otherwise."""
+    if args.urls:
+        raise ConfigError("--raw takes HOST:PORT and no URLs")
+    if args.duration is not None:
+        raise ConfigError("--raw counts downloads with -n, not a duration")
+    if args.headers or args.method != "GET" or args.expect_status is not None:
+        raise ConfigError("--raw sends no HTTP request: -H, -m and --expect-status do not apply")
+    options = loadraw.RawOptions(
+        address=args.raw,
+        downloads=args.requests if args.requests is not None else loadraw.DEFAULT_DOWNLOADS,
+        timeout=args.timeout,
+    )
+    result = loadraw.run_raw(options)
+    for line in loadraw.summary_lines(result):
+        console.print(line, highlight=False, soft_wrap=True)
+    if args.json is not None:
+        write_json(args.json, result.to_json())
+    return 1 if result.errors else 0

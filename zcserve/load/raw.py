@@ -10,17 +10,15 @@ whole download, connect included, however slowly the bytes trickle in.
 
 from __future__ import annotations
 
-import argparse
 import socket
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from rich.console import Console
 from rich.markup import escape
 
 from zcserve.errors import ConfigError
-from zcserve.load.report import describe_errors, format_ms, write_json
+from zcserve.load.report import describe_errors, format_ms
 from zcserve.runtime import cpu_seconds, parse_host_port
 
 DEFAULT_DOWNLOADS = 10
@@ -154,24 +152,3 @@ def summary_lines(result: RawResult) -> list[str]:
     errors = describe_errors(result.errors)
     lines.append(f"[bold red]  {escape(errors)}[/]" if errors else "  errors              none")
     return lines
-
-
-def run_command(args: argparse.Namespace, console: Console) -> int:
-    """`zcserve load --raw`: 0 when every download completed, 1 otherwise."""
-    if args.urls:
-        raise ConfigError("--raw takes HOST:PORT and no URLs")
-    if args.duration is not None:
-        raise ConfigError("--raw counts downloads with -n, not a duration")
-    if args.headers or args.method != "GET" or args.expect_status is not None:
-        raise ConfigError("--raw sends no HTTP request: -H, -m and --expect-status do not apply")
-    options = RawOptions(
-        address=args.raw,
-        downloads=args.requests if args.requests is not None else DEFAULT_DOWNLOADS,
-        timeout=args.timeout,
-    )
-    result = run_raw(options)
-    for line in summary_lines(result):
-        console.print(line, highlight=False, soft_wrap=True)
-    if args.json is not None:
-        write_json(args.json, result.to_json())
-    return 1 if result.errors else 0
