@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.serverthread import ServerThread, start_server
+from tests.support.servers import ServerThread, start_server
 from zcserve.demo import write_file
 from zcserve.server.strategies import STRATEGY_NAMES
 

@@ -26,7 +26,7 @@ from typing import IO, Any
 
 import pytest
 
-from tests.loadhelpers import (
+from tests.support.scripted import (
     Behaviour,
     Certificate,
     ScriptedServer,

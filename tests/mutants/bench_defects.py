@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from tests.mutants import Mutant
 
-BENCH = "tests/test_bench.py"
+BENCH = "tests/bench/test_bench.py"
 ROWS_NAME_THE_STRATEGY = (f"{BENCH}::test_each_row_names_the_strategy_that_ran",)
 MEGABYTES = (f"{BENCH}::test_megabytes_per_second_is_bytes_in_the_window_over_its_length",)
 TABLES = (f"{BENCH}::test_tables_show_the_measured_figures",)
 LAB_LINE = (f"{BENCH}::test_the_lab_line_shows_the_ratio_as_the_rows_and_seed_json_do",)
 LOAD_CPUS = (f"{BENCH}::test_client_bound_counts_the_cpus_the_load_processes_could_use",)
-METRICS = "tests/test_metrics.py"
+METRICS = "tests/server/test_metrics.py"
 COUNTERS = (f"{METRICS}::test_counters_match_the_load_generator",)
 TLS_COUNTERS = (f"{METRICS}::test_tls_counts_the_fallback",)
 
@@ -113,6 +113,6 @@ MUTANTS: list[Mutant] = [
         path="zcserve/server/server.py",
         old='log.info("stopped after',
         new='log.exception("stopped after',
-        tests=("tests/test_cli.py::test_announces_serves_and_stops_cleanly",),
+        tests=("tests/e2e/test_cli.py::test_announces_serves_and_stops_cleanly",),
     ),
 ]

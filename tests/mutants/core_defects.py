@@ -13,21 +13,23 @@ MUTANTS: list[Mutant] = [
         path=CONNECTION,
         old="        if inflight.linger or self._client_sent_more():\n            self._linger()\n",
         new="        if inflight.linger:\n            self._linger()\n",
-        tests=("tests/test_graceful_close.py", "tests/test_one_core.py"),
+        tests=("tests/server/test_graceful_close.py", "tests/server/test_one_core.py"),
     ),
     Mutant(
         name="linger-cut-by-bytes-before-the-response-is-acknowledged",
         path=CONNECTION,
         old="        if self._drained >= LINGER_BYTES and unacknowledged(self.sock) == 0:\n",
         new="        if self._drained >= 64 * 1024:\n",
-        tests=("tests/test_one_core.py::test_a_huge_body_with_many_requests_behind_is_whole",),
+        tests=(
+            "tests/server/test_one_core.py::test_a_huge_body_with_many_requests_behind_is_whole",
+        ),
     ),
     Mutant(
         name="requests-behind-a-closing-response-are-answered",
         path=CONNECTION,
         old="        while pending and self.phase is _READING:\n",
         new="        while pending and self.phase is not _CLOSED:\n",
-        tests=("tests/test_one_core.py",),
+        tests=("tests/server/test_one_core.py",),
     ),
     Mutant(
         name="max-pipelined-counted-per-read",
@@ -35,7 +37,7 @@ MUTANTS: list[Mutant] = [
         old="            if len(data) > self._feed_max:\n",
         new="            if False:\n",
         tests=(
-            "tests/test_one_core.py::test_max_pipelined_counts_requests_per_connection_not_per_read",
+            "tests/server/test_one_core.py::test_max_pipelined_counts_requests_per_connection_not_per_read",
         ),
     ),
     Mutant(
@@ -43,7 +45,7 @@ MUTANTS: list[Mutant] = [
         path=CONNECTION,
         old="        if self._unparsed or self.stream.more_input:\n",
         new="        if self._unparsed:\n",
-        tests=("tests/test_one_core.py",),
+        tests=("tests/server/test_one_core.py",),
     ),
     Mutant(
         name="small-file-goes-through-a-task",
@@ -51,21 +53,23 @@ MUTANTS: list[Mutant] = [
         old="        return Transfer(stream, file, offset, count, step, None, None, self.max_chunk)"
         "\n",
         new="        return None  # type: ignore[return-value]\n",
-        tests=("tests/test_event_core.py",),
+        tests=("tests/server/test_event_core.py",),
     ),
     Mutant(
         name="crlf-does-not-start-the-header-clock",
         path=CONNECTION,
         old="            if parser.in_head or not requests:\n",
         new="            if parser.in_head:\n",
-        tests=("tests/test_graceful_close.py",),
+        tests=("tests/server/test_graceful_close.py",),
     ),
     Mutant(
         name="keepalive-deadline-never-set",
         path=CONNECTION,
         old="            self.deadline = self.loop.time() + self._keepalive_timeout\n",
         new="            self.deadline = math.inf\n",
-        tests=("tests/test_hardening.py::test_keepalive_idle_timeout_closes_an_idle_connection",),
+        tests=(
+            "tests/server/test_hardening.py::test_keepalive_idle_timeout_closes_an_idle_connection",
+        ),
     ),
     Mutant(
         name="send-stall-deadline-never-set",
@@ -73,13 +77,13 @@ MUTANTS: list[Mutant] = [
         old="            self._writing = True\n"
         "        self.deadline = self.loop.time() + self.server.config.send_timeout\n",
         new="            self._writing = True\n        self.deadline = math.inf\n",
-        tests=("tests/test_hardening.py",),
+        tests=("tests/server/test_hardening.py",),
     ),
     Mutant(
         name="http-date-past-9999-not-clamped",
         path="zcserve/server/http.py",
         old="    return formatdate(min(max(second, 0), LAST_HTTP_SECOND), usegmt=True)\n",
         new="    return formatdate(second, usegmt=True)\n",
-        tests=("tests/test_dates.py",),
+        tests=("tests/server/test_dates.py",),
     ),
 ]

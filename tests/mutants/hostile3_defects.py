@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from tests.mutants import Mutant
 
-SLOW_READER = "tests/test_one_core.py::test_a_slow_steady_reader_is_not_cut_at_the_send_timeout"
+SLOW_READER = (
+    "tests/server/test_one_core.py::test_a_slow_steady_reader_is_not_cut_at_the_send_timeout"
+)
 
 MUTANTS: list[Mutant] = [
     Mutant(
@@ -14,7 +16,9 @@ MUTANTS: list[Mutant] = [
         old='                    ("Content-Range", f"bytes */{file.size}"),\n',
         new='                    ("Content-Range", f"bytes */{file.size}"),\n'
         "                    *validators[2:],\n",
-        tests=("tests/test_precompressed.py::test_an_unsatisfiable_range_is_not_labelled_encoded",),
+        tests=(
+            "tests/server/test_precompressed.py::test_an_unsatisfiable_range_is_not_labelled_encoded",
+        ),
     ),
     Mutant(
         name="log-writes-c1-controls-raw",
@@ -22,7 +26,7 @@ MUTANTS: list[Mutant] = [
         old="*range(0x20), *range(0x7F, 0x100), ord(",
         new="*range(0x20), 0x7F, ord(",
         tests=(
-            "tests/test_access_log_formats.py::test_random_bytes_in_logged_fields_stay_printable",
+            "tests/server/test_access_log_formats.py::test_random_bytes_in_logged_fields_stay_printable",
         ),
     ),
     Mutant(
@@ -30,7 +34,7 @@ MUTANTS: list[Mutant] = [
         path="zcserve/cliargs.py",
         old=" if getattr(namespace, marker, False) else []\n",
         new="\n",
-        tests=("tests/test_cli_env.py::test_variables_set_defaults_and_flags_win",),
+        tests=("tests/e2e/test_cli_env.py::test_variables_set_defaults_and_flags_win",),
     ),
     Mutant(
         name="send-deadline-ignores-a-slow-reader-s-progress",
@@ -51,7 +55,9 @@ MUTANTS: list[Mutant] = [
         path="zcserve/server/connection.py",
         old="            self.close()\n            return\n        self._drained += received\n",
         new="            return\n        self._drained += received\n",
-        tests=("tests/test_one_core.py::test_a_lingering_connection_closes_when_its_client_does",),
+        tests=(
+            "tests/server/test_one_core.py::test_a_lingering_connection_closes_when_its_client_does",
+        ),
     ),
     Mutant(
         name="request-body-counter-never-reset",
@@ -59,7 +65,7 @@ MUTANTS: list[Mutant] = [
         old="        self._body_bytes = 0\n        headers, version = head.headers, head.version\n",
         new="        headers, version = head.headers, head.version\n",
         tests=(
-            "tests/test_one_core.py::test_small_bodies_on_a_keepalive_connection_are_not_summed",
+            "tests/server/test_one_core.py::test_small_bodies_on_a_keepalive_connection_are_not_summed",
         ),
     ),
     Mutant(
@@ -67,7 +73,9 @@ MUTANTS: list[Mutant] = [
         path="zcserve/server/strategies.py",
         old="        if self.held + count > self.budget:\n",
         new="        if False:\n",
-        tests=("tests/test_readall.py::test_past_the_budget_a_request_gets_503_and_retry_after",),
+        tests=(
+            "tests/server/test_readall.py::test_past_the_budget_a_request_gets_503_and_retry_after",
+        ),
     ),
     Mutant(
         name="listing-rendered-on-the-loop",
@@ -75,7 +83,7 @@ MUTANTS: list[Mutant] = [
         old="    page = root.listings.get(key, time.monotonic())\n",
         new="    page = root.render_listing(resolved, query)\n",
         tests=(
-            "tests/test_listing_large.py::"
+            "tests/server/test_listing_large.py::"
             "test_small_requests_are_answered_while_large_listings_render",
         ),
     ),
@@ -84,14 +92,14 @@ MUTANTS: list[Mutant] = [
         path="zcserve/server/respond.py",
         old="    key = (resolved.folder, resolved.version, query)\n",
         new="    key = (resolved.folder, query)\n",
-        tests=("tests/test_listing.py::test_a_new_name_is_listed_at_once",),
+        tests=("tests/server/test_listing.py::test_a_new_name_is_listed_at_once",),
     ),
     Mutant(
         name="listing-shows-symlinks-out-of-the-root",
         path="zcserve/server/files.py",
         old="                if inside is not None and entry.is_symlink():\n",
         new="                if False:\n",
-        tests=("tests/test_dotfiles.py::test_every_listed_link_is_served",),
+        tests=("tests/server/test_dotfiles.py::test_every_listed_link_is_served",),
     ),
     Mutant(
         name="listing-max-ignored",
@@ -99,7 +107,7 @@ MUTANTS: list[Mutant] = [
         old="        page = paginate(self.list_folder(resolved), query, self.listing_max)\n",
         new="        page = paginate(self.list_folder(resolved), query, 1_000_000)\n",
         tests=(
-            "tests/test_listing.py::"
+            "tests/server/test_listing.py::"
             "test_a_long_listing_is_paged_with_a_visible_note_and_next_links",
         ),
     ),

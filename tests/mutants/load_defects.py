@@ -5,15 +5,15 @@ from __future__ import annotations
 from tests.mutants import Mutant
 
 PERCENTILE_TESTS = (
-    "tests/test_load_percentiles.py::test_figures_name_the_percentile_they_were_computed_at",
-    "tests/test_load_percentiles.py::test_percentiles_of_a_known_distribution",
+    "tests/load/test_load_percentiles.py::test_figures_name_the_percentile_they_were_computed_at",
+    "tests/load/test_load_percentiles.py::test_percentiles_of_a_known_distribution",
 )
 VERIFY_TESTS = (
-    "tests/test_loadgen.py::test_verify_catches_a_change_in_the_last_byte_of_24_mib",
-    "tests/test_loadgen.py::test_verify_passes_the_same_24_mib",
-    "tests/test_loadgen.py::test_cli_verify_exits_1_on_a_change_in_the_last_byte",
-    "tests/test_loadgen.py::test_expect_compares_every_byte_of_24_mib",
-    "tests/test_loadgen.py::test_cli_expect_exits_1_on_a_file_that_differs_in_its_last_byte",
+    "tests/load/test_loadgen.py::test_verify_catches_a_change_in_the_last_byte_of_24_mib",
+    "tests/load/test_loadgen.py::test_verify_passes_the_same_24_mib",
+    "tests/load/test_loadgen.py::test_cli_verify_exits_1_on_a_change_in_the_last_byte",
+    "tests/load/test_loadgen.py::test_expect_compares_every_byte_of_24_mib",
+    "tests/load/test_loadgen.py::test_cli_expect_exits_1_on_a_file_that_differs_in_its_last_byte",
 )
 
 MUTANTS: list[Mutant] = [

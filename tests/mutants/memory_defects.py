@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.mutants import Mutant
 
-MEMORY = "tests/test_memory_cache.py"
+MEMORY = "tests/server/test_memory_cache.py"
 
 MUTANTS: list[Mutant] = [
     Mutant(

@@ -8,12 +8,13 @@ from tests.mutants import Mutant
 FILES = "zcserve/server/files.py"
 STRATEGIES = "zcserve/server/strategies.py"
 
-SENDFILE_SPY = "tests/test_strategies.py::test_sendfile_carries_the_body_and_nothing_reads_the_file"
-SPLICE_SPY = "tests/test_strategies.py::test_splice_carries_the_body_and_nothing_reads_the_file"
-MMAP_SPY = "tests/test_strategies.py::test_mmap_sends_from_the_mapping_and_never_reads_it"
-STRACE = "tests/test_strategies.py::test_zero_copy_under_strace"
-BYTES_SENT = "tests/test_strategies.py::test_bytes_sent_grows_by_exactly_count"
-FAIRNESS = "tests/test_fairness.py::test_a_transfer_that_never_waits_still_lets_others_run"
+STRATEGY_TESTS = "tests/server/test_strategies.py"
+SENDFILE_SPY = f"{STRATEGY_TESTS}::test_sendfile_carries_the_body_and_nothing_reads_the_file"
+SPLICE_SPY = f"{STRATEGY_TESTS}::test_splice_carries_the_body_and_nothing_reads_the_file"
+MMAP_SPY = f"{STRATEGY_TESTS}::test_mmap_sends_from_the_mapping_and_never_reads_it"
+STRACE = f"{STRATEGY_TESTS}::test_zero_copy_under_strace"
+BYTES_SENT = f"{STRATEGY_TESTS}::test_bytes_sent_grows_by_exactly_count"
+FAIRNESS = "tests/server/test_fairness.py::test_a_transfer_that_never_waits_still_lets_others_run"
 
 SENDFILE_START = "        step = functools.partial(os.sendfile, stream.fd, file.fd)\n"
 """The first line of the sendfile strategy's transfer: an extra read goes before it."""
@@ -25,8 +26,8 @@ MUTANTS: list[Mutant] = [
         old="real.startswith(self._prefix)",
         new="real.startswith(self.path)",
         tests=(
-            "tests/test_containment.py::test_outside_the_root_is_refused",
-            "tests/test_containment.py::test_live_sibling_with_the_same_prefix_is_refused",
+            "tests/server/test_containment.py::test_outside_the_root_is_refused",
+            "tests/server/test_containment.py::test_live_sibling_with_the_same_prefix_is_refused",
         ),
     ),
     Mutant(
@@ -36,10 +37,10 @@ MUTANTS: list[Mutant] = [
         '            raise HttpError(404, "path leaves the root")\n',
         new="",
         tests=(
-            "tests/test_files.py::test_url_segments_refuses_every_spelling_of_dot_dot",
-            "tests/test_files.py::test_dot_dot_is_refused_before_anything_is_opened",
-            "tests/test_containment.py::test_dot_dot_is_refused_before_anything_is_opened",
-            "tests/test_containment.py::test_live_dot_dot_inside_the_root_is_404",
+            "tests/server/test_files.py::test_url_segments_refuses_every_spelling_of_dot_dot",
+            "tests/server/test_files.py::test_dot_dot_is_refused_before_anything_is_opened",
+            "tests/server/test_containment.py::test_dot_dot_is_refused_before_anything_is_opened",
+            "tests/server/test_containment.py::test_live_dot_dot_inside_the_root_is_404",
         ),
     ),
     Mutant(
