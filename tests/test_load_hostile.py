@@ -26,15 +26,15 @@ from typing import IO, Any
 
 import pytest
 
+from tests.support.results import load_result
 from tests.support.scripted import (
     Behaviour,
-    Certificate,
     ScriptedServer,
     StallingTLSServer,
     TrickleServer,
-    make_certificate,
     stuck_listener,
 )
+from tests.support.tls import Certificate, make_certificate
 from zcserve import cli
 from zcserve.load.client import STOP_GRACE
 from zcserve.load.http import HEAD_LIMIT, ResponseError, ResponseReader, parse_target
@@ -69,11 +69,6 @@ def timed_load(url: str, **options: Any) -> tuple[LoadResult, float]:
     began = time.monotonic()
     result = load(url, **options)
     return result, time.monotonic() - began
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
-    return make_certificate(tmp_path_factory.mktemp("tls"))
 
 
 # the load command as a child process -----------------------------------------------------
@@ -553,19 +548,8 @@ async def test_a_dying_worker_costs_only_its_share() -> None:
 
 
 def _two_processes(cpu_seconds: float) -> LoadResult:
-    return LoadResult(
-        urls=("http://127.0.0.1:1/",),
-        model="closed",
-        connections=2,
-        processes=2,
-        duration=2.0,
-        requests=10,
-        failed=0,
-        body_bytes=0,
-        errors={},
-        histogram="",
-        cpu_seconds=cpu_seconds,
-        wall_seconds=4.0,
+    return load_result(
+        processes=2, requests=10, histogram="", cpu_seconds=cpu_seconds, wall_seconds=4.0
     )
 
 

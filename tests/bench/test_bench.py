@@ -26,9 +26,9 @@ import matplotlib.pyplot as pyplot
 import pytest
 from rich.console import Console
 
-from tests.server.test_metrics import ACTIVE, moved_by, sent_by_strategy, settled
-from tests.support.procs import zcserve_command
+from tests.support.metrics import ACTIVE, moved_by, sent_by_strategy, settled
 from tests.support.scripted import Behaviour, ScriptedServer
+from tests.support.servers import zcserve_command
 from zcserve import cli
 from zcserve.bench import command as bench_command
 from zcserve.bench import sweep
@@ -206,7 +206,7 @@ def test_each_row_names_the_strategy_that_ran(bench: Bench) -> None:
     for cell in bench.cells:
         row = cell.row
         assert row.server_bytes > 0, row
-        assert cell.sent == {moved_by(row.strategy): row.server_bytes}, _key(row)
+        assert cell.sent == {moved_by(row.strategy, size=row.size): row.server_bytes}, _key(row)
 
 
 def test_megabytes_per_second_is_bytes_in_the_window_over_its_length(bench: Bench) -> None:

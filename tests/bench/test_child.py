@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import Site
+from tests.support.site import Site
 from zcserve.bench.child import start_serve
 from zcserve.errors import RunError
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from hdrh.histogram import HdrHistogram
 
+from tests.support.results import load_result
 from tests.support.scripted import ScriptedServer
 from zcserve import cli
 from zcserve.bench.report import MARKDOWN_BEGIN, MARKDOWN_END
@@ -112,25 +113,9 @@ def test_three_clients_that_ran_together_merge_exactly(
     assert rate in capsys.readouterr().out
 
 
-def _saved(values: list[int], **fields: Any) -> LoadResult:
-    histogram = new_histogram()
-    for value in values:
-        histogram.record_value(value)
-    base: dict[str, Any] = dict(
-        urls=("http://127.0.0.1:1/",),
-        model="closed",
-        connections=4,
-        processes=2,
-        duration=2.0,
-        requests=len(values),
-        failed=0,
-        body_bytes=1000 * len(values),
-        errors={},
-        histogram=histogram.encode().decode("ascii"),
-        cpu_seconds=0.5,
-    )
-    base.update(fields)
-    return LoadResult(**base)
+def _saved(latencies: list[int], **fields: Any) -> LoadResult:
+    """A saved result of two processes with four connections, 1,000-byte bodies."""
+    return load_result(latencies, connections=4, processes=2, body_size=1000, **fields)
 
 
 def test_merged_percentiles_are_those_of_every_value(tmp_path: Path) -> None:

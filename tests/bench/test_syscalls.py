@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from tests.support.procs import zcserve_command
+from tests.support.servers import zcserve_command
 from zcserve.bench.syscalls import parse_strace, run_syscalls
 from zcserve.server.strategies import ReadWriteStrategy
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.procs import serving
+from tests.support.servers import start_child
 
 CHROMIUM = next(
     (
@@ -97,7 +97,7 @@ def site(tmp_path: Path) -> Path:
 
 def test_a_page_downloads_hashes_and_fetches_a_range(site: Path, tmp_path: Path) -> None:
     access_log = tmp_path / "access.log"
-    with serving(str(site), "--listing", "--access-log", str(access_log)) as child:
+    with start_child(str(site), "--listing", "--access-log", str(access_log)) as child:
         dom = dump_dom(f"{child.url}/page.html", tmp_path / "profile")
     expected = hashlib.sha256((site / "big.bin").read_bytes()).hexdigest()
     assert f"sha256={expected} range=206:100:100" in dom, dom[-1000:]
@@ -110,7 +110,7 @@ def test_a_page_downloads_hashes_and_fetches_a_range(site: Path, tmp_path: Path)
 
 
 def test_the_listing_renders_with_its_links(site: Path, tmp_path: Path) -> None:
-    with serving(str(site), "--listing") as child:
+    with start_child(str(site), "--listing") as child:
         dom = dump_dom(f"{child.url}/folder/", tmp_path / "profile")
     assert re.search(r'<a href="[^"]*note\.txt"', dom), dom[-1000:]
 
@@ -163,7 +163,7 @@ def test_a_listing_navigates_by_breadcrumb_filter_and_sort(tmp_path: Path) -> No
     (root / "a" / "other.txt").write_bytes(b"x" * 10)
     (root / "navigator.html").write_text(NAVIGATOR)
     access_log = tmp_path / "access.log"
-    with serving(str(root), "--listing", "--access-log", str(access_log)) as child:
+    with start_child(str(root), "--listing", "--access-log", str(access_log)) as child:
         dom = dump_dom(f"{child.url}/navigator.html", tmp_path / "profile")
     result = re.search(r'<pre id="result">(.*?)</pre>', dom)
     assert result is not None, dom[-1000:]

@@ -8,10 +8,9 @@ import subprocess
 
 import pytest
 
-from tests.conftest import Site
 from tests.support.httpclient import get
-from tests.support.procs import serving, zcserve_command
-from tests.support.servers import start_server
+from tests.support.servers import start_child, start_server, zcserve_command
+from tests.support.site import Site
 from zcserve.cli import main
 from zcserve.server.strategies import STRATEGY_NAMES
 
@@ -22,14 +21,14 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_announces_serves_and_stops_cleanly(site: Site, stop: int) -> None:
-    with serving(site.root, "--strategy", "sendfile", stop_signal=stop) as child:
+    with start_child(site.root, "--strategy", "sendfile", stop_signal=stop) as child:
         assert child.announce.startswith(f"zcserve: serving {site.root} on http://127.0.0.1:")
         assert child.announce.rstrip().endswith("(strategy=sendfile, loop=uvloop)")
         assert get(child.port, "/hello.txt").body == b"hello\n"
     assert child.proc.returncode == 0
     # A clean stop says nothing on stderr: no traceback, no warning, no log line.
-    assert "Traceback" not in child.stdout + child.stderr
-    assert child.stderr == ""
+    assert "Traceback" not in child.stdout + child.log()
+    assert child.log() == ""
 
 
 @pytest.mark.parametrize(
@@ -120,7 +119,7 @@ def test_ipv6_loopback(site: Site) -> None:
             pass
     except OSError:
         pytest.skip("::1 unavailable")
-    with serving(site.root, "--host", "::1") as child:
+    with start_child(site.root, "--host", "::1") as child:
         assert child.url.startswith("http://[::1]:")
         with socket.create_connection(("::1", child.port), timeout=10) as sock:
             sock.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

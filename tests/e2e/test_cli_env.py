@@ -9,10 +9,9 @@ import subprocess
 
 import pytest
 
-from tests.conftest import Site
 from tests.support.httpclient import get
-from tests.support.procs import zcserve_command
-from zcserve.bench.child import start_serve
+from tests.support.servers import start_child, zcserve_command
+from tests.support.site import Site
 from zcserve.cli import build_parser, main
 from zcserve.cliargs import env_name
 
@@ -135,14 +134,11 @@ def test_a_bad_variable_of_serve_does_not_break_other_commands() -> None:
 
 
 def test_server_started_from_the_environment(site: Site) -> None:
-    env = {**os.environ, "ZCSERVE_LISTING": "yes", "ZCSERVE_STRATEGY": "readwrite"}
-    child = start_serve([site.root, "-p", "0", "-b", "127.0.0.1"], env=env)
-    try:
+    env = {"ZCSERVE_LISTING": "yes", "ZCSERVE_STRATEGY": "readwrite"}
+    with start_child(site.root, "-p", "0", "-b", "127.0.0.1", port=None, env=env) as child:
         assert "strategy=readwrite" in child.announce
         assert get(child.port, "/plain/").status == 200  # the listing is on
         assert get(child.port, "/hello.txt").body == b"hello\n"
-    finally:
-        child.stop()
 
 
 def _option_blocks(help_text: str) -> list[str]:

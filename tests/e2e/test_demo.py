@@ -7,14 +7,14 @@ import re
 import urllib.request
 from pathlib import Path
 
-from tests.support.procs import serving
+from tests.support.servers import start_child
 from zcserve.demo import make_demo
 
 
 def test_the_demo_root_is_a_styled_listing_of_every_folder_and_file(tmp_path: Path) -> None:
     (tmp_path / "index.html").write_text("<title>zcserve demo</title><ul></ul>")  # an old demo
     names = make_demo(str(tmp_path), sizes=(4096, 65536))
-    with serving(str(tmp_path), "--listing") as child:
+    with start_child(str(tmp_path), "--listing") as child:
         index = urllib.request.urlopen(f"{child.url}/", timeout=10).read().decode()
         links = re.findall(r'<td><a href="([^"]+)"', index)
         assert links == ["docs/", *names]

@@ -11,17 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPS, SIZES, Site
-from tests.support.httpclient import get
-from tests.support.stress import (
-    MiB,
-    connect,
-    raise_own_nofile,
-    read_response_async,
-    run_abort_storm,
-    spawn,
-    wait_for,
-)
+from tests.support.httpclient import connect, get, read_response_async
+from tests.support.servers import start_child
+from tests.support.site import LOOPS, SIZES, Site
+from tests.support.stress import MiB, raise_own_nofile, run_abort_storm
+from tests.support.timing import wait_for
 from zcserve.server.strategies import STRATEGY_NAMES
 
 pytestmark = pytest.mark.soak
@@ -60,7 +54,7 @@ async def test_ten_thousand_connections_at_once(site: Site, tmp_path: Path, loop
 
     async def open_and_ask(index: int) -> None:
         async with gate:
-            sock = await connect(child.port, source=SOURCES[index % len(SOURCES)])
+            sock = connect(child.port, source=SOURCES[index % len(SOURCES)], blocking=False)
             socks.append(sock)
             await aio.sock_sendall(sock, HELLO)
             assert await read_response_async(sock) == (200, b"hello\n")
@@ -71,7 +65,7 @@ async def test_ten_thousand_connections_at_once(site: Site, tmp_path: Path, loop
             assert await read_response_async(sock) == (200, b"hello\n")
 
     try:
-        with spawn(tmp_path, site.root, "--loop", loop) as child:
+        with start_child(site.root, "--loop", loop, log_dir=tmp_path) as child:
             # Warm up without caching a file: the open-file cache closes idle
             # descriptors after 2 s, so the count comes back to exactly this.
             assert get(child.port, "/no-such-file").status == 404
@@ -115,7 +109,9 @@ def test_readall_holds_no_more_than_its_budget(tmp_path: Path) -> None:
         out.truncate(READALL_BODY)
     request = b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     budget = f"{READALL_BUDGET // MiB}M"
-    with spawn(tmp_path, str(root), "--strategy", "readall", "--readall-budget", budget) as child:
+    with start_child(
+        str(root), "--strategy", "readall", "--readall-budget", budget, log_dir=tmp_path
+    ) as child:
         base = child.rss()
         clients = [
             socket.create_connection(("127.0.0.1", child.port), timeout=60) for _ in range(20)

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hdrh.histogram import HdrHistogram
 
-from tests.support.scripted import Behaviour, ScriptedServer, refused_port, zcserve_child
+from tests.support.results import load_result
+from tests.support.scripted import Behaviour, ScriptedServer, refused_port
+from tests.support.servers import start_child
 from zcserve import cli
 from zcserve.errors import ConfigError
 from zcserve.load import plan as loadplan
@@ -310,30 +311,9 @@ def test_merged_histograms_equal_one_histogram_of_every_value() -> None:
         ), percentile
 
 
-def _result(values: list[int], **fields: Any) -> LoadResult:
-    histogram: HdrHistogram = new_histogram()
-    for value in values:
-        histogram.record_value(value)
-    base: dict[str, Any] = dict(
-        urls=("http://127.0.0.1:1/",),
-        model="closed",
-        connections=2,
-        processes=1,
-        duration=2.0,
-        requests=len(values),
-        failed=0,
-        body_bytes=100 * len(values),
-        errors={},
-        histogram=histogram.encode().decode("ascii"),
-        cpu_seconds=0.5,
-    )
-    base.update(fields)
-    return LoadResult(**base)
-
-
 def test_results_merge_and_survive_json() -> None:
-    one = _result([100, 200, 300], errors={"reset": 1}, failed=1, duration=2.0)
-    two = _result([400, 500], errors={"reset": 2, "status_500": 1}, duration=2.5)
+    one = load_result([100, 200, 300], errors={"reset": 1}, failed=1, duration=2.0)
+    two = load_result([400, 500], errors={"reset": 2, "status_500": 1}, duration=2.5)
     merged = LoadResult.merge([one, two])
     assert (merged.requests, merged.failed, merged.processes, merged.connections) == (5, 1, 2, 4)
     assert merged.errors == {"reset": 3, "status_500": 1}
@@ -477,8 +457,8 @@ def test_cli_expect_exits_1_on_a_file_that_differs_in_its_last_byte(
 def zcserve_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("load-root")
     (root / "4k.bin").write_bytes(BODY)
-    with zcserve_child(str(root)) as url:
-        yield url
+    with start_child(str(root)) as child:
+        yield child.url
 
 
 def test_cli_against_zcserve_writes_every_figure(
@@ -568,8 +548,8 @@ def test_raw_downloads_are_byte_exact(
     strategy: str, raw_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "raw.json"
-    with zcserve_child("--raw", str(raw_file), "--strategy", strategy) as url:
-        address = url.removeprefix("http://")
+    with start_child("--raw", str(raw_file), "--strategy", strategy) as child:
+        address = child.url.removeprefix("http://")
         code = cli.main(["load", "--raw", address, "-n", "5", "--json", str(out)])
     printed = capsys.readouterr()
     assert code == 0, printed
@@ -580,8 +560,8 @@ def test_raw_downloads_are_byte_exact(
 
 
 def test_raw_api_and_a_refused_port(raw_file: Path) -> None:
-    with zcserve_child("--raw", str(raw_file)) as url:
-        result = run_raw(RawOptions(url.removeprefix("http://"), downloads=2))
+    with start_child("--raw", str(raw_file)) as child:
+        result = run_raw(RawOptions(child.url.removeprefix("http://"), downloads=2))
     assert result.sizes == (raw_file.stat().st_size,) * 2 and not result.errors
     with refused_port() as port, pytest.raises(ConfigError, match="Connection refused"):
         run_raw(RawOptions(f"127.0.0.1:{port}", downloads=1))

@@ -14,13 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.scripted import (
-    Behaviour,
-    Certificate,
-    ScriptedServer,
-    make_certificate,
-    zcserve_child,
-)
+from tests.support.scripted import Behaviour, ScriptedServer
+from tests.support.servers import start_child
+from tests.support.tls import Certificate, make_certificate
 from zcserve import cli
 from zcserve.errors import ConfigError
 from zcserve.load.http import parse_target
@@ -42,11 +38,6 @@ UNTRUSTED = (
     "TLS certificate verify failed: self-signed certificate; "
     "trust it with --cacert FILE, or skip the check with --insecure"
 )
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
-    return make_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def tls_load(url: str, **options: Any) -> LoadResult:
@@ -123,7 +114,7 @@ def test_sni_is_the_url_host(certificate: Certificate) -> None:
     context.sni_callback = note
     with ScriptedServer(body=BODY, ssl=context) as server:
         url = f"https://localhost:{server.port}/file"
-        result = tls_load(url, connections=2, requests=20, cacert=str(certificate.cert))
+        result = tls_load(url, connections=2, requests=20, cacert=certificate.cert)
         assert result.requests == 20 and result.error_total == 0
         tls_load(server.url, connections=1, requests=1)
     assert names == ["localhost"] * 3 + [None] * 2, "no SNI for an IP literal (RFC 6066)"
@@ -151,10 +142,10 @@ def test_https_to_a_plain_server_fails_fast(certificate: Certificate) -> None:
 
 def test_against_zcserve_over_https(certificate: Certificate, tmp_path: Path) -> None:
     (tmp_path / "4k.bin").write_bytes(BODY)
-    tls = ["--tls-cert", str(certificate.cert), "--tls-key", str(certificate.key)]
-    with zcserve_child(str(tmp_path), *tls) as url:
-        assert url.startswith("https://")
-        result = tls_load(f"{url}/4k.bin", requests=400, verify=True, cacert=str(certificate.cert))
+    with start_child(str(tmp_path), *certificate.flags()) as child:
+        assert child.url.startswith("https://")
+        url = f"{child.url}/4k.bin"
+        result = tls_load(url, requests=400, verify=True, cacert=certificate.cert)
     assert result.requests == 400 and result.error_total == 0, result.errors
     assert result.body_bytes == 400 * len(BODY) and result.verified
     assert result.tls_handshakes == 4
@@ -195,7 +186,7 @@ def test_cli_over_https_writes_the_handshake_figures(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "result.json"
-    flags = [str(certificate.cert) if flag == "CERT" else flag for flag in flags]
+    flags = [certificate.cert if flag == "CERT" else flag for flag in flags]
     with ScriptedServer(body=BODY, ssl=certificate.server_context()) as server:
         argv = ["load", server.url, "-c", "4", "-n", "400", "--processes", "1", *flags]
         code = cli.main([*argv, "--json", str(out)])
@@ -226,7 +217,7 @@ def test_cli_over_https_writes_the_handshake_figures(
 def test_bad_trust_flags_are_one_line_and_exit_2(
     argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    not_pem = tmp_path / "not.pem"
+    not_pem = tmp_path / "not.certificate"
     not_pem.write_text("not a certificate\n")
     argv = [str(not_pem) if arg == "NOT_PEM" else arg for arg in argv]
     with pytest.raises(SystemExit) as exited:

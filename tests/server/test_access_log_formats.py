@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPS, Pem, Site
 from tests.support.httpclient import get
 from tests.support.servers import start_server
+from tests.support.site import LOOPS, Site
+from tests.support.timing import DEADLINE
+from tests.support.tls import Certificate
 from zcserve.server.strategies import STRATEGY_NAMES
 
-DEADLINE = 10.0
 BIG = 24 * 1024 * 1024
 COMBINED = re.compile(
     r'^127\.0\.0\.1 - - \[[^]]+\] "(?P<request>[^"]*)" (?P<status>\d{3}) (?P<bytes>\d+|-) '
@@ -157,18 +158,19 @@ def test_aborted_download_is_logged_with_the_bytes_sent(
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_aborted_tls_download_is_logged(site: Site, tmp_path: Path, pem: Pem, loop: str) -> None:
+def test_aborted_tls_download_is_logged(
+    site: Site, tmp_path: Path, certificate: Certificate, loop: str
+) -> None:
     path = tmp_path / "access.log"
     server = start_server(
         root=site.root,
         loop=loop,
-        tls_cert=pem.cert,
-        tls_key=pem.key,
+        **certificate.options(),
         access_log=str(path),
         access_log_format="json",
     )
     try:
-        read = abort_download(server.port, ssl.create_default_context(cafile=pem.cert))
+        read = abort_download(server.port, certificate.client_context())
         lines = wait_for_lines(path, 1)
     finally:
         server.stop()

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import LOOPS
 from tests.support.httpclient import raw_get
 from tests.support.servers import start_server
+from tests.support.site import LOOPS
 from zcserve.errors import HttpError
 from zcserve.server.files import Kind, Root
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPS, Live
 from tests.support.httpclient import get
 from tests.support.servers import start_server
+from tests.support.site import LOOPS, Live
 from zcserve.server.files import OpenedFile, Precondition, if_range_matches, preconditions
 from zcserve.server.http import LAST_HTTP_SECOND, http_date, parse_http_date
 

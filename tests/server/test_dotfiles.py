@@ -19,11 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPS
-from tests.server.test_serve import one_connection
-from tests.support.httpclient import get
-from tests.support.procs import serving
-from tests.support.servers import start_server
+from tests.support.httpclient import get, one_connection
+from tests.support.servers import start_child, start_server
+from tests.support.site import LOOPS
 from zcserve.errors import HttpError
 from zcserve.server.filecache import OpenFileCache
 from zcserve.server.files import Root
@@ -180,10 +178,10 @@ def test_hidden_serves_and_lists_dot_names(dotted: str, loop: str) -> None:
 
 
 def test_cli_starts_with_hidden(dotted: str) -> None:
-    with serving(dotted, "--hidden") as child:
+    with start_child(dotted, "--hidden") as child:
         assert get(child.port, "/normal.txt").body == FILES["normal.txt"]
         assert get(child.port, "/.well-known/security.txt").status == 200
-    assert child.proc.returncode == 0 and "Traceback" not in child.stderr
+    assert child.proc.returncode == 0 and "Traceback" not in child.log()
 
 
 # Listings link only what the server serves -------------------------------------------

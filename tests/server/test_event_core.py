@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import LOOPS
 from tests.support.httpclient import connect
 from tests.support.servers import ServerThread, start_server
+from tests.support.site import LOOPS
 
 BATCH = 100
 """Requests written at once: under the parser's 128-request pipelining cap."""

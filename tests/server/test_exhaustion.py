@@ -8,26 +8,20 @@ import hashlib
 import re
 import signal
 import socket
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPS, SIZES, Site, Transport
-from tests.support.httpclient import connect, get, read_response
-from tests.support.stress import (
-    recv_until_closed,
-    serve_flags,
-    skip_unless_carried,
-    spawn,
-    status_codes,
-    wait_for,
-)
+from tests.support.httpclient import connect, get, read_response, recv_until_closed, status_codes
+from tests.support.metrics import scrape
+from tests.support.servers import start_child
+from tests.support.site import LOOPS, SIZES, Site
+from tests.support.timing import DEADLINE, wait_for
+from tests.support.tls import Transport, skip_unless_carried
 from zcserve.server.strategies import STRATEGY_NAMES
 
 pytestmark = pytest.mark.timeout(120)
 
-DEADLINE = 10.0
 NOFILE = 64
 """The child's descriptor limit: small enough to run out of with a few clients."""
 
@@ -46,8 +40,8 @@ def test_out_of_descriptors_for_the_body_is_503_never_a_short_200(
     never comes."""
     skip_unless_carried(transport, strategy)
     size = SIZES["64k1.bin"]
-    args = ("--strategy", strategy, "--loop", loop, *serve_flags(transport.options()))
-    with spawn(tmp_path, site.root, *args, nofile=NOFILE) as child:
+    args = ("--strategy", strategy, "--loop", loop, *transport.flags())
+    with start_child(site.root, *args, nofile=NOFILE, log_dir=tmp_path) as child:
         keeper = connect(child.port, transport=transport)
         hogs: list[socket.socket] = []
         try:
@@ -87,20 +81,12 @@ def test_out_of_descriptors_for_the_body_is_503_never_a_short_200(
 LOST_LINE = re.compile(r"access log: cannot write")
 
 
-def _metric(url: str, name: str) -> float:
-    with urllib.request.urlopen(url, timeout=DEADLINE) as page:
-        text = page.read().decode()
-    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
-    assert match is not None, f"{name} not in the metrics:\n{text}"
-    return float(match.group(1))
-
-
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_full_disk_costs_log_lines_never_responses(
     transport: Transport, site: Site, tmp_path: Path, loop: str
 ) -> None:
     args = ("--loop", loop, "--access-log", "/dev/full", "--metrics", "127.0.0.1:0")
-    with spawn(tmp_path, site.root, *args, *serve_flags(transport.options())) as child:
+    with start_child(site.root, *args, *transport.flags(), log_dir=tmp_path) as child:
         pipelined = (
             b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n"
             b"GET /no-such-file HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -115,10 +101,10 @@ def test_a_full_disk_costs_log_lines_never_responses(
             sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
             received, closed = recv_until_closed(sock, DEADLINE)
         assert status_codes(received) == [400] and closed
-        metrics_url = child.child.metrics_url
+        metrics_url = child.metrics_url
         assert metrics_url is not None
         wait_for(
-            lambda: _metric(metrics_url, "zcserve_access_log_errors_total") >= 4,
+            lambda: scrape(metrics_url).get("zcserve_access_log_errors_total", 0) >= 4,
             DEADLINE,
             "every lost line counted",
         )
@@ -141,9 +127,9 @@ def test_shutdown_mid_pipeline_delivers_the_response_in_flight(
     reset), the second request is not answered, and the exit is 0."""
     skip_unless_carried(transport, strategy)
     size = SIZES["big.bin"]
-    args = ("--strategy", strategy, "--loop", loop, *serve_flags(transport.options()))
-    with spawn(tmp_path, site.root, *args) as child:
-        with transport.connect(child.port, 20, rcvbuf=64 * 1024) as sock:
+    args = ("--strategy", strategy, "--loop", loop, *transport.flags())
+    with start_child(site.root, *args, log_dir=tmp_path) as child:
+        with connect(child.port, transport=transport, timeout=20, rcvbuf=64 * 1024) as sock:
             sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
             first = sock.recv(64 * 1024)
             sock.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n")  # waits unread

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPS
+from tests.support.site import LOOPS
 from zcserve.demo import write_file
 from zcserve.runtime import loop_factory
 from zcserve.server.files import OpenedFile

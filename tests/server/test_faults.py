@@ -14,20 +14,12 @@ from typing import Any, ClassVar
 
 import pytest
 
-from tests.conftest import LOOPS, SIZES, Site, Transport
-from tests.support.httpclient import connect, get
-from tests.support.stress import (
-    MiB,
-    recv_until_closed,
-    reset,
-    run_abort_storm,
-    running,
-    serve_flags,
-    skip_unless_carried,
-    spawn,
-    status_codes,
-    wait_for,
-)
+from tests.support.httpclient import connect, get, recv_until_closed, status_codes
+from tests.support.servers import start_child, start_server
+from tests.support.site import LOOPS, SIZES, Site
+from tests.support.stress import MiB, reset, run_abort_storm
+from tests.support.timing import wait_for
+from tests.support.tls import Transport, skip_unless_carried
 from zcserve.server.files import OpenedFile
 from zcserve.server.http import Request, RequestParser
 from zcserve.server.respond import Reply, plan_reply
@@ -44,7 +36,7 @@ def slow_download(
 ) -> tuple[socket.socket, bytes]:
     """Start a download through a 64 KiB receive window and read its first bytes
     slowly, so the server is mid-transfer when this returns."""
-    sock = transport.connect(port, 10, rcvbuf=64 * 1024)
+    sock = connect(port, transport=transport, timeout=10, rcvbuf=64 * 1024)
     sock.sendall(request)
     data = b""
     while len(data) < first:
@@ -87,7 +79,7 @@ def test_client_abort_is_one_debug_line_and_no_traceback(
     skip_unless_carried(transport, strategy)
     args = ("--strategy", strategy, "--loop", loop, "--log-level", "debug")
     aborts = 6
-    with spawn(tmp_path, site.root, *args, *serve_flags(transport.options())) as child:
+    with start_child(site.root, *args, *transport.flags(), log_dir=tmp_path) as child:
         # Warm up without leaving a file in the open-file cache (it closes idle
         # descriptors itself after 2 s): the count must come back to exactly this.
         assert get(child.port, "/no-such-file", transport=transport).status == 404
@@ -129,7 +121,7 @@ def test_file_truncated_during_transfer_ends_the_connection(
     content = os.urandom(size)
     (tmp_path / "shrinks.bin").write_bytes(content)
     options = transport.options()
-    with running(root=str(tmp_path), strategy=strategy, loop=loop, **options) as server:
+    with start_server(root=str(tmp_path), strategy=strategy, loop=loop, **options) as server:
         request = b"GET /shrinks.bin HTTP/1.1\r\nHost: t\r\n\r\n"
         sock, first = slow_download(transport, server.port, request, 256 * 1024)
         with sock:
@@ -164,7 +156,7 @@ def test_file_replaced_or_deleted_while_open_sends_the_old_bytes(
     path = tmp_path / "moving.bin"
     path.write_bytes(old)
     options = transport.options()
-    with running(root=str(tmp_path), strategy=strategy, loop=loop, **options) as server:
+    with start_server(root=str(tmp_path), strategy=strategy, loop=loop, **options) as server:
         request = b"GET /moving.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
         sock, first = slow_download(transport, server.port, request, 256 * 1024)
         with sock:
@@ -211,7 +203,7 @@ def test_error_before_anything_is_sent_gives_500(
         return plan_reply(request, root)
 
     monkeypatch.setattr("zcserve.server.decorate.plan_reply", faulty_plan)
-    with running(root=site.root, loop=loop, **transport.options()) as server:
+    with start_server(root=site.root, loop=loop, **transport.options()) as server:
         with connect(server.port, transport=transport) as sock:
             sock.sendall(b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n")
             received, closed = recv_until_closed(sock, 5.0)
@@ -225,7 +217,7 @@ def test_error_before_anything_is_sent_gives_500(
 def test_error_after_the_head_closes_the_connection(
     transport: Transport, site: Site, loop: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with running(root=site.root, loop=loop, **transport.options()) as server:
+    with start_server(root=site.root, loop=loop, **transport.options()) as server:
         real = server.server.strategy
 
         class HalfThenBug:
@@ -273,7 +265,7 @@ def test_error_outside_a_response_gives_500(
             return super().feed(data)
 
     monkeypatch.setattr("zcserve.server.connection.RequestParser", ExplodingParser)
-    with running(root=site.root, loop=loop, **transport.options()) as server:
+    with start_server(root=site.root, loop=loop, **transport.options()) as server:
         with connect(server.port, transport=transport) as sock:
             sock.sendall(b"GET /EXPLODE HTTP/1.1\r\nHost: t\r\n\r\n")
             received, closed = recv_until_closed(sock, 5.0)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Site
+from tests.support.site import Site
 from zcserve.errors import HttpError
 from zcserve.server.files import (
     FULL,

@@ -14,10 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import LOOPS, Site
-from tests.support.httpclient import get
+from tests.support.httpclient import get, recv_until_closed, status_codes
 from tests.support.servers import start_server
-from tests.support.stress import open_fds, recv_until_closed, settled_fds, status_codes, wait_for
+from tests.support.site import LOOPS, Site
+from tests.support.stress import open_fds, settled_fds
+from tests.support.timing import wait_for
 from zcserve.errors import HttpError
 from zcserve.server.http import Limits, Request, RequestParser
 

@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from tests.conftest import LOOPS, SIZES, Site, Transport
+from tests.support.httpclient import connect
 from tests.support.servers import start_server
-from tests.support.stress import skip_unless_carried
+from tests.support.site import LOOPS, SIZES, Site
+from tests.support.tls import Transport, skip_unless_carried
 
 LAST = b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
 MORE = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -23,7 +24,7 @@ def _download(transport: Transport, port: int, request: bytes, more: bytes) -> t
     reads nothing), send `more`, which then sits unread in the server's kernel queue;
     read the rest. A server that simply closes after the body makes the kernel answer
     those unread bytes with a reset that destroys the body still in flight."""
-    with transport.connect(port, 20, rcvbuf=64 * 1024) as sock:
+    with connect(port, transport=transport, timeout=20, rcvbuf=64 * 1024) as sock:
         sock.sendall(request)
         chunks = [sock.recv(64 * 1024)]
         sock.sendall(more)
@@ -86,7 +87,7 @@ def test_a_connection_sending_only_crlf_is_cut_at_the_header_timeout(
     server = start_server(root=site.root, loop=loop, header_timeout=timeout, **transport.options())
     try:
         started = time.monotonic()  # before the accept: under TLS, before the handshake
-        with transport.connect(server.port) as sock:
+        with connect(server.port, transport=transport) as sock:
             closed_at = None
             while time.monotonic() - started < timeout + 5:
                 try:

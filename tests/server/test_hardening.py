@@ -25,40 +25,25 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import LOOPS, SIZES, Site, Transport
-from tests.support.httpclient import Response, connect, get, read_response
-from tests.support.stress import (
-    abort_stream,
-    client_context,
-    open_fds,
-    open_stream,
+from tests.support.httpclient import (
+    Response,
+    connect,
+    get,
+    read_response,
     read_response_async,
     recv_until_closed,
-    running,
-    server_side_connections,
-    skip_unless_carried,
     status_codes,
-    wait_for,
 )
+from tests.support.servers import start_server
+from tests.support.site import LOOPS, SIZES, Site
+from tests.support.stress import abort_stream, open_fds, open_stream, server_side_connections
+from tests.support.timing import DEADLINE, EARLY, latest_cut, wait_for
+from tests.support.tls import Transport, skip_unless_carried
 from zcserve.server.strategies import STRATEGY_NAMES
 
 pytestmark = pytest.mark.timeout(60)
 
 HELLO = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n"
-
-EARLY = 0.05
-"""How much sooner than its timeout a connection may be cut (clock granularity)."""
-TICK = 1.0
-"""The coarsest timer resolution a server may enforce its timeouts with."""
-MARGIN = 2.0
-"""Scheduling slack on a loaded machine, on top of the timeout and the tick."""
-DEADLINE = 10.0
-"""How long to wait for an event that should come at once (a response, a close)."""
-
-
-def latest_cut(timeout: float) -> float:
-    """The longest a connection with `timeout` may outlive it."""
-    return timeout + TICK + MARGIN
 
 
 def answer(transport: Transport, port: int, raw: bytes) -> tuple[list[int], bool]:
@@ -117,7 +102,7 @@ def test_limits_from_config_answer_and_close(
     transport: Transport, site: Site, raw: bytes, status: int
 ) -> None:
     limits = {"max_request_line": 100, "max_header_bytes": 300, "max_headers": 5}
-    with running(root=site.root, **limits, **transport.options()) as s:
+    with start_server(root=site.root, **limits, **transport.options()) as s:
         statuses, closed = answer(transport, s.port, raw)
         assert statuses == [status] and closed, (statuses, closed)
         # Just under every limit is served, and on a connection that stays open.
@@ -129,7 +114,7 @@ def test_limits_from_config_answer_and_close(
 def test_pipelined_requests_past_the_cap_wait_their_turn(transport: Transport, site: Site) -> None:
     """--max-pipelined bounds the requests parsed ahead of their answers; the rest
     wait unread, as in nginx, and are all answered in order."""
-    with running(root=site.root, max_pipelined=4, **transport.options()) as server:
+    with start_server(root=site.root, max_pipelined=4, **transport.options()) as server:
         statuses, follow_up = answered_and_kept_open(transport, server.port, HELLO * 4, 4)
         assert statuses == [200] * 4 and follow_up == 200, "4 pipelined requests are within the cap"
         statuses, follow_up = answered_and_kept_open(transport, server.port, HELLO * 50, 50)
@@ -140,7 +125,7 @@ def test_unknown_upgrade_is_answered_then_closed(transport: Transport, site: Sit
     """An Upgrade the server does not speak ends the exchange: whatever follows the
     head is not HTTP to us, so the connection must close rather than go deaf."""
     upgrade = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
-    with running(root=site.root, **transport.options()) as server:
+    with start_server(root=site.root, **transport.options()) as server:
         statuses, closed = answer(transport, server.port, upgrade + HELLO)
         assert statuses == [200] and closed, (statuses, closed)
         connect_ = b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org\r\n\r\n"
@@ -226,7 +211,9 @@ async def test_header_timeout_cuts_a_trickling_client(
     the connection, so the bytes dribbling in must not keep it alive."""
     header_timeout = 1.0
     options = transport.options()
-    with running(root=site.root, loop=loop, header_timeout=header_timeout, **options) as server:
+    with start_server(
+        root=site.root, loop=loop, header_timeout=header_timeout, **options
+    ) as server:
         trickled = await _trickle(transport, server.port, 0.25, latest_cut(header_timeout) + 1)
     assert_cut_at_header_timeout([trickled], header_timeout)
 
@@ -240,7 +227,9 @@ async def test_slowloris_does_not_starve_a_normal_client(
     timeout then cuts every trickler off."""
     header_timeout = 3.0
     options = transport.options()
-    with running(root=site.root, loop=loop, header_timeout=header_timeout, **options) as server:
+    with start_server(
+        root=site.root, loop=loop, header_timeout=header_timeout, **options
+    ) as server:
         began = [asyncio.Event() for _ in range(200)]
         give_up = latest_cut(header_timeout) + 1
         tricklers = [
@@ -276,7 +265,7 @@ def test_keepalive_idle_timeout_closes_an_idle_connection(
     keepalive_timeout = 2.5
     short_idle = 0.5  # well under the timeout, even with a stalled test thread
     options = {"keepalive_timeout": keepalive_timeout, **transport.options()}
-    with running(root=site.root, loop=loop, **options) as server:
+    with start_server(root=site.root, loop=loop, **options) as server:
         with connect(server.port, transport=transport) as sock, sock.makefile("rb") as reader:
             sock.sendall(HELLO)
             first = read_response(reader)
@@ -309,9 +298,9 @@ def test_send_stall_timeout_cuts_a_client_that_stops_reading(
     skip_unless_carried(transport, strategy)
     send_timeout = 0.5
     options = {"strategy": strategy, "loop": loop, "send_timeout": send_timeout}
-    with running(root=site.root, **options, **transport.options()) as server:
+    with start_server(root=site.root, **options, **transport.options()) as server:
         before = open_fds()
-        with transport.connect(server.port, rcvbuf=64 * 1024) as sock:
+        with connect(server.port, transport=transport, rcvbuf=64 * 1024) as sock:
             asked = time.monotonic()  # the stall cannot begin before the request
             sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
             first = sock.recv(16)  # the transfer has begun; from now on, read nothing
@@ -355,7 +344,7 @@ def first_bytes(transport: Transport, sock: socket.socket) -> socket.socket:
     """Send a connection's first bytes, which need no answer from the server: plain,
     a request (HELLO); under TLS, the ClientHello (the request must wait for the
     handshake). Returns the socket to go on with, in `answer_after_accept`."""
-    context = client_context(transport)
+    context = transport.client_context()
     if context is None:
         sock.sendall(HELLO)
         return sock
@@ -384,7 +373,9 @@ def answer_after_accept(sock: socket.socket) -> Response | None:
 def test_max_connections_holds_the_rest_in_the_backlog(
     transport: Transport, site: Site, loop: str
 ) -> None:
-    with running(root=site.root, loop=loop, max_connections=2, **transport.options()) as server:
+    with start_server(
+        root=site.root, loop=loop, max_connections=2, **transport.options()
+    ) as server:
         first, second = (connect(server.port, transport=transport) for _ in range(2))
         # TCP only: a TLS client's handshake would wait for an accept that does not come.
         third = socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE)
@@ -412,7 +403,7 @@ def test_max_connections_holds_the_rest_in_the_backlog(
 async def test_many_keepalive_requests_on_one_server(site: Site) -> None:
     """A sanity check of the async client the soak tests use, against a live server."""
     # Plain only: read_response_async reads a raw socket (loop.sock_recv), as the soak does.
-    with running(root=site.root) as server:
+    with start_server(root=site.root) as server:
         loop = asyncio.get_running_loop()
         sock = socket.socket()
         sock.setblocking(False)

@@ -3,16 +3,14 @@ the CORS preflight, and flags refused at start-up."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import LOOPS, Site
 from tests.support.httpclient import exchange, get
-from tests.support.procs import zcserve_command
-from tests.support.servers import ServerThread, start_server
+from tests.support.servers import ServerThread, start_child, start_server, zcserve_command
+from tests.support.site import LOOPS, Site
 from zcserve.errors import ConfigError
 from zcserve.server.config import ServerConfig
 from zcserve.server.decorate import make_planner, parse_header
@@ -209,14 +207,9 @@ def test_bad_header_refused_at_startup(site: Site, header: str, message: str) ->
 
 
 def test_header_from_the_environment(site: Site) -> None:
-    from zcserve.bench.child import start_serve
-
-    env = {**os.environ, "ZCSERVE_HEADER": "Cache-Control: no-store", "ZCSERVE_CORS": "1"}
-    child = start_serve([site.root, "-p", "0"], env=env)
-    try:
+    env = {"ZCSERVE_HEADER": "Cache-Control: no-store", "ZCSERVE_CORS": "1"}
+    with start_child(site.root, "-p", "0", port=None, env=env) as child:
         response = get(child.port, "/hello.txt")
-    finally:
-        child.stop()
     assert response.headers["cache-control"] == "no-store"
     assert response.headers[CORS_ORIGIN] == "*"
 

@@ -13,31 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPS, SIZES, Site, Transport
-from tests.support.httpclient import connect, get, read_response
-from tests.support.stress import (
-    abort_stream,
-    client_context,
-    recv_until_closed,
-    running,
-    serve_flags,
-    spawn,
-    status_codes,
-    wait_for,
-)
+from tests.support.httpclient import connect, get, read_response, recv_until_closed, status_codes
+from tests.support.servers import start_child, start_server
+from tests.support.site import LOOPS, SIZES, Site
+from tests.support.stress import abort_stream
+from tests.support.timing import DEADLINE, EARLY, MARGIN, TICK, wait_for
+from tests.support.tls import Transport
 
 pytestmark = pytest.mark.timeout(120)
 
 BIG = b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n"
-
-EARLY = 0.05
-"""How much sooner than its time limit a connection may be cut (clock granularity)."""
-TICK = 1.0
-"""The coarsest timer resolution a server may enforce its time limits with."""
-MARGIN = 2.0
-"""Scheduling slack on a loaded machine, on top of the time limit and the tick."""
-DEADLINE = 10.0
-"""How long to wait for an event that should come at once (a close, an exit)."""
 
 
 def refused(port: int) -> bool:
@@ -49,7 +34,7 @@ def refused(port: int) -> bool:
 
 
 def small_window_socket(transport: Transport, port: int) -> socket.socket:
-    return transport.connect(port, DEADLINE, rcvbuf=64 * 1024)
+    return connect(port, transport=transport, timeout=DEADLINE, rcvbuf=64 * 1024)
 
 
 # Graceful shutdown ------------------------------------------------------------------------
@@ -60,7 +45,7 @@ def small_window_socket(transport: Transport, port: int) -> socket.socket:
 def test_shutdown_lets_a_download_in_flight_finish(
     transport: Transport, site: Site, tmp_path: Path, signum: int, loop: str
 ) -> None:
-    with spawn(tmp_path, site.root, "--loop", loop, *serve_flags(transport.options())) as child:
+    with start_child(site.root, "--loop", loop, *transport.flags(), log_dir=tmp_path) as child:
         idle = connect(child.port, transport=transport)
         idle.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n")
         with idle.makefile("rb") as reader:  # the whole response: under TLS, two records
@@ -95,8 +80,8 @@ def test_grace_ends_a_stalled_download_and_exits_0(
     """The grace period is a time limit like the others: the stalled download is
     given all of it (not cut at the signal), and no more than it plus slack."""
     grace = 0.3
-    args = ("--loop", loop, "--grace", str(grace), *serve_flags(transport.options()))
-    with spawn(tmp_path, site.root, *args) as child:
+    args = ("--loop", loop, "--grace", str(grace), *transport.flags())
+    with start_child(site.root, *args, log_dir=tmp_path) as child:
         with small_window_socket(transport, child.port) as stalled:
             stalled.sendall(BIG)
             assert stalled.recv(16).startswith(b"HTTP/1.1 200")  # then reads nothing
@@ -121,7 +106,7 @@ async def _tls_requests(transport: Transport, clients: list[socket.socket]) -> l
     """CLOSE_HELLO over TLS on every one of `clients`, all at once: a handshake waits
     for its accept, which comes as earlier connections close. The statuses each
     got; fails if one was neither answered nor closed within DEADLINE."""
-    context = client_context(transport)
+    context = transport.client_context()
 
     async def one(sock: socket.socket) -> list[int]:
         received = b""
@@ -150,15 +135,15 @@ def test_out_of_descriptors_backs_off_logs_once_and_recovers(
     transport: Transport, site: Site, tmp_path: Path, loop: str
 ) -> None:
     nofile = 64
-    args = ("--loop", loop, *serve_flags(transport.options()))
-    with spawn(tmp_path, site.root, *args, nofile=nofile) as child:
+    args = ("--loop", loop, *transport.flags())
+    with start_child(site.root, *args, nofile=nofile, log_dir=tmp_path) as child:
         # TCP only: a TLS handshake would wait for an accept that does not come yet.
         clients = [connect(child.port) for _ in range(2 * nofile)]
         try:
             wait_for(lambda: "backing off" in child.log(), DEADLINE, "EMFILE warning")
             assert child.proc.poll() is None
             statuses = []
-            if transport.pem is None:
+            if transport.certificate is None:
                 for sock in clients:  # a request on every connection, accepted or not
                     sock.sendall(CLOSE_HELLO)
                 for sock in clients:
@@ -195,7 +180,7 @@ def test_access_log_writes_one_clf_line_per_response(
     transport: Transport, site: Site, tmp_path: Path
 ) -> None:
     path = tmp_path / "access.log"
-    with running(root=site.root, access_log=str(path), **transport.options()) as server:
+    with start_server(root=site.root, access_log=str(path), **transport.options()) as server:
         port = server.port
         assert get(port, "/hello.txt", transport=transport).status == 200
         assert get(port, "/missing.txt", transport=transport).status == 404
@@ -222,12 +207,12 @@ def test_access_log_writes_one_clf_line_per_response(
 def test_access_log_is_off_by_default_and_dash_is_stdout(
     transport: Transport, site: Site, tmp_path: Path
 ) -> None:
-    flags = serve_flags(transport.options())
-    with spawn(tmp_path, site.root, *flags) as quiet:
+    flags = transport.flags()
+    with start_child(site.root, *flags, log_dir=tmp_path) as quiet:
         assert get(quiet.port, "/hello.txt", transport=transport).body == b"hello\n"
         assert quiet.stop() == 0
     assert quiet.stdout == "" and quiet.log() == "", "nothing is logged by default"
-    with spawn(tmp_path, site.root, "--access-log", "-", *flags) as loud:
+    with start_child(site.root, "--access-log", "-", *flags, log_dir=tmp_path) as loud:
         assert get(loud.port, "/hello.txt", transport=transport).body == b"hello\n"
         assert loud.stop() == 0
     lines = loud.stdout.splitlines()

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPS
 from tests.support.httpclient import get
 from tests.support.servers import ServerThread, start_server
+from tests.support.site import LOOPS
 from zcserve.server.listing import (
     Entry,
     ListingQuery,

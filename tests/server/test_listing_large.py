@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.procs import serving
+from tests.support.servers import start_child
 
 ENTRIES = 100_000
 SMALL_WAIT_MOST = 0.1
@@ -62,7 +62,7 @@ def peak_rss(pid: int) -> int:
 
 @pytest.mark.soak
 def test_small_requests_are_answered_while_large_listings_render(crowded: Path) -> None:
-    with serving(str(crowded), "--listing", "--quiet") as child:
+    with start_child(str(crowded), "--listing", "--quiet") as child:
         port = urlsplit(child.url).port
         assert port is not None
         listings: dict[str, tuple[int, bytes]] = {}

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Transport
-from tests.support.httpclient import get
-from tests.support.procs import serving
-from tests.support.servers import ServerThread, start_server
+from tests.support.httpclient import connect, get
+from tests.support.metrics import scrape
+from tests.support.servers import ServerThread, start_child, start_server
+from tests.support.tls import Transport
 
 SMALL = bytes(range(256)) * 16  # 4 KiB
 LARGER = os.urandom(100_000)  # past --memory-file-max's default (16 KiB)
@@ -75,7 +75,7 @@ def test_pipelined_answers_from_memory_stay_in_order(
     server: ServerThread, transport: Transport
 ) -> None:
     request = b"GET /small.bin HTTP/1.1\r\nHost: t\r\n\r\n"
-    with transport.connect(server.port) as sock:
+    with connect(server.port, transport=transport) as sock:
         sock.sendall(
             request * 20 + b"GET /larger.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
         )
@@ -118,13 +118,6 @@ def test_cache_valid_serves_a_change_late_as_documented(tmp_path: Path) -> None:
         server.stop()
 
 
-def scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    found = re.findall(r"^(zcserve_\w+(?:\{[^}]*\})?) (\S+)$", text, re.MULTILINE)
-    return {name: float(value) for name, value in found}
-
-
 def test_memory_stays_within_its_budget_and_every_file_is_still_served(tmp_path: Path) -> None:
     """Twenty 8 KiB files through a cache with room for about three: the least
     recently used go, the bytes held never pass the budget, and every answer is
@@ -134,7 +127,7 @@ def test_memory_stays_within_its_budget_and_every_file_is_still_served(tmp_path:
         (tmp_path / name).write_bytes(body)
     budget = 3 * (8192 * 3 + 512) + 100  # a body and two whole answers each, and a head
     args = ["--strategy", "memory", "--memory-cache", str(budget), "--metrics", "127.0.0.1:0"]
-    with serving(str(tmp_path), *args, "--quiet") as child:
+    with start_child(str(tmp_path), *args, "--quiet") as child:
         assert child.metrics_url is not None
         held = []
         for _ in range(2):
@@ -156,7 +149,7 @@ def test_memory_stays_within_its_budget_and_every_file_is_still_served(tmp_path:
 def test_the_access_log_names_the_memory_strategy(tmp_path: Path, folder: Path) -> None:
     log = tmp_path / "access.log"
     args = ["--strategy", "memory", "--access-log", str(log), "--access-log-format", "json"]
-    with serving(str(folder), *args) as child:
+    with start_child(str(folder), *args) as child:
         for path in ("/small.bin", "/small.bin", "/larger.bin"):
             urllib.request.urlopen(f"{child.url}{path}", timeout=10).read()
     lines = [json.loads(line) for line in log.read_text().splitlines()]
@@ -171,12 +164,12 @@ def test_a_held_file_costs_a_stat_and_one_send(folder: Path, tmp_path: Path) -> 
         ([], {"recvfrom", "newfstatat", "sendto"}),
         (["--cache-valid", "60"], {"recvfrom", "sendto"}),
     ):
-        with serving(str(folder), "--strategy", "memory", *extra) as child:
+        with start_child(str(folder), "--strategy", "memory", *extra) as child:
             port = int(child.url.rsplit(":", 1)[1].strip("/"))
             with socket.create_connection(("127.0.0.1", port)) as sock:
                 request = b"GET /small.bin HTTP/1.1\r\nHost: t\r\n\r\n"
                 sock.sendall(request)
-                read_response(sock)  # the first: the file is read and held
+                receive_small(sock)  # the first: the file is read and held
                 trace = tmp_path / f"trace{len(extra)}"
                 tracer = subprocess.Popen(
                     ["strace", "-f", "-qq", "-o", str(trace), "-p", str(child.pid)],
@@ -185,7 +178,7 @@ def test_a_held_file_costs_a_stat_and_one_send(folder: Path, tmp_path: Path) -> 
                 time.sleep(0.5)  # strace attaches
                 for _ in range(50):
                     sock.sendall(request)
-                    read_response(sock)
+                    receive_small(sock)
                 tracer.terminate()
                 tracer.wait(timeout=10)
         calls = [
@@ -199,7 +192,8 @@ def test_a_held_file_costs_a_stat_and_one_send(folder: Path, tmp_path: Path) -> 
         assert per_request == expected, counted
 
 
-def read_response(sock: socket.socket) -> None:
+def receive_small(sock: socket.socket) -> None:
+    """Read until the end of an answer of SMALL."""
     received = b""
     while not received.endswith(SMALL):
         chunk = sock.recv(65536)
@@ -216,7 +210,7 @@ def test_auto_holds_files_in_memory_only_when_asked(
 ) -> None:
     log = tmp_path / "access.log"
     logged = ["--access-log", str(log), "--access-log-format", "json"]
-    with serving(str(folder), *args, *logged) as child:
+    with start_child(str(folder), *args, *logged) as child:
         for _ in range(2):
             assert urllib.request.urlopen(f"{child.url}/small.bin", timeout=10).read() == SMALL
     assert [json.loads(line)["strategy"] for line in log.read_text().splitlines()] == [expected] * 2

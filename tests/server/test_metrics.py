@@ -3,81 +3,22 @@ under the name of the strategy that really moved the bytes."""
 
 from __future__ import annotations
 
-import re
-import shutil
-import time
-import urllib.request
-from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
 
-from tests.conftest import SIZES, Site
 from tests.support.httpclient import connect, read_response
-from tests.support.procs import serving
-from tests.support.scripted import Certificate, make_certificate
+from tests.support.metrics import ACTIVE, FALLBACKS, OK, moved_by, sent_by_strategy, settled
+from tests.support.servers import start_child
+from tests.support.site import SIZES, Site
+from tests.support.tls import Certificate
 from zcserve.load.run import LoadOptions, run_load
 from zcserve.load.stats import LoadResult
 from zcserve.server.metrics import Metrics
 from zcserve.server.strategies import STRATEGY_NAMES
 
-SAMPLE = re.compile(r"^(\w+)(\{[^}]*\})? (\S+)$")
-SETTLE_SECONDS = 20.0
-"""Deadline for a counter to reach its value (worker snapshots lag by up to half a
-second; a loaded CI machine lags more)."""
-SENT = "zcserve_sent_bytes_total"
-FALLBACKS = "zcserve_strategy_fallbacks_total"
-ACTIVE = "zcserve_active_connections"
-OK = 'zcserve_requests_total{status="200"}'
 HELD = 3
 """Idle keep-alive connections a test holds open to read the gauge against."""
-
-
-def scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line:
-            continue
-        match = SAMPLE.match(line)
-        assert match, f"not a Prometheus sample: {line!r}"
-        name, labels, value = match.groups()
-        samples[name + (labels or "")] = float(value.replace("+Inf", "inf"))
-    return samples
-
-
-def settled(url: str, key: str, want: float, seconds: float = SETTLE_SECONDS) -> dict[str, float]:
-    """Scrape until `key` reaches `want` or the deadline passes; the last scrape."""
-    deadline = time.monotonic() + seconds
-    while True:
-        samples = scrape(url)
-        if samples.get(key) == want or time.monotonic() > deadline:
-            return samples
-        time.sleep(0.1)
-
-
-def sent_by_strategy(samples: dict[str, float]) -> dict[str, float]:
-    """`zcserve_sent_bytes_total` by its strategy label."""
-    prefix = SENT + '{strategy="'
-    return {k[len(prefix) : -2]: v for k, v in samples.items() if k.startswith(prefix)}
-
-
-def moved_by(strategy: str, tls: bool = False) -> str:
-    """The strategy that really sends a body past 64 KiB: auto picks sendfile on
-    plain TCP and the userspace fallback under TLS; memory holds only smaller
-    files, and sends the others as auto does."""
-    if strategy in ("auto", "memory"):
-        return "fallback" if tls else "sendfile"
-    return strategy
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Certificate]:
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command makes the test certificate")
-    yield make_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def hold_connections(port: int, count: int, stack: ExitStack) -> None:
@@ -110,7 +51,7 @@ def check_counts(samples: dict[str, float], result: LoadResult, label: str) -> i
 )
 def test_counters_match_the_load_generator(site: Site, strategy: str, workers: str) -> None:
     args = (site.root, "--strategy", strategy, "--workers", workers, "--metrics", "127.0.0.1:0")
-    with serving(*args) as child:
+    with start_child(*args) as child:
         metrics_url = child.metrics_url
         assert metrics_url is not None and metrics_url.startswith("http://127.0.0.1:")
         assert child.lines[1] == f"zcserve: metrics on {metrics_url}"
@@ -123,7 +64,7 @@ def test_counters_match_the_load_generator(site: Site, strategy: str, workers: s
         result = run_load(load)
         ok = result.requests - result.errors.get("status_404", 0)
         samples = settled(metrics_url, OK, ok)
-        check_counts(samples, result, moved_by(strategy))
+        check_counts(samples, result, moved_by(strategy, size=SIZES["64k1.bin"]))
         assert samples[FALLBACKS] == 0  # auto found sendfile usable on every response
         assert samples["zcserve_connections_total"] >= 4
         assert samples["zcserve_workers"] == int(workers)
@@ -140,8 +81,7 @@ def test_tls_counts_the_fallback(site: Site, certificate: Certificate, strategy:
     """Under TLS, sendfile cannot see the encrypted bytes: auto falls back and says so
     on every file response; an explicit userspace strategy is no fallback."""
     args = (site.root, "--strategy", strategy, "--metrics", "127.0.0.1:0")
-    tls = ("--tls-cert", str(certificate.cert), "--tls-key", str(certificate.key))
-    with serving(*args, *tls) as child:
+    with start_child(*args, *certificate.flags()) as child:
         metrics_url = child.metrics_url
         assert metrics_url is not None and child.url.startswith("https://127.0.0.1:")
         load = LoadOptions(
@@ -149,12 +89,12 @@ def test_tls_counts_the_fallback(site: Site, certificate: Certificate, strategy:
             connections=4,
             requests=600,
             processes=1,
-            cacert=str(certificate.cert),
+            cacert=certificate.cert,
         )
         result = run_load(load)
         ok = result.requests - result.errors.get("status_404", 0)
         samples = settled(metrics_url, OK, ok)
-        check_counts(samples, result, moved_by(strategy, tls=True))
+        check_counts(samples, result, moved_by(strategy, size=SIZES["64k1.bin"], tls=True))
         assert samples[FALLBACKS] == (ok if strategy == "auto" else 0)
         assert settled(metrics_url, ACTIVE, 0)[ACTIVE] == 0
 

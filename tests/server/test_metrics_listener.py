@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 import pytest
 
-from tests.conftest import Site
-from tests.server.test_process_faults import metrics_port_of
-from tests.support.stress import recv_until_closed, status_codes
-from zcserve.bench.child import start_serve
+from tests.support.httpclient import recv_until_closed, status_codes
+from tests.support.metrics import metrics_port_of
+from tests.support.servers import start_child
+from tests.support.site import Site
 from zcserve.server.metrics import (
     METRICS_MAX_CONNECTIONS,
     METRICS_MAX_REQUEST,
@@ -64,9 +63,8 @@ def test_idle_connections_cost_no_thread_and_are_closed(
 ) -> None:
     """200 silent connections once meant 200 threads, kept for good, in the process
     serving metrics (the server on its loop, or the supervisor with workers)."""
-    args = [site.root, "--port", "0", "--workers", workers, "--loop", loop]
-    args += ["--metrics", "127.0.0.1:0"]
-    with start_serve(args, stderr=subprocess.PIPE) as child, ExitStack() as stack:
+    args = (site.root, "--workers", workers, "--loop", loop, "--metrics", "127.0.0.1:0")
+    with start_child(*args) as child, ExitStack() as stack:
         port = metrics_port_of(child)
         before = threads_of(child.pid)
         idle = idle_connections(port, IDLE_CONNECTIONS, stack)
@@ -84,7 +82,7 @@ def test_idle_connections_cost_no_thread_and_are_closed(
             received, closed = recv_until_closed(sock, METRICS_TIMEOUT + MARGIN)
             assert closed and received == b"", "an idle metrics connection was kept"
         assert child.stop() == 0
-    assert child.stderr == "", "nothing is logged at the default level"
+    assert child.log() == "", "nothing is logged at the default level"
 
 
 @contextmanager

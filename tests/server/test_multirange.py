@@ -9,15 +9,15 @@ import email.policy
 import re
 import shutil
 import socket
-import ssl
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import LOOPS, Live, Pem, Site
 from tests.support.httpclient import Response, exchange, get, read_response
 from tests.support.servers import ServerThread, start_server
+from tests.support.site import LOOPS, Live, Site
+from tests.support.tls import Certificate
 from zcserve.server.files import FULL, UNSATISFIABLE, ByteRange, RangeKind, parse_ranges
 
 BIG = 24 * 1024 * 1024
@@ -179,11 +179,14 @@ def test_max_ranges_flag(site: Site, loop: str) -> None:
 
 @pytest.mark.parametrize("strategy", ["auto", "fallback", "readwrite"])
 @pytest.mark.parametrize("loop", LOOPS)
-def test_multipart_over_tls(site: Site, pem: Pem, loop: str, strategy: str) -> None:
+def test_multipart_over_tls(site: Site, certificate: Certificate, loop: str, strategy: str) -> None:
     server = start_server(
-        root=site.root, loop=loop, strategy=strategy, tls_cert=pem.cert, tls_key=pem.key
+        root=site.root,
+        loop=loop,
+        strategy=strategy,
+        **certificate.options(),
     )
-    context = ssl.create_default_context(cafile=pem.cert)
+    context = certificate.client_context()
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=20) as plain:
             with context.wrap_socket(plain, server_hostname="localhost") as tls:

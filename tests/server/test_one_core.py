@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SIZES, Pem, Site, Transport
+from tests.support.httpclient import connect
 from tests.support.servers import ServerThread, start_server
+from tests.support.site import SIZES, Site
+from tests.support.tls import Certificate, Transport
 
 HELLO = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n"
 HEADER_TIMEOUT = 1.0
@@ -158,7 +160,7 @@ def test_close_with_pipelined_requests_behind_is_whole_and_logs_what_was_sent(
     )
     behind = HELLO * (16 * 1024 // len(HELLO))
     request = f"GET /{name} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
-    with transport.connect(server.port) as sock:
+    with connect(server.port, transport=transport) as sock:
         sock.sendall(request + behind)
         time.sleep(0.2)  # the answer waits in the client's buffer, as a slow reader's
         received, reset = read_all(sock)
@@ -183,7 +185,7 @@ def test_a_huge_body_with_many_requests_behind_is_whole(
     server = start(server_for, transport, root=root)
     request = b"GET /huge.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     behind = b"GET /huge.bin HTTP/1.1\r\nHost: t\r\n\r\n" * (200 * 1024 // 37)
-    with transport.connect(server.port, rcvbuf=64 * 1024) as sock:
+    with connect(server.port, transport=transport, rcvbuf=64 * 1024) as sock:
         received, reset, _ = exchange(sock, request + behind)
     body = received.partition(b"\r\n\r\n")[2]
     assert not reset, f"reset after {len(body)} of {HUGE} body bytes"
@@ -197,7 +199,7 @@ def test_3000_pipelined_requests_in_one_write_are_all_answered(
     server = start(server_for, transport, root=site.root)
     request = b"GET /64k1.bin HTTP/1.1\r\nHost: t\r\n\r\n"
     last = b"GET /64k1.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    with transport.connect(server.port) as sock:
+    with connect(server.port, transport=transport) as sock:
         received, reset, _ = exchange(sock, request * (count - 1) + last)
     responses = split_responses(received)
     assert not reset and len(responses) == count, f"{len(responses)} of {count}, reset={reset}"
@@ -214,7 +216,7 @@ def test_max_pipelined_counts_requests_per_connection_not_per_read(
     padded = short[:-2] + b"X-Pad: " + b"p" * (240 - len(short) - 9) + b"\r\n\r\n"
     last = short[:-2] + b"Connection: close\r\n\r\n"
     for request in (short, padded):
-        with transport.connect(server.port) as sock:
+        with connect(server.port, transport=transport) as sock:
             received, reset, _ = exchange(sock, request * 999 + last)
         statuses = [head[9:12] for head, _ in split_responses(received)]
         assert not reset and statuses == [b"200"] * 1000, (len(statuses), set(statuses))
@@ -239,15 +241,17 @@ CLIENTS: dict[str, Steps] = {
 
 def _observe(server: ServerThread, transport: Transport, client: str) -> tuple[list[bytes], float]:
     """The statuses a client gets and how long after connecting the server closed."""
-    with transport.connect(server.port) as sock:
+    with connect(server.port, transport=transport) as sock:
         received, _, closed_after = exchange(sock, CLIENTS[client], timeout=30)
     return [head[9:12] for head, _ in split_responses(received)], closed_after
 
 
 @pytest.fixture(scope="module")
-def both_servers(site: Site, pem: Pem) -> Iterator[dict[str, tuple[Transport, ServerThread]]]:
+def both_servers(
+    site: Site, certificate: Certificate
+) -> Iterator[dict[str, tuple[Transport, ServerThread]]]:
     servers = {}
-    for transport in (Transport("plain", None), Transport("tls", pem)):
+    for transport in (Transport("plain", None), Transport("tls", certificate)):
         servers[transport.name] = (
             transport,
             start_server(
@@ -293,7 +297,7 @@ def test_a_slow_steady_reader_is_not_cut_at_the_send_timeout(
     0.5 s timeout here, so the server must see progress some other way."""
     server = start(server_for, transport, root=site.root, send_timeout=0.5, strategy=strategy)
     chunks: list[bytes] = []
-    with transport.connect(server.port) as sock:
+    with connect(server.port, transport=transport) as sock:
         sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         slow_until = time.monotonic() + 2.0
         while time.monotonic() < slow_until:  # 64 KiB every 40 ms
@@ -313,7 +317,7 @@ def test_a_lingering_connection_closes_when_its_client_does(
     """After the last response the server drains; once the client closes too, so does
     the server, at once, not after the linger's idle time."""
     server = start(server_for, transport, root=site.root)
-    with transport.connect(server.port) as sock:
+    with connect(server.port, transport=transport) as sock:
         sock.sendall(
             b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" + HELLO * 20
         )
@@ -333,7 +337,7 @@ def test_small_bodies_on_a_keepalive_connection_are_not_summed(
     server = start(server_for, transport, root=site.root)
     one = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n" + b"b" * 1000
     last = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    with transport.connect(server.port) as sock:
+    with connect(server.port, transport=transport) as sock:
         received, reset, _ = exchange(sock, one * 100 + last)
     statuses = [head[9:12] for head, _ in split_responses(received)]
     assert not reset and statuses == [b"200"] * 101, set(statuses)

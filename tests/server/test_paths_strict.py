@@ -21,10 +21,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import LOOPS, SIZES, Live, Site
-from tests.server.test_serve import one_connection
-from tests.support.httpclient import connect, get, read_response
+from tests.support.httpclient import connect, get, one_connection, read_response
 from tests.support.servers import start_server
+from tests.support.site import LOOPS, SIZES, Live, Site
 from zcserve.errors import HttpError
 from zcserve.server.filecache import OpenFileCache
 from zcserve.server.files import Kind, Root

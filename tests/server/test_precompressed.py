@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPS
 from tests.support.httpclient import get
-from tests.support.procs import zcserve_command
-from tests.support.servers import ServerThread, start_server
+from tests.support.servers import ServerThread, start_child, start_server, zcserve_command
+from tests.support.site import LOOPS
 from zcserve.server.precompressed import accepted
 from zcserve.server.strategies import STRATEGY_NAMES
 
@@ -229,14 +228,9 @@ def test_accepted_order() -> None:
 
 
 def test_sidecar_path_under_cli(folder: str, tmp_path: Path) -> None:
-    from zcserve.bench.child import start_serve
-
-    env = {**os.environ, "ZCSERVE_PRECOMPRESSED": "gzip"}
-    child = start_serve([folder, "-p", "0"], env=env)
-    try:
+    env = {"ZCSERVE_PRECOMPRESSED": "gzip"}
+    with start_child(folder, "-p", "0", port=None, env=env) as child:
         response = get(child.port, "/style.css", ae("gzip, br"))
-    finally:
-        child.stop()
     assert response.headers["content-encoding"] == "gzip"
 
 

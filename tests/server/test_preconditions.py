@@ -8,10 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import LOOPS, SIZES, Live, Site
-from tests.server.test_serve import one_connection
-from tests.support.httpclient import connect, read_response
+from tests.support.httpclient import connect, one_connection, read_response
 from tests.support.servers import start_server
+from tests.support.site import LOOPS, SIZES, Live, Site
 from zcserve.server.files import OpenedFile, Precondition, preconditions
 
 OLD = "Mon, 01 Jan 1990 00:00:00 GMT"

@@ -16,16 +16,16 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import psutil
 import pytest
 
-from tests.conftest import Site
-from tests.support.httpclient import get
-from tests.support.procs import zcserve_command
-from tests.support.stress import wait_for
-from zcserve.bench.child import ServeChild, start_serve, stop_child
+from tests.support.httpclient import connect, get
+from tests.support.metrics import metrics_port_of
+from tests.support.servers import Child, start_child, zcserve_command
+from tests.support.site import Site
+from tests.support.timing import PROCESS_DEADLINE, wait_for
+from zcserve.bench.child import stop_child
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,8 +33,6 @@ START_FAILURE_SECONDS = 10.0
 """A start-up that cannot succeed must end within this (the bug: it never ended)."""
 ORPHAN_SECONDS = 5.0
 """How long workers may outlive a supervisor killed with SIGKILL."""
-DEADLINE = 20.0
-"""How long to wait for something that should happen at once (an exit)."""
 
 
 def alive(process: psutil.Process) -> bool:
@@ -73,14 +71,6 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def metrics_port_of(child: ServeChild) -> int:
-    """The port of the metrics listener a `--metrics` child announced."""
-    assert child.metrics_url is not None, "started without --metrics"
-    port = urlsplit(child.metrics_url).port
-    assert port is not None
-    return port
-
-
 def run_bounded(args: list[str], timeout: float) -> tuple[int, str, str, float]:
     """Run `zcserve ARGS`; its exit code, stdout, stderr and seconds taken. If it has
     not exited within `timeout`, it and every process under it are killed by PID."""
@@ -93,7 +83,7 @@ def run_bounded(args: list[str], timeout: float) -> tuple[int, str, str, float]:
     except subprocess.TimeoutExpired:
         with ending(psutil.Process(proc.pid).children(recursive=True)):
             proc.kill()
-            out, err = proc.communicate(timeout=DEADLINE)
+            out, err = proc.communicate(timeout=PROCESS_DEADLINE)
         pytest.fail(f"still running after {timeout:g}s; stderr: {err[-2000:]!r}")
     return proc.returncode, out, err, time.monotonic() - started
 
@@ -130,7 +120,7 @@ def test_a_start_up_failure_exits_2_with_one_line(
         else:
             args += ["--metrics", "127.0.0.1:0"]
         if trigger == "bad-tls-key":
-            garbage = tmp_path / "garbage.pem"
+            garbage = tmp_path / "garbage.certificate"
             garbage.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n")
             args += ["--tls-cert", str(garbage), "--tls-key", str(garbage)]
             expected = "cannot load the TLS certificate or key"
@@ -153,16 +143,15 @@ def test_workers_die_with_a_killed_supervisor(site: Site, tmp_path: Path) -> Non
     """SIGKILL leaves the supervisor no say: the kernel tells the workers (parent-death
     signal, and the end of a pipe only the supervisor held), they drain and exit, and
     the serving and metrics ports are free again."""
-    args = [site.root, "--port", "0", "--workers", "2", "--metrics", "127.0.0.1:0"]
+    args = (site.root, "--workers", "2", "--metrics", "127.0.0.1:0")
     # A killed supervisor cannot remove its metrics snapshot folder: keep it in tmp_path.
-    child = start_serve(args, env={**os.environ, "TMPDIR": str(tmp_path)})
-    with child:
+    with start_child(*args, env={"TMPDIR": str(tmp_path)}) as child:
         workers = psutil.Process(child.pid).children()
         assert len(workers) == 2
         metrics_port = metrics_port_of(child)
         with ending(workers):
             child.proc.kill()
-            child.proc.wait(DEADLINE)
+            child.proc.wait(PROCESS_DEADLINE)
             wait_for(
                 lambda: not any(alive(w) for w in workers),
                 ORPHAN_SECONDS,
@@ -172,12 +161,9 @@ def test_workers_die_with_a_killed_supervisor(site: Site, tmp_path: Path) -> Non
             assert port_is_free(metrics_port), "the metrics port is still held"
 
 
-def download_in_flight(child: ServeChild) -> socket.socket:
+def download_in_flight(child: Child) -> socket.socket:
     """A client in the middle of big.bin, reading slowly (a small receive window)."""
-    client = socket.socket()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    client.settimeout(DEADLINE)
-    client.connect(("127.0.0.1", child.port))
+    client = connect(child.port, timeout=PROCESS_DEADLINE, rcvbuf=64 * 1024)
     client.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
     assert client.recv(16).startswith(b"HTTP/1.1 200")
     return client
@@ -197,8 +183,7 @@ def hangup_ignored() -> None:
 def test_sighup_drains_and_exits_0(site: Site, workers: str) -> None:
     """SIGHUP's default action killed the supervisor (orphaning its workers) or the
     server mid-response. It now drains as SIGTERM does: the download finishes."""
-    args = [site.root, "--port", "0", "--workers", workers]
-    child = start_serve(args, stderr=subprocess.PIPE, preexec_fn=hangup_default)
+    child = start_child(site.root, "--workers", workers, preexec_fn=hangup_default)
     workers_before = psutil.Process(child.pid).children()
     with child, ending(workers_before):
         with download_in_flight(child) as client:
@@ -207,18 +192,17 @@ def test_sighup_drains_and_exits_0(site: Site, workers: str) -> None:
                 rest = reader.read()
         body = rest.partition(b"\r\n\r\n")[2]
         assert hashlib.sha256(body).hexdigest() == site.hashes["big.bin"]
-        assert child.proc.wait(DEADLINE) == 0
+        assert child.proc.wait(PROCESS_DEADLINE) == 0
         assert not any(alive(w) for w in workers_before)
         assert child.stop() == 0
-    assert "Traceback" not in child.stderr
+    assert "Traceback" not in child.log()
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_sighup_stays_ignored_under_nohup(site: Site, workers: str) -> None:
     """`nohup zcserve serve` means: keep serving after the terminal hangs up (which
     signals every process of the group, workers included)."""
-    args = [site.root, "--port", "0", "--workers", workers]
-    child = start_serve(args, stderr=subprocess.PIPE, preexec_fn=hangup_ignored)
+    child = start_child(site.root, "--workers", workers, preexec_fn=hangup_ignored)
     workers_started = psutil.Process(child.pid).children()
     with child, ending(workers_started):
         for process in [psutil.Process(child.pid), *workers_started]:
@@ -228,7 +212,7 @@ def test_sighup_stays_ignored_under_nohup(site: Site, workers: str) -> None:
         assert child.proc.poll() is None
         assert all(alive(w) for w in workers_started)
         assert child.stop() == 0
-    assert child.stderr == ""
+    assert child.log() == ""
 
 
 KILL_ROUNDS = 5
@@ -238,9 +222,8 @@ KILL_GRACE = 1.0
 
 def kill_under_load(site: Site, tmp_path: Path) -> None:
     """One supervisor with downloads in flight and metrics connections open, killed."""
-    args = [site.root, "--port", "0", "--workers", "2", "--grace", str(KILL_GRACE)]
-    args += ["--metrics", "127.0.0.1:0"]
-    child = start_serve(args, env={**os.environ, "TMPDIR": str(tmp_path)})
+    args = (site.root, "--workers", "2", "--grace", str(KILL_GRACE), "--metrics", "127.0.0.1:0")
+    child = start_child(*args, env={"TMPDIR": str(tmp_path)})
     workers = psutil.Process(child.pid).children()
     with child, ending(workers), ExitStack() as held:
         for _ in range(8):
@@ -249,7 +232,7 @@ def kill_under_load(site: Site, tmp_path: Path) -> None:
         for _ in range(20):
             held.enter_context(socket.create_connection(("127.0.0.1", metrics_port)))
         child.proc.kill()
-        child.proc.wait(DEADLINE)
+        child.proc.wait(PROCESS_DEADLINE)
         wait_for(
             lambda: not any(alive(w) for w in workers),
             KILL_GRACE + ORPHAN_SECONDS,
@@ -288,10 +271,10 @@ def signal_on_first_output(args: list[str], signum: int) -> tuple[int, str, str]
         assert proc.stdout is not None
         with selectors.DefaultSelector() as selector:
             selector.register(proc.stdout, selectors.EVENT_READ)
-            assert selector.select(DEADLINE), "no serving line"
+            assert selector.select(PROCESS_DEADLINE), "no serving line"
         first = os.read(proc.stdout.fileno(), 65536).decode()
         proc.send_signal(signum)
-        out, err = proc.communicate(timeout=DEADLINE)
+        out, err = proc.communicate(timeout=PROCESS_DEADLINE)
     finally:
         stop_child(proc, timeout=5.0)
     assert first.startswith("zcserve: serving "), first
@@ -325,12 +308,11 @@ def test_the_signal_race_over_many_starts(site: Site) -> None:
 def test_workers_drain_on_a_signal_right_after_the_serving_line(site: Site) -> None:
     """The supervisor handles its signals before it forks: the same holds there."""
     for signum in STOP_SIGNALS:
-        args = [site.root, "--port", "0", "--workers", "2"]
-        child = start_serve(args, preexec_fn=hangup_default)
+        child = start_child(site.root, "--workers", "2", preexec_fn=hangup_default)
         workers = psutil.Process(child.pid).children()
         with child, ending(workers):
             child.proc.send_signal(signum)
-            assert child.proc.wait(DEADLINE) == 0, signal.Signals(signum).name
+            assert child.proc.wait(PROCESS_DEADLINE) == 0, signal.Signals(signum).name
             assert not any(alive(w) for w in workers)
 
 
@@ -342,7 +324,7 @@ def test_a_worker_count_past_the_cap_is_one_line_and_exit_2(site: Site) -> None:
     from zcserve.server.workers import max_workers
 
     code, out, err, _ = run_bounded(
-        ["serve", site.root, "--port", "0", "--workers", str(max_workers() + 1)], DEADLINE
+        ["serve", site.root, "--port", "0", "--workers", str(max_workers() + 1)], PROCESS_DEADLINE
     )
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and "workers" in err, err
@@ -356,7 +338,7 @@ def test_a_stop_signal_while_workers_start_ends_the_start(site: Site) -> None:
     from zcserve.server.workers import max_workers
 
     proc = subprocess.Popen(
-        # A grace longer than DEADLINE: a worker that lost the signal would be waited
+        # A grace longer than PROCESS_DEADLINE: a worker that lost the signal would be waited
         # for that long, then killed.
         zcserve_command(
             "serve", site.root, "--port", "0", "--workers", str(max_workers()), "--grace", "60"
@@ -367,19 +349,19 @@ def test_a_stop_signal_while_workers_start_ends_the_start(site: Site) -> None:
     )
     supervisor = psutil.Process(proc.pid)
     with ending([supervisor]):
-        wait_for(lambda: len(supervisor.children()) >= 2, DEADLINE, "workers starting")
+        wait_for(lambda: len(supervisor.children()) >= 2, PROCESS_DEADLINE, "workers starting")
         started = supervisor.children()
         with ending(started):
             proc.send_signal(signal.SIGTERM)
             most = len(started)  # the most workers alive at once after the signal
-            deadline = time.monotonic() + DEADLINE
+            deadline = time.monotonic() + PROCESS_DEADLINE
             while proc.poll() is None and time.monotonic() < deadline:
                 try:
                     most = max(most, len(supervisor.children()))
                 except psutil.NoSuchProcess:
                     break
                 time.sleep(0.005)
-            out, _ = proc.communicate(timeout=DEADLINE)
+            out, _ = proc.communicate(timeout=PROCESS_DEADLINE)
             assert proc.returncode == 0
             assert "serving" not in out
             assert most < max_workers() // 2, f"{most} workers started after the signal"

@@ -11,18 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEFAULT_STRATEGY, LOOPS, Live, Site, Transport
-from tests.support.httpclient import connect
+from tests.support.httpclient import connect, recv_until_closed, status_codes
 from tests.support.servers import start_server
-from tests.support.stress import recv_until_closed, status_codes
+from tests.support.site import DEFAULT_STRATEGY, LOOPS, Live, Site
+from tests.support.timing import DEADLINE
+from tests.support.tls import Transport
 from zcserve.errors import HttpError
 from zcserve.server.http import MAX_BODY, Request, RequestParser
 
 pytestmark = pytest.mark.timeout(60)
 
 HELLO = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n"
-DEADLINE = 10.0
-"""How long to wait for something that should come at once."""
 EXPECT_WAIT = 1.0
 """curl waits this long for an answer to `Expect: 100-continue` before it sends the
 body anyway: an answer must come well before it."""
@@ -186,10 +185,10 @@ def test_curl_expect_post_gets_405_without_waiting(
 ) -> None:
     upload = tmp_path / "upload.bin"
     upload.write_bytes(b"u" * 4096)
-    if transport.pem is None:
+    if transport.certificate is None:
         scheme, trust = "http", []
     else:
-        scheme, trust = "https", ["--cacert", transport.pem.cert]
+        scheme, trust = "https", ["--cacert", transport.certificate.cert]
     started = time.monotonic()
     result = subprocess.run(
         ["curl", "-sS", *trust, "-o", "/dev/null", "-w", "%{http_code}",
@@ -215,7 +214,7 @@ def test_valid_host_keeps_the_connection_open(transport: Transport, default_live
 
 def test_tcp_reset_never_hides_an_error(transport: Transport, default_live: Live) -> None:
     """The 400 for a second Host arrives though the request goes on after it."""
-    with transport.connect(default_live.port, DEADLINE) as sock:
+    with connect(default_live.port, transport=transport, timeout=DEADLINE) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n" + HELLO * 50)
         received, closed = recv_until_closed(sock, DEADLINE)
     assert status_codes(received) == [400] and closed

@@ -8,17 +8,23 @@ import asyncio
 import hashlib
 import os
 import socket
-import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPS, SECRET, SIZES, Pem, Site
-from tests.support.httpclient import connect, exchange, get, raw_get, read_response
+from tests.support.httpclient import (
+    connect,
+    exchange,
+    get,
+    raw_get,
+    read_response,
+    recv_until_closed,
+)
 from tests.support.servers import ServerThread, start_server
-from tests.support.stress import recv_until_closed
+from tests.support.site import LOOPS, SECRET, SIZES, Site
+from tests.support.tls import Certificate
 from zcserve.errors import ConfigError
 from zcserve.server import strategies
 from zcserve.server.config import ServerConfig
@@ -124,11 +130,14 @@ def test_raw_mode_sends_the_whole_file(tmp_path: Path, loop: str) -> None:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_tls_downloads_are_byte_exact(site: Site, pem: Pem, loop: str) -> None:
+def test_tls_downloads_are_byte_exact(site: Site, certificate: Certificate, loop: str) -> None:
     server = start_server(
-        root=site.root, strategy="readall", loop=loop, tls_cert=pem.cert, tls_key=pem.key
+        root=site.root,
+        strategy="readall",
+        loop=loop,
+        **certificate.options(),
     )
-    context = ssl.create_default_context(cafile=pem.cert)
+    context = certificate.client_context()
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=20) as plain:
             with context.wrap_socket(plain, server_hostname="localhost") as tls:

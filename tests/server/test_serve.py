@@ -12,28 +12,10 @@ import socket
 
 import pytest
 
-from tests.conftest import SIZES, SPARSE_SIZE, SPARSE_TAIL, Live, Site
-from tests.support.httpclient import Response, connect, exchange, get, read_response
+from tests.support.httpclient import connect, exchange, get, one_connection, read_response
+from tests.support.site import SIZES, SPARSE_SIZE, SPARSE_TAIL, Live, Site
 
 RANGE_FILE_SIZE = SIZES["64k1.bin"]
-
-
-def one_connection(port: int, requests: list[tuple[str, str, dict[str, str]]]) -> list[Response]:
-    """Send `requests` (method, path, headers) one after the other on one
-    keep-alive connection; a stray body byte would garble the next response."""
-    responses = []
-    with connect(port) as sock, sock.makefile("rb") as reader:
-        for method, path, headers in requests:
-            lines = [
-                f"{method} {path} HTTP/1.1",
-                "Host: t",
-                *(f"{k}: {v}" for k, v in headers.items()),
-            ]
-            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-            response = read_response(reader, head=method == "HEAD")
-            assert response is not None, f"closed before answering {method} {path}"
-            responses.append(response)
-    return responses
 
 
 @pytest.mark.parametrize("name", list(SIZES))

@@ -25,9 +25,9 @@ import aiofiles
 import psutil
 import pytest
 
-from tests.conftest import LOOPS, SIZES, Site
 from tests.support.httpclient import connect
 from tests.support.servers import start_server
+from tests.support.site import LOOPS, SIZES, Site
 from zcserve.errors import FileShrankError, SendStalledError
 from zcserve.runtime import loop_factory
 from zcserve.server import strategies

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPS, SIZES, Pem, Site
-from tests.support.servers import ServerThread, start_server
-from tests.support.stress import recv_until_closed, spawn, status_codes, wait_for
+from tests.support.httpclient import recv_until_closed, status_codes
+from tests.support.servers import ServerThread, start_child, start_server
+from tests.support.site import LOOPS, SIZES, Site
+from tests.support.timing import DEADLINE, wait_for
+from tests.support.tls import Certificate
 from zcserve.server.http import PLAIN_HTTP_ON_TLS_PORT
 
 pytestmark = [
@@ -32,18 +34,13 @@ IDLE_CONNECTIONS = 300
 IDLE_BUDGET = 40 * KiB
 """What one TLS connection that has sent nothing may cost the server (it was ~110 KiB:
 a zero-filled 64 KiB buffer, the receive buffer and an SSLObject, all at accept)."""
-DEADLINE = 10.0
 LAST = b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
 MORE = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
-def client_context(pem: Pem) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=pem.cert)
-
-
-def https_hello(port: int, pem: Pem) -> bytes:
+def https_hello(port: int, certificate: Certificate) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as plain:
-        with client_context(pem).wrap_socket(plain, server_hostname="localhost") as tls:
+        with certificate.client_context().wrap_socket(plain, server_hostname="localhost") as tls:
             tls.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             chunks = []
             while data := tls.recv(65536):
@@ -52,7 +49,7 @@ def https_hello(port: int, pem: Pem) -> bytes:
 
 
 @pytest.fixture
-def tls_threads(site: Site, pem: Pem) -> Iterator[list[ServerThread]]:
+def tls_threads(site: Site, certificate: Certificate) -> Iterator[list[ServerThread]]:
     started: list[ServerThread] = []
     yield started
     for server in started:
@@ -64,23 +61,23 @@ def tls_threads(site: Site, pem: Pem) -> Iterator[list[ServerThread]]:
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_an_idle_tls_connection_costs_little(
-    site: Site, pem: Pem, tmp_path: Path, loop: str
+    site: Site, certificate: Certificate, tmp_path: Path, loop: str
 ) -> None:
     """Measured as the RSS growth of a server child over 300 connections that send
     nothing: RSS, not tracemalloc, because OpenSSL's allocations are invisible to
     tracemalloc. Warm-up connections first, so the loop's own tables and the TLS
     library are grown and loaded before the baseline is read; 300 connections make
     the allocator's noise (a few hundred KiB) small beside the budget (12 MiB)."""
-    args = ("--loop", loop, "--tls-cert", pem.cert, "--tls-key", pem.key, "--header-timeout", "60")
-    with spawn(tmp_path, site.root, *args) as child:
+    args = ("--loop", loop, *certificate.flags(), "--header-timeout", "60")
+    with start_child(site.root, *args, log_dir=tmp_path) as child:
         for _ in range(5):
-            assert https_hello(child.port, pem).endswith(b"hello\n")
+            assert https_hello(child.port, certificate).endswith(b"hello\n")
         warm = [socket.create_connection(("127.0.0.1", child.port)) for _ in range(50)]
         wait_for(lambda: child.connections() >= 50, DEADLINE, "warm-up connections held")
         for sock in warm:
             sock.close()
         wait_for(lambda: child.connections() == 0, DEADLINE, "warm-up connections closed")
-        assert https_hello(child.port, pem).endswith(b"hello\n")
+        assert https_hello(child.port, certificate).endswith(b"hello\n")
         base = child.rss()
         idle = []
         try:
@@ -93,7 +90,7 @@ def test_an_idle_tls_connection_costs_little(
             )
             # A full exchange after them: the loop has run every accepted connection's
             # coroutine up to its first wait.
-            assert https_hello(child.port, pem).endswith(b"hello\n")
+            assert https_hello(child.port, certificate).endswith(b"hello\n")
             growth = child.rss() - base
         finally:
             for sock in idle:
@@ -111,14 +108,14 @@ def test_an_idle_tls_connection_costs_little(
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_one_header_deadline_covers_the_handshake_and_the_head(
-    site: Site, pem: Pem, loop: str, tls_threads: list[ServerThread]
+    site: Site, certificate: Certificate, loop: str, tls_threads: list[ServerThread]
 ) -> None:
     """A client that spends most of the header timeout before its handshake, then
     sends half a head, is cut at the header timeout counted from the connection,
     not a second one counted from the handshake."""
     header_timeout, before_handshake = 2.0, 1.5
     server = start_server(
-        root=site.root, loop=loop, tls_cert=pem.cert, tls_key=pem.key,
+        root=site.root, loop=loop, **certificate.options(),
         header_timeout=header_timeout,
     )  # fmt: skip
     tls_threads.append(server)
@@ -126,7 +123,7 @@ def test_one_header_deadline_covers_the_handshake_and_the_head(
     with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as plain:
         connected = time.monotonic()
         time.sleep(before_handshake)
-        with client_context(pem).wrap_socket(plain, server_hostname="localhost") as tls:
+        with certificate.client_context().wrap_socket(plain, server_hostname="localhost") as tls:
             tls.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n")
             try:
                 data = tls.recv(1024)
@@ -146,9 +143,9 @@ def test_one_header_deadline_covers_the_handshake_and_the_head(
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_plain_http_on_the_tls_port_gets_a_clear_400(
-    site: Site, pem: Pem, loop: str, tls_threads: list[ServerThread]
+    site: Site, certificate: Certificate, loop: str, tls_threads: list[ServerThread]
 ) -> None:
-    server = start_server(root=site.root, loop=loop, tls_cert=pem.cert, tls_key=pem.key)
+    server = start_server(root=site.root, loop=loop, **certificate.options())
     tls_threads.append(server)
     with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as sock:
         sock.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n" * 3)
@@ -161,13 +158,15 @@ def test_plain_http_on_the_tls_port_gets_a_clear_400(
         sock.sendall(b"\x00\x01garbage\r\n\r\n")
         received, closed = recv_until_closed(sock, DEADLINE)
     assert closed and b"HTTP/1.1" not in received
-    assert https_hello(server.port, pem).endswith(b"hello\n"), "the server must keep serving"
+    assert https_hello(server.port, certificate).endswith(b"hello\n"), (
+        "the server must keep serving"
+    )
 
 
 # The last response, whole ----------------------------------------------------------------------
 
 
-def _tls_download(port: int, pem: Pem) -> tuple[bytes, str | None]:
+def _tls_download(port: int, certificate: Certificate) -> tuple[bytes, str | None]:
     """Ask for LAST; once its body flows, pipeline MORE, which then waits unread in
     the server's kernel queue; read to the end. Returns the bytes and how the
     connection ended badly (None: a clean end)."""
@@ -175,7 +174,7 @@ def _tls_download(port: int, pem: Pem) -> tuple[bytes, str | None]:
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
     raw.settimeout(20)
     raw.connect(("127.0.0.1", port))
-    with client_context(pem).wrap_socket(raw, server_hostname="localhost") as tls:
+    with certificate.client_context().wrap_socket(raw, server_hostname="localhost") as tls:
         tls.sendall(LAST)
         chunks = [tls.recv(64 * KiB)]
         tls.sendall(MORE)
@@ -192,13 +191,16 @@ def _tls_download(port: int, pem: Pem) -> tuple[bytes, str | None]:
 @pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("strategy", ["auto", "fallback", "readwrite"])
 def test_tls_connection_close_with_a_pipelined_request_delivers_the_whole_body(
-    site: Site, pem: Pem, strategy: str, loop: str, tls_threads: list[ServerThread]
+    site: Site, certificate: Certificate, strategy: str, loop: str, tls_threads: list[ServerThread]
 ) -> None:
     server = start_server(
-        root=site.root, strategy=strategy, loop=loop, tls_cert=pem.cert, tls_key=pem.key
+        root=site.root,
+        strategy=strategy,
+        loop=loop,
+        **certificate.options(),
     )
     tls_threads.append(server)
-    received, broken = _tls_download(server.port, pem)
+    received, broken = _tls_download(server.port, certificate)
     head, _, body = received.partition(b"\r\n\r\n")
     assert broken is None, f"{broken} after {len(body)} of {SIZES['big.bin']} body bytes"
     assert head.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in head
@@ -207,19 +209,19 @@ def test_tls_connection_close_with_a_pipelined_request_delivers_the_whole_body(
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_tls_download_finishes_through_shutdown_with_a_pipelined_request(
-    site: Site, pem: Pem, tmp_path: Path, loop: str
+    site: Site, certificate: Certificate, tmp_path: Path, loop: str
 ) -> None:
     """SIGTERM while a TLS client that pipelined a second request downloads: the
     response in flight arrives whole, then the connection closes, and exit is 0."""
     size = SIZES["big.bin"]
-    args = ("--loop", loop, "--tls-cert", pem.cert, "--tls-key", pem.key)
-    with spawn(tmp_path, site.root, *args) as child:
+    args = ("--loop", loop, *certificate.flags())
+    with start_child(site.root, *args, log_dir=tmp_path) as child:
         raw = socket.socket()
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
         raw.settimeout(20)
         raw.connect(("127.0.0.1", child.port))
         broken = None
-        with client_context(pem).wrap_socket(raw, server_hostname="localhost") as tls:
+        with certificate.client_context().wrap_socket(raw, server_hostname="localhost") as tls:
             tls.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
             chunks = [tls.recv(64 * KiB)]
             tls.sendall(MORE)  # waits unread in the server's kernel queue

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import LOOPS, Site
-from tests.support.httpclient import get
-from tests.support.stress import running, status_codes, wait_for
+from tests.support.httpclient import get, status_codes
+from tests.support.servers import start_server
+from tests.support.site import LOOPS, Site
+from tests.support.timing import wait_for
 from zcserve.errors import HttpError
 from zcserve.server.http import Limits, RequestParser
 
@@ -104,7 +105,7 @@ def _flood(port: int, result: Flooded, stop: threading.Event) -> None:
 def test_endless_trailers_neither_hold_the_loop_nor_stay(site: Site, loop: str) -> None:
     """Three clients stream endless trailers; a normal GET is answered within a
     second all along, and each flooder is answered 431 or cut soon."""
-    with running(root=site.root, loop=loop, header_timeout=60.0) as server:
+    with start_server(root=site.root, loop=loop, header_timeout=60.0) as server:
         results = [Flooded() for _ in range(FLOODERS)]
         stop = threading.Event()
         threads = [

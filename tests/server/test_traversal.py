@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from tests.conftest import SECRET, Live, Site
 from tests.support.httpclient import raw_get
+from tests.support.site import SECRET, Live, Site
 
 # Each target tries to reach ../outside/secret.txt (or /etc/passwd) from ROOT.
 TRAVERSALS: list[bytes] = [

@@ -9,13 +9,10 @@ import time
 
 import psutil
 
-from tests.conftest import Site
 from tests.support.httpclient import connect, get, read_response
-from tests.support.procs import serving
-from tests.support.stress import wait_for
-
-DEADLINE = 20.0
-"""How long to wait for something that should happen at once (an accept, a restart)."""
+from tests.support.servers import start_child
+from tests.support.site import Site
+from tests.support.timing import PROCESS_DEADLINE, wait_for
 
 
 def worker_of(children: list[psutil.Process], client: socket.socket) -> int:
@@ -29,13 +26,15 @@ def worker_of(children: list[psutil.Process], client: socket.socket) -> int:
                     return child.pid
         return None  # accept() may not have run yet
 
-    pid = wait_for(holder, DEADLINE, f"a worker holds the connection from port {local_port}")
+    pid = wait_for(
+        holder, PROCESS_DEADLINE, f"a worker holds the connection from port {local_port}"
+    )
     assert pid is not None  # wait_for returns only something truthy
     return pid
 
 
 def test_two_workers_share_the_load(site: Site) -> None:
-    with serving(site.root, "--workers", "2") as child:
+    with start_child(site.root, "--workers", "2") as child:
         assert child.announce.rstrip().endswith("workers=2)")
         workers = psutil.Process(child.proc.pid).children()
         assert len(workers) == 2
@@ -60,12 +59,12 @@ def test_killed_worker_is_replaced(site: Site) -> None:
     is a request caught in the dying worker's accept queue (the kernel resets those
     when its listener closes); requests are sequential, so there is at most one, and
     none may fail once the worker is gone."""
-    with serving(site.root, "--workers", "2") as child:
+    with start_child(site.root, "--workers", "2") as child:
         supervisor = psutil.Process(child.proc.pid)
         victim, survivor = supervisor.children()
         victim.kill()
         failed_while_dying: list[Exception] = []
-        deadline = time.monotonic() + DEADLINE
+        deadline = time.monotonic() + PROCESS_DEADLINE
         while victim.is_running():  # True until the supervisor reaps it: all closed then
             assert time.monotonic() < deadline, "the killed worker was never reaped"
             try:
@@ -80,7 +79,7 @@ def test_killed_worker_is_replaced(site: Site) -> None:
             pids = {p.pid for p in supervisor.children()}
             return pids if len(pids) == 2 and victim.pid not in pids else None
 
-        pids = wait_for(replaced, DEADLINE, "a new worker in place of the killed one")
+        pids = wait_for(replaced, PROCESS_DEADLINE, "a new worker in place of the killed one")
         assert pids is not None and survivor.pid in pids
         for _ in range(20):
             assert get(child.port, "/hello.txt").body == b"hello\n"
@@ -88,7 +87,7 @@ def test_killed_worker_is_replaced(site: Site) -> None:
 
 
 def test_sigterm_drains_every_worker(site: Site) -> None:
-    with serving(site.root, "--workers", "2", "--strategy", "sendfile") as child:
+    with start_child(site.root, "--workers", "2", "--strategy", "sendfile") as child:
         workers = psutil.Process(child.proc.pid).children()
         clients: dict[int, socket.socket] = {}
         spare = []

@@ -1,17 +1,20 @@
-"""A deliberately small blocking HTTP/1.1 client for tests: exact bytes out,
-exact responses back, nothing hidden."""
+"""A deliberately small HTTP/1.1 client for tests: exact bytes out, exact responses
+back, nothing hidden; and the one `connect` every test client socket comes from."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import re
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
-if TYPE_CHECKING:
-    from tests.conftest import Transport
+from tests.support.timing import CLIENT_TIMEOUT
 
-TIMEOUT = 20.0
+if TYPE_CHECKING:
+    from tests.support.tls import Transport
 
 
 @dataclass
@@ -27,13 +30,40 @@ class Response:
 
 
 def connect(
-    port: int, host: str = "127.0.0.1", *, transport: Transport | None = None
+    port: int,
+    host: str = "127.0.0.1",
+    *,
+    transport: Transport | None = None,
+    timeout: float = CLIENT_TIMEOUT,
+    rcvbuf: int = 0,
+    source: str | None = None,
+    blocking: bool = True,
 ) -> socket.socket:
-    """A connected socket; over `transport` (TLS, say) when given, handshake done."""
-    if transport is not None:
-        assert host == "127.0.0.1", "a transport connects to 127.0.0.1"
-        return transport.connect(port, TIMEOUT)
-    sock = socket.create_connection((host, port), timeout=TIMEOUT)
+    """A client socket connected to `host`:`port`; over `transport` when given (TLS:
+    the handshake done).
+
+    `rcvbuf` shrinks its receive buffer before it connects, so a server's response
+    waits in flight; `source` is the local address to connect from (another
+    127.0.0.x, where one address would run out of ports). `blocking=False` hands
+    the connected socket to an event loop (`loop.sock_recv` and friends): on
+    loopback a connect completes at once while the listen backlog has room."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source is not None:
+            sock.bind((source, 0))
+        sock.connect((host, port))
+        context = None if transport is None else transport.client_context()
+        if context is not None:
+            sock = context.wrap_socket(sock, server_hostname="localhost")
+        if not blocking:
+            sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -98,6 +128,24 @@ def get(
     return responses[0]
 
 
+def one_connection(port: int, requests: list[tuple[str, str, dict[str, str]]]) -> list[Response]:
+    """Send `requests` (method, path, headers) one after the other on one
+    keep-alive connection; a stray body byte would garble the next response."""
+    responses = []
+    with connect(port) as sock, sock.makefile("rb") as reader:
+        for method, path, headers in requests:
+            lines = [
+                f"{method} {path} HTTP/1.1",
+                "Host: t",
+                *(f"{k}: {v}" for k, v in headers.items()),
+            ]
+            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            response = read_response(reader, head=method == "HEAD")
+            assert response is not None, f"closed before answering {method} {path}"
+            responses.append(response)
+    return responses
+
+
 def raw_get(port: int, target: bytes) -> bytes:
     """Everything the server sends for a GET of `target` (any bytes), until it closes."""
     with connect(port) as sock:
@@ -108,3 +156,53 @@ def raw_get(port: int, target: bytes) -> bytes:
             if not data:
                 return b"".join(chunks)
             chunks.append(data)
+
+
+def recv_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
+    """Everything `sock` receives until EOF or a reset, within `timeout` seconds.
+
+    Returns the bytes and whether the connection really ended (False: timed out)."""
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return b"".join(chunks), False
+        sock.settimeout(left)
+        try:
+            data = sock.recv(1 << 20)
+        except TimeoutError:
+            return b"".join(chunks), False
+        except ConnectionError:
+            return b"".join(chunks), True
+        if not data:
+            return b"".join(chunks), True
+        chunks.append(data)
+
+
+def status_codes(received: bytes) -> list[int]:
+    """Every status code in a byte stream of responses (bodies here are plain text)."""
+    return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", received)]
+
+
+async def read_response_async(sock: socket.socket) -> tuple[int, bytes]:
+    """Status and body of one response with a Content-Length, read from the
+    non-blocking `sock` on the running loop."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await loop.sock_recv(sock, 65536)
+        if not chunk:
+            raise ConnectionError(f"closed inside a head: {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    match = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
+    assert match is not None, head
+    length = int(match.group(1))
+    while len(body) < length:
+        chunk = await loop.sock_recv(sock, max(65536, length - len(body)))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(body)} of {length} body bytes")
+        body += chunk
+    assert len(body) == length, "more bytes than Content-Length"
+    return int(head.split(b" ", 2)[1]), body

@@ -1,5 +1,6 @@
 """Servers for the load generator's tests: a scriptable HTTP server that counts what
-it sent, run on its own loop in a thread, and `zcserve serve` as a child process.
+it sent, run on its own loop in a thread, and hostile peers. (zcserve itself comes
+from tests/support/servers.py.)
 
 The scriptable server answers every request the same way (`Behaviour`), after an
 optional delay (or a delay of its own per request, in order of arrival, so a
@@ -21,16 +22,12 @@ import asyncio
 import enum
 import socket
 import ssl
-import subprocess
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from zcserve.bench.child import start_serve
-
-READY_TIMEOUT = 10.0
+from tests.support.timing import READY_TIMEOUT
 
 
 class Behaviour(enum.Enum):
@@ -454,53 +451,3 @@ class StallingTLSServer:
         for conn in self._held:
             conn.close()
         self.listener.close()
-
-
-@contextmanager
-def zcserve_child(*args: str) -> Iterator[str]:
-    """Run `python -m zcserve serve ARGS --port 0`; yield its URL; stop it by PID."""
-    with start_serve([*args, "--port", "0"], stderr=subprocess.DEVNULL) as child:
-        yield child.url
-
-
-@dataclass(frozen=True)
-class Certificate:
-    """A self-signed certificate for CN=localhost, IP 127.0.0.1 and DNS localhost."""
-
-    cert: Path
-    key: Path
-
-    def server_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.cert, self.key)
-        context.set_alpn_protocols(["http/1.1"])
-        return context
-
-
-def make_certificate(folder: Path, name: str = "localhost") -> Certificate:
-    """A fresh self-signed certificate and key in `folder`, made by the openssl command."""
-    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-days",
-            "1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return Certificate(cert=cert, key=key)
