@@ -248,16 +248,6 @@ def test_argparse_converters_are_written_once() -> None:
 
 # the tests tree --------------------------------------------------------------------------
 
-TEST_IMPORTS_TO_UNTANGLE = {
-    ("tests.bench.test_bench", "tests.server.test_metrics"),
-    ("tests.server.test_dotfiles", "tests.server.test_serve"),
-    ("tests.server.test_metrics_listener", "tests.server.test_process_faults"),
-    ("tests.server.test_paths_strict", "tests.server.test_serve"),
-    ("tests.server.test_preconditions", "tests.server.test_serve"),
-}
-"""Test modules that import another today; their shared helpers are to move into a
-helper module (tests/support/), and each pair then leaves this list."""
-
 
 def _is_test_module(name: str) -> bool:
     parts = name.split(".")
@@ -293,7 +283,7 @@ def test_no_test_module_imports_another() -> None:
         module = _module_name(path)
         for imported in _test_modules_imported_by(module, path.read_text(encoding="utf-8")):
             pairs.add((module, imported))
-    assert sorted(pairs - TEST_IMPORTS_TO_UNTANGLE) == []
+    assert sorted(pairs) == [], "move what they share into tests/support/"
 
 
 def test_every_way_of_importing_a_test_module_is_seen() -> None:
