@@ -29,8 +29,16 @@ lint: $(STAMP) ## ruff check and ruff format --check
 typecheck: $(STAMP) ## mypy --strict over the package and the tests
 	$(BIN)/mypy
 
-pytest: $(STAMP) ## the test suite without the soak tests
-	$(BIN)/pytest -m "not soak"
+# Two passes, both run whatever the first says: most tests on $(JOBS) processes
+# (pytest-xdist), then those marked serial (timings and measurements, listed in
+# tests/conftest.py) alone. Each pass prints its 20 slowest tests.
+JOBS ?= 2
+pytest: $(STAMP) ## the suite without the soak tests: in parallel, then the serial ones alone
+	$(BIN)/pytest -m "not soak and not serial" -n $(JOBS) --dist worksteal --durations=20; \
+	parallel=$$?; \
+	$(BIN)/pytest -m "serial and not soak" --durations=20; \
+	serial=$$?; \
+	exit $$(( parallel ? parallel : serial ))
 
 test: lint typecheck pytest ## what CI runs: lint, types, tests
 

@@ -45,6 +45,8 @@ from zcserve.load.report import summary_lines
 from zcserve.load.run import LoadOptions, run_load, run_load_async
 from zcserve.load.stats import LoadResult
 
+pytestmark = pytest.mark.serial  # runs bounded within a second of their due end
+
 BODY = bytes(range(256)) * 16  # 4 KiB
 SLACK = 1.0
 """Seconds a run may take beyond its duration + timeout (probe, opening, closing)."""

@@ -283,9 +283,11 @@ def test_markdown_never_overwrites_a_file_without_its_markers(
 # bad input ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def inputs(tmp_path: Path) -> dict[str, str]:
-    """One file of each kind, good and bad, by name."""
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One file of each kind, good and bad, by name; made once (two of them are bench
+    results with their plots), read by every test, written by none."""
+    tmp_path = tmp_path_factory.mktemp("report-inputs")
     files: dict[str, Any] = {
         "load": _saved([100, 200]).to_json(),
         "load2": _saved([300]).to_json(),

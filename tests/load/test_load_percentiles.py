@@ -20,6 +20,8 @@ from zcserve import cli
 from zcserve.load.report import format_ms, histogram_lines, summary_lines
 from zcserve.load.stats import LoadResult, figures_ms, new_histogram
 
+pytestmark = pytest.mark.serial  # latencies in known bands
+
 LABELS = ("p50", "p90", "p99", "p99.9")
 """The figures the bands below tell apart (p75 and p95 share bands with p50 and p90)."""
 SHOWN = ("min", "p50", "p75", "p90", "p95", "p99", "p99.9", "max")

@@ -122,6 +122,7 @@ def test_a_url_becomes_one_request() -> None:
 # latency and counts ---------------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_latency_of_a_server_that_takes_20ms() -> None:
     # Every latency is at least the server's 20 ms (less a millisecond: uvloop timers
     # round); the upper bound only has to tell "about 20 ms" from a wrong clock or unit.
@@ -144,6 +145,7 @@ def test_counts_match_the_server_with_a_request_count() -> None:
     assert result.failed == 0 and result.error_total == 0
 
 
+@pytest.mark.serial
 def test_counts_match_the_server_with_a_duration() -> None:
     progress: list[tuple[int, int]] = []
     with ScriptedServer(body=BODY) as server:
@@ -175,6 +177,7 @@ def test_urls_are_spread_round_robin() -> None:
     assert one.counts.requests > 0 and two.counts.requests > 0
 
 
+@pytest.mark.serial
 def test_warmup_is_not_counted() -> None:
     with ScriptedServer(body=BODY) as server:
         result = load(server.url, requests=100, warmup=0.3)
@@ -254,6 +257,7 @@ def test_a_refused_port_fails_before_the_run() -> None:
 # open model ----------------------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_the_asked_rate_is_achieved() -> None:
     # 500/s on 8 connections: one slot every 2 ms, at 0, 2, ..., 1998 ms, so the
     # 1.999 s window holds exactly 1000 slots (no slot near its edge), however late
@@ -269,6 +273,7 @@ def test_the_asked_rate_is_achieved() -> None:
     assert result.achieved_rate > 250.0, result.achieved_rate
 
 
+@pytest.mark.serial
 def test_the_open_model_measures_exactly_the_slots_after_the_warmup() -> None:
     # Slots every 5 ms in all; the window [0.3125 s, 1.3125 s) holds exactly 200.
     with ScriptedServer(body=BODY) as server:
@@ -277,6 +282,7 @@ def test_the_open_model_measures_exactly_the_slots_after_the_warmup() -> None:
     assert server.counts.requests > 200, "the warm-up's requests reached the server too"
 
 
+@pytest.mark.serial
 def test_latency_counts_from_the_intended_send_time() -> None:
     # One connection, a request due every 25 ms, each answered in 50 ms: requests
     # queue up. About 25 go out by the window's end + LATE_GRACE, the k-th answered
@@ -487,6 +493,7 @@ def test_cli_says_so_and_exits_1_on_errors(capsys: pytest.CaptureFixture[str]) -
     assert "ERRORS: 12 (status 500: 12)" in printed.out
 
 
+@pytest.mark.serial
 def test_cli_open_model_with_warmup(zcserve_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["load", f"{zcserve_url}/4k.bin", "-c", "2", "-d", "500ms", "--rate", "100"]
     code = cli.main([*argv, "--warmup", "200ms", "--processes", "1", "--loop", "asyncio"])

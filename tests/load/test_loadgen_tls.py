@@ -84,6 +84,7 @@ def test_counts_match_and_keep_alive_needs_one_handshake_per_connection(
     assert server.counts.alpn == {"http/1.1"}, "the client offers http/1.1 only"
 
 
+@pytest.mark.serial
 def test_every_reconnect_is_one_handshake_and_not_request_latency(
     certificate: Certificate,
 ) -> None:

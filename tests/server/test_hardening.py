@@ -299,6 +299,9 @@ def test_send_stall_timeout_cuts_a_client_that_stops_reading(
     send_timeout = 0.5
     options = {"strategy": strategy, "loop": loop, "send_timeout": send_timeout}
     with start_server(root=site.root, **options, **transport.options()) as server:
+        # An unused cached descriptor closes after 0.1 s here, not the server's 2 s: the
+        # check below waits for the file's to close, its lease returned.
+        server.server.files.inactive = 0.1
         before = open_fds()
         with connect(server.port, transport=transport, rcvbuf=64 * 1024) as sock:
             asked = time.monotonic()  # the stall cannot begin before the request

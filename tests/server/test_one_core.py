@@ -11,6 +11,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -266,14 +267,17 @@ def both_servers(
         server.stop()
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("client", list(CLIENTS))
 def test_plain_and_tls_give_the_same_answers_and_close_at_the_same_moment(
     both_servers: dict[str, tuple[Transport, ServerThread]], client: str
 ) -> None:
-    seen = {
-        name: _observe(server, transport, client)
-        for name, (transport, server) in both_servers.items()
-    }
+    with ThreadPoolExecutor(len(both_servers)) as pool:  # both at once: half the wait
+        observing = {
+            name: pool.submit(_observe, server, transport, client)
+            for name, (transport, server) in both_servers.items()
+        }
+        seen = {name: future.result() for name, future in observing.items()}
     (plain_statuses, plain_closed), (tls_statuses, tls_closed) = seen["plain"], seen["tls"]
     assert plain_statuses == tls_statuses, (
         f"{client}: {len(plain_statuses)} vs {len(tls_statuses)} answers"
@@ -287,6 +291,7 @@ def test_plain_and_tls_give_the_same_answers_and_close_at_the_same_moment(
 # Behaviours that planted defects once slipped past -------------------------------
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("strategy", ["auto", "readwrite"])  # stepped, and awaited
 def test_a_slow_steady_reader_is_not_cut_at_the_send_timeout(
     transport: Transport, server_for: list[ServerThread], site: Site, strategy: str
@@ -311,6 +316,7 @@ def test_a_slow_steady_reader_is_not_cut_at_the_send_timeout(
     assert len(body) == SIZES["big.bin"], f"cut after {len(body)} of {SIZES['big.bin']} bytes"
 
 
+@pytest.mark.serial
 def test_a_lingering_connection_closes_when_its_client_does(
     transport: Transport, server_for: list[ServerThread], site: Site
 ) -> None:

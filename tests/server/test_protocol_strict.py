@@ -143,6 +143,7 @@ def _answer_to_expect(transport: Transport, port: int, head: bytes) -> tuple[byt
     return received, took
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize(
     ("head", "status", "body"),
     [
@@ -179,6 +180,7 @@ def test_body_sent_after_the_final_answer_is_drained(
     assert status_codes(first + rest) == [405] and closed
 
 
+@pytest.mark.serial
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
 def test_curl_expect_post_gets_405_without_waiting(
     transport: Transport, default_live: Live, tmp_path: Path

@@ -101,6 +101,7 @@ def _flood(port: int, result: Flooded, stop: threading.Event) -> None:
         result.ended = time.monotonic()
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("loop", LOOPS)
 def test_endless_trailers_neither_hold_the_loop_nor_stay(site: Site, loop: str) -> None:
     """Three clients stream endless trailers; a normal GET is answered within a
