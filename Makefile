@@ -30,8 +30,8 @@ typecheck: $(STAMP) ## mypy --strict over the package and the tests
 	$(BIN)/mypy
 
 # Two passes, both run whatever the first says: most tests on $(JOBS) processes
-# (pytest-xdist), then those marked serial (timings and measurements, listed in
-# tests/conftest.py) alone. Each pass prints its 20 slowest tests.
+# (pytest-xdist), then those marked serial (@pytest.mark.serial: timings and
+# measurements) alone. Each pass prints its 20 slowest tests.
 JOBS ?= 2
 pytest: $(STAMP) ## the suite without the soak tests: in parallel, then the serial ones alone
 	$(BIN)/pytest -m "not soak and not serial" -n $(JOBS) --dist worksteal --durations=20; \

@@ -13,24 +13,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.servers import start_server
-from tests.support.site import DEFAULT_STRATEGY, make_site
-from tests.support.site import LOOPS as LOOPS  # re-exported for tests/test_load_receive.py
-from tests.support.site import SIZES as SIZES  # until it moves: nothing else imports conftest
-from tests.support.site import Live as Live
-from tests.support.site import Site as Site
+from tests.support.site import DEFAULT_STRATEGY, LOOPS, Live, Site, make_site
 from tests.support.tls import Certificate, Transport, make_certificate
 from zcserve.server.strategies import STRATEGY_NAMES
-
-SERIAL = ("tests/test_load_output.py",)
-"""Test files marked `serial` from here, not by a mark of their own, until they move."""
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark `SERIAL`'s tests `serial`, before `-m` selects by marks."""
-    for item in items:
-        if item.nodeid.startswith(SERIAL):
-            item.add_marker(pytest.mark.serial)
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from tests.mutants import Mutant
 
-HOSTILE = "tests/test_load_hostile.py"
-RECEIVE = "tests/test_load_receive.py"
+HOSTILE = "tests/load/test_load_hostile.py"
+RECEIVE = "tests/load/test_load_receive.py"
 RATE_TESTS = (
     f"{HOSTILE}::test_a_rate_the_server_cannot_keep_up_with_ends_in_time_and_counts_unsent",
     f"{HOSTILE}::test_a_silent_server_at_a_rate_ends_in_time",
@@ -190,7 +190,7 @@ MUTANTS: list[Mutant] = [
         old="the next request reconnects\n            self.stats.reconnects += 1\n",
         new="the next request reconnects\n",
         tests=(
-            "tests/test_load_hostile.py::"
+            "tests/load/test_load_hostile.py::"
             "test_a_server_that_closes_after_every_response_counts_as_reconnects",
         ),
     ),

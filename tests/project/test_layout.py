@@ -1,6 +1,7 @@
 """The layout rules: load/ and server/ never import each other or the bench, a
 strategy sees sockets and files only, a load worker starts without the server,
-each package owns its command, and no test module imports another."""
+each package owns its command; every test module sits in a suite folder, and none
+imports another or conftest."""
 
 from __future__ import annotations
 
@@ -316,3 +317,39 @@ def test_every_way_of_importing_a_test_module_is_seen() -> None:
         "tests.test_f",
     }
     assert _module_name(TESTS_DIR / "server" / "test_serve.py") == "tests.server.test_serve"
+
+
+SUITES = ("server", "load", "bench", "e2e", "project")
+"""The folders of tests: one per part of the package, and two across them."""
+
+
+def test_every_test_module_is_in_a_suite_folder_beside_only_tests() -> None:
+    """tests/<suite>/test_*.py, each suite a package; helpers live in tests/support/."""
+    misplaced = [
+        str(path.relative_to(TESTS_DIR))
+        for path in TESTS_DIR.rglob("test_*.py")
+        if path.parent.parent != TESTS_DIR or path.parent.name not in SUITES
+    ]
+    assert misplaced == []
+    for suite in SUITES:
+        folder = TESTS_DIR / suite
+        assert (folder / "__init__.py").is_file(), suite
+        others = {p.name for p in folder.glob("*.py")} - {"__init__.py"}
+        assert {name for name in others if not name.startswith("test_")} == set(), suite
+
+
+def test_nothing_imports_conftest() -> None:
+    """conftest.py holds fixtures; what a test imports comes from tests/support/."""
+    importers = []
+    for path in sorted(TESTS_DIR.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                names = [module, *(f"{module}.{alias.name}" for alias in node.names)]
+            if any(name.split(".")[-1] == "conftest" for name in names):
+                importers.append(str(path.relative_to(TESTS_DIR)))
+    assert importers == []

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-import shutil
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +21,10 @@ from typing import Any, cast
 import httptools
 import pytest
 
-from tests.conftest import LOOPS, SIZES, Live, Site
-from tests.loadhelpers import Behaviour, ScriptedServer, make_certificate, zcserve_child
+from tests.support.scripted import Behaviour, ScriptedServer
+from tests.support.servers import start_child
+from tests.support.site import LOOPS, SIZES, Live, Site
+from tests.support.tls import Certificate
 from zcserve.load import client as loadclient
 from zcserve.load import http as loadhttp
 from zcserve.load.http import ResponseError, ResponseReader
@@ -83,14 +84,10 @@ def test_a_body_that_differs_in_its_last_byte_fails_verification(
 
 
 @pytest.fixture(scope="module")
-def tls_site(tmp_path_factory: pytest.TempPathFactory, site: Site) -> Iterator[tuple[str, str]]:
+def tls_site(site: Site, certificate: Certificate) -> Iterator[tuple[str, str]]:
     """zcserve over https on the same files, and the CA file to trust it."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command makes the test certificate")
-    certificate = make_certificate(tmp_path_factory.mktemp("receive-tls"))
-    tls = ["--tls-cert", str(certificate.cert), "--tls-key", str(certificate.key)]
-    with zcserve_child(site.root, *tls) as url:
-        yield url, str(certificate.cert)
+    with start_child(site.root, *certificate.flags()) as child:
+        yield child.url, certificate.cert
 
 
 @pytest.mark.parametrize("name", ["one.bin", "64k1.bin", "big.bin"])

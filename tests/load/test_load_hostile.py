@@ -53,7 +53,7 @@ SLACK = 1.0
 EXIT_WAIT = 30.0
 """Seconds a test waits for a child before it fails (and kills the child by PID)."""
 PEAK_RSS_MB = 100
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 needs_openssl = pytest.mark.skipif(
     shutil.which("openssl") is None, reason="the openssl command makes the test certificate"
