@@ -127,14 +127,20 @@ Measure = Callable[[str, str, int, int, bool], Coroutine[Any, Any, None]]
 def main(measure: Measure = measure, doc: str = __doc__ or "", requests: int = 30_000) -> None:
     """Read --strategy, --size and -n, write the body, run `measure` on uvloop."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--strategy", default="sendfile")
+    parser.add_argument(
+        "--strategy",
+        default=None,
+        help="default: sendfile, or auto with --tls (the server's"
+        " own choice there: sendfile would put plaintext on a TLS connection)",
+    )
     parser.add_argument("--size", type=int, default=4096, help="body bytes")
     parser.add_argument("-n", type=int, default=requests, help="requests")
     parser.add_argument("--tls", action="store_true", help="the same connection over TLS")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         Path(root, "body.bin").write_bytes(os.urandom(options.size))
-        uvloop.run(measure(root, options.strategy, options.size, options.n, options.tls))
+        strategy = options.strategy or ("auto" if options.tls else "sendfile")
+        uvloop.run(measure(root, strategy, options.size, options.n, options.tls))
 
 
 if __name__ == "__main__":
