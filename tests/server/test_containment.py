@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import pytest
 
 from tests.support.httpclient import raw_get
+from tests.support.resolving import resolve_status
 from tests.support.servers import start_server
 from tests.support.site import LOOPS
-from zcserve.errors import HttpError
 from zcserve.server.files import Kind, Root
 
 SECRET = b"SIBLING-SECRET-BESIDE-THE-ROOT\n"
@@ -54,17 +54,6 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Tree:
     os.symlink("..", root / "up")
     os.symlink(".", root / "self")
     return Tree(str(root), str(sibling))
-
-
-def resolve_status(root: Root, path: bytes) -> int:
-    """200 for a file or listing (closing what was opened), else the refusal's status."""
-    try:
-        resolved = root.resolve(path)
-    except HttpError as error:
-        return error.status
-    if resolved.file is not None:
-        resolved.file.close()
-    return 200
 
 
 # The inside-root check, without sockets: root itself, a child, the sibling that shares

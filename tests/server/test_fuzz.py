@@ -143,25 +143,20 @@ def _fuzz_server(site: Site, loop: str, examples: int) -> None:
             assert received.startswith(b"HTTP/1.1 ") or received == b"", received[:200]
 
         fuzz: Callable[[], None]
-
-        @settings(
+        fuzz_settings = settings(
             max_examples=examples,
             deadline=None,
             database=None,
             derandomize=True,
             suppress_health_check=[HealthCheck.too_slow],
         )
+
+        @fuzz_settings
         @given(data=garbage)
         def random_bytes(data: bytes) -> None:
             exchange(data, FOR_GARBAGE)
 
-        @settings(
-            max_examples=examples,
-            deadline=None,
-            database=None,
-            derandomize=True,
-            suppress_health_check=[HealthCheck.too_slow],
-        )
+        @fuzz_settings
         @given(data=mutants())
         def mutated(data: bytes) -> None:
             exchange(data, FOR_MUTANTS)

@@ -22,11 +22,11 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.httpclient import connect, get, one_connection, read_response
+from tests.support.resolving import resolve_status
 from tests.support.servers import start_server
 from tests.support.site import LOOPS, SIZES, Live, Site
-from zcserve.errors import HttpError
 from zcserve.server.filecache import OpenFileCache
-from zcserve.server.files import Kind, Root
+from zcserve.server.files import Root
 
 FILE_BODY = b"a regular file\n"
 INDEX_BODY = b"<p>dir</p>\n"
@@ -54,16 +54,6 @@ def tree_port(request: pytest.FixtureRequest, tree: str) -> Iterator[int]:
     server = start_server(root=tree, loop=request.param)
     yield server.port
     server.stop()
-
-
-def resolve_status(root: Root | OpenFileCache, path: bytes) -> int:
-    try:
-        resolved = root.resolve(path)
-    except HttpError as error:
-        return error.status
-    if resolved.file is not None:
-        resolved.file.close()
-    return 200 if resolved.kind is not Kind.REDIRECT else 301
 
 
 # A regular file named as a folder ----------------------------------------------------
