@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.httpclient import get, recv_until_closed, status_codes
+from tests.support.parsed import summary
 from tests.support.servers import start_server
 from tests.support.site import LOOPS, Site
 from tests.support.stress import open_fds, settled_fds
@@ -103,13 +104,7 @@ def _check_parser(data: bytes, split: int, limits: Limits) -> None:
     # Bytes arriving in two pieces give the same requests and statuses.
     parser = RequestParser(limits)
     pieces = parser.feed(data[:split]) + parser.feed(data[split:])
-    assert [_summary(item) for item in pieces] == [_summary(item) for item in whole]
-
-
-def _summary(item: Request | HttpError) -> tuple[object, ...]:
-    if isinstance(item, HttpError):
-        return ("error", item.status)
-    return (item.method, item.target, item.version, dict(item.headers), item.keep_alive)
+    assert [summary(item) for item in pieces] == [summary(item) for item in whole]
 
 
 def _fuzz_parser(examples: int) -> None:
@@ -117,6 +112,28 @@ def _fuzz_parser(examples: int) -> None:
     @given(data=st.one_of(garbage, mutants()), cut=st.floats(0, 1))
     def check(data: bytes, cut: float) -> None:
         _check_parser(data, int(len(data) * cut), Limits())
+
+    check()
+
+
+REPEATED = VALID[0]
+PIECES = [REPEATED, REPEATED, REPEATED[:1], REPEATED[:9], REPEATED[9:], b"\r\n", VALID[2]]
+"""Feeds that make a keep-alive client's repeat, and the partial or stray bytes that
+must keep the parser from taking a repeat for one."""
+
+
+def _fuzz_repeats(examples: int) -> None:
+    """The parser's repeat shortcut never changes what is parsed: feeds in any
+    order, repeats among them, give what all their bytes give in one feed (where
+    the shortcut cannot act)."""
+
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True)
+    @given(feeds=st.lists(st.one_of(st.sampled_from(PIECES), mutants()), max_size=8))
+    def check(feeds: list[bytes]) -> None:
+        parser = RequestParser()
+        pieces = [item for data in feeds for item in parser.feed(data)]
+        whole = RequestParser().feed(b"".join(feeds))
+        assert [summary(item) for item in pieces] == [summary(item) for item in whole]
 
     check()
 
@@ -175,6 +192,11 @@ def test_fuzz_parser() -> None:
 
 
 @pytest.mark.timeout(120)
+def test_fuzz_parser_repeats() -> None:
+    _fuzz_repeats(FAST_EXAMPLES * 5)
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("loop", LOOPS)
 def test_fuzz_server(site: Site, loop: str) -> None:
     _fuzz_server(site, loop, FAST_EXAMPLES)
@@ -184,6 +206,12 @@ def test_fuzz_server(site: Site, loop: str) -> None:
 @pytest.mark.timeout(600)
 def test_fuzz_parser_soak() -> None:
     _fuzz_parser(SOAK_EXAMPLES * 2)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(600)
+def test_fuzz_parser_repeats_soak() -> None:
+    _fuzz_repeats(SOAK_EXAMPLES * 2)
 
 
 @pytest.mark.soak

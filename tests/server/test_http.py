@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.parsed import summary
 from zcserve.errors import HttpError
 from zcserve.server.http import Limits, Request, RequestParser, error_response, render_head
 
@@ -37,6 +38,44 @@ def test_body_of_a_get_is_skipped() -> None:
         b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n"
     )
     assert [r.path for r in got if isinstance(r, Request)] == [b"/1", b"/2"]
+
+
+def test_a_repeated_request_is_parsed_once() -> None:
+    raw = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+    parser = RequestParser()
+    first, second, third = (parser.feed(raw) for _ in range(3))
+    assert first == second == third and isinstance(first[0], Request)
+    assert second[0] is third[0], "a repeat should reuse the request parsed before"
+
+
+@pytest.mark.parametrize(
+    ("before", "why"),
+    [
+        (b"G", "a method begun: the repeat continues it (GGET)"),
+        (b"GET /a HTTP/1.1\r\nHost", "a head begun"),
+        (b"GET /a HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\n", "a body owed"),
+        (b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", "a last request"),
+    ],
+)
+def test_a_repeat_after_a_partial_feed_is_parsed_as_what_it_continues(
+    before: bytes, why: str
+) -> None:
+    raw = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+    parser = RequestParser()
+    parser.feed(raw)
+    parser.feed(raw)  # remembered
+    got = parser.feed(before) + parser.feed(raw)
+    assert [summary(item) for item in got] == [
+        summary(item) for item in RequestParser().feed(raw + raw + before + raw)[2:]
+    ], why
+
+
+def test_the_end_of_a_split_head_is_not_remembered_as_a_request() -> None:
+    parser = RequestParser()
+    parser.feed(b"GET /a HTTP/1.1\r\nHo")
+    assert isinstance(parser.feed(b"st: h\r\n\r\n")[0], Request)
+    [refused] = parser.feed(b"st: h\r\n\r\n")
+    assert isinstance(refused, HttpError) and refused.status == 400
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,10 @@ readall budget) last as long as the responses in flight."""
 MAX_PIPELINED = 128
 """Most requests parsed ahead of their answers per connection (wrk pipelines 16); the
 connection feeds the parser at most this many shortest requests' bytes at a time."""
+REPEAT_MAX = 2048
+"""Longest request head remembered for a repeat (see `RequestParser.feed`): the one
+kept per connection costs at most this, and browsers' heads fit in it."""
+_HEAD_END = b"\r\n\r\n"
 
 _host_match = re.compile(
     r"(?:\[[0-9A-Za-z:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?"
@@ -154,6 +158,11 @@ class RequestParser:
         self._max_header_count = self._limits.max_header_count
         self._max_request_line = self._limits.max_request_line
         self._max_pipelined = self._limits.max_pipelined
+        self._at_rest = True
+        """The last feed ended exactly at the end of a keep-alive message (or nothing
+        was fed yet): llhttp holds nothing, so the same bytes parse the same way."""
+        self._repeat: tuple[bytes, Request] | None = None
+        """The last feed that was one whole keep-alive request, and that request."""
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -171,6 +180,12 @@ class RequestParser:
         """Parse `data`; return every request (or the terminal error) it completes."""
         if self._failed:
             return []
+        repeat = self._repeat
+        if repeat is not None and self._at_rest and data == repeat[0]:
+            # A keep-alive client repeating its last request byte for byte (wrk, a
+            # poll, a reload): llhttp is at rest, so parsing it again would make the
+            # same request; skip its five callbacks.
+            return [repeat[1]]
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -195,11 +210,27 @@ class RequestParser:
             self._fail(_bad_request(exc))
         else:
             if self._in_head or self._in_trailer:
+                self._at_rest = False
                 self._guard_incomplete_head(data)
             else:
                 self._head_tail = 0
+                self._remember(data)
         ready, self._ready = self._ready, []
         return ready
+
+    def _remember(self, data: bytes | bytearray | memoryview) -> None:
+        """Keep `data` for `feed`'s repeat check if it was one whole keep-alive request,
+        fed at rest; note whether llhttp is at rest now."""
+        was_at_rest = self._at_rest
+        last = self._ready[-1] if self._ready else None
+        # llhttp skips CRLFs between messages, and a method or target holds none: a
+        # feed that completed its messages and ends in CRLFCRLF left nothing half-read.
+        self._at_rest = at_rest = (
+            isinstance(last, Request) and last.keep_alive and data[-4:] == _HEAD_END
+        )
+        if at_rest and was_at_rest and len(self._ready) == 1 and len(data) <= REPEAT_MAX:
+            assert isinstance(last, Request)
+            self._repeat = (bytes(data), last)
 
     def _guard_incomplete_head(self, data: bytes | bytearray | memoryview) -> None:
         # httptools buffers a header's name and value until both are complete, so a
