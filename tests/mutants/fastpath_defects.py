@@ -1,12 +1,15 @@
-"""Defects of the per-request shortcuts: a repeat taken for a request while llhttp
-holds part of another, and the end of a split head remembered as a request."""
+"""Defects of the repeat shortcuts: a repeat taken for a request while llhttp holds
+part of another, the end of a split head remembered as a request, a repeat answered
+from a file that changed, and the rest of a repeat's body sent from the start."""
 
 from __future__ import annotations
 
 from tests.mutants import Mutant
 
 HTTP = "zcserve/server/http.py"
+CONNECTION = "zcserve/server/connection.py"
 PARSER_TESTS = "tests/server/test_http.py"
+REPEATS = "tests/server/test_repeats.py"
 
 MUTANTS: list[Mutant] = [
     Mutant(
@@ -24,5 +27,19 @@ MUTANTS: list[Mutant] = [
         old="        if at_rest and was_at_rest and len(self._ready) == 1",
         new="        if at_rest and len(self._ready) == 1",
         tests=(f"{PARSER_TESTS}::test_the_end_of_a_split_head_is_not_remembered_as_a_request",),
+    ),
+    Mutant(
+        name="repeat-answered-from-a-changed-file",
+        path=CONNECTION,
+        old="        if server.files.current(request.path) is not entry or server.closing:\n",
+        new="        if server.closing:\n",
+        tests=(f"{REPEATS}::test_repeats_are_exact_and_see_a_changed_file_at_once",),
+    ),
+    Mutant(
+        name="repeat-rest-sent-from-the-start",
+        path=CONNECTION,
+        old="strategy.start(self.stream, reply.file, body_sent, count)",
+        new="strategy.start(self.stream, reply.file, 0, count)",
+        tests=(f"{REPEATS}::test_repeats_the_socket_takes_in_part_are_finished_whole",),
     ),
 ]

@@ -26,12 +26,13 @@ from zcserve.errors import FileShrankError, HttpError, SendStalledError, Transfe
 from zcserve.server.accesslog import AccessLog
 from zcserve.server.config import ServerConfig
 from zcserve.server.decorate import Planner
-from zcserve.server.filecache import OpenFileCache
+from zcserve.server.filecache import Entry, OpenFileCache
 from zcserve.server.files import OpenedFile
 from zcserve.server.http import (
     Limits,
     Request,
     RequestParser,
+    current_http_date,
     error_response,
     without_keep_alive,
 )
@@ -43,6 +44,7 @@ from zcserve.server.respond import (
     MemoryReply,
     MultipartReply,
     Reply,
+    WholeReply,
     error_reply,
 )
 from zcserve.server.sockio import MSG_MORE, SocketStream, unacknowledged
@@ -51,6 +53,7 @@ from zcserve.server.strategies import (
     FallbackStrategy,
     MemoryStrategy,
     Progress,
+    Step,
     Transfer,
 )
 
@@ -94,6 +97,10 @@ class ServerState(Protocol):
     """False when nothing reads the metrics: the hot path then skips its counters."""
     timed: bool
     """True when the metrics or the access log need each request's start time."""
+    repeats: bool
+    """Whether a repeated request may be answered from its last answer's cache entry
+    (`HttpConnection._answer_repeat`): not when each response must be accounted for
+    (`timed`), nor with --precompressed, whose choice depends on other files."""
     plan: Planner
     """`plan_reply`, or the planner --header, --cors, --max-ranges and --precompressed
     chose at start-up (`decorate.make_planner`)."""
@@ -170,6 +177,29 @@ _NO_REPLY = Reply(0, b"", False)
 """The reply of an `InFlight` between responses."""
 
 
+class Repeat:
+    """What answering a byte-identical request again needs, kept from the last whole
+    answer: the parser hands back the very `Request` it made for those bytes, and
+    the answer holds while `entry` is the current one for its path."""
+
+    __slots__ = ("request", "entry", "key", "step", "whole")
+
+    def __init__(
+        self, request: Request | None, entry: Entry | None, step: Step | None, whole: bool
+    ) -> None:
+        self.request = request
+        self.entry = entry
+        self.key = (True, request.version if request is not None else "")
+        """The keep-alive head's key in the entry's `heads` and `wholes`."""
+        self.step = step
+        """The body's step, bound to the entry's descriptor (None for `whole`)."""
+        self.whole = whole
+        """The memory cache's answer, head and body in one (`MemoryReply`)."""
+
+
+_NO_REPEAT = Repeat(None, None, None, False)
+
+
 class HttpConnection:
     """One HTTP/1.1 connection, plain or TLS, driven by loop callbacks.
 
@@ -185,7 +215,7 @@ class HttpConnection:
         "phase", "peer", "_on_close", "_buffer", "_view", "_unparsed", "_feed_max",
         "_recv", "_send_call", "_reading", "_writing", "_head_deadline",
         "_inflight", "_response", "_chosen", "_fell_back", "_linger_ends", "_drained", "_queued",
-        "_head_flags", "_header_timeout", "_keepalive_timeout",
+        "_head_flags", "_header_timeout", "_keepalive_timeout", "_repeat",
     )  # fmt: skip
 
     def __init__(
@@ -239,6 +269,7 @@ class HttpConnection:
         self._head_flags = MSG_MORE if config.cork else 0
         self._header_timeout = config.header_timeout
         self._keepalive_timeout = config.keepalive_timeout
+        self._repeat = _NO_REPEAT
 
     @property
     def busy(self) -> bool:
@@ -355,6 +386,9 @@ class HttpConnection:
     # responding ------------------------------------------------------------------
 
     def _respond(self, request: Request, tries: int = 0, started: float = 0.0) -> None:
+        repeat = self._repeat
+        if request is repeat.request and self._answer_repeat(request, repeat):
+            return
         server = self.server
         if server.timed and not tries:
             started = time.perf_counter()
@@ -373,7 +407,87 @@ class HttpConnection:
             return
         inflight = self._response
         inflight.begin(request, reply, started, not reply.keep_alive)
+        if (reply.__class__ is WholeReply or reply.__class__ is MemoryReply) and server.repeats:
+            self._remember(request, reply)
         self._commit(inflight)
+
+    def _remember(self, request: Request, reply: Reply) -> None:
+        """Keep what answering `request` again takes, if it is a keep-alive GET."""
+        self._repeat = _NO_REPEAT
+        entry = self.server.files.entry(request.path)
+        if not reply.keep_alive or request.method != "GET" or entry is None:
+            return
+        if reply.__class__ is MemoryReply:
+            self._repeat = Repeat(request, entry, None, True)
+            return
+        assert reply.file is not None
+        step = self._chosen.reusable_step(self.stream, reply.file)
+        if step is not None:
+            self._repeat = Repeat(request, entry, step, False)
+
+    def _answer_repeat(self, request: Request, repeat: Repeat) -> bool:
+        """Answer a repeat of the last whole answer's request straight from its cache
+        entry: no planning, no `Transfer`, unless the socket takes only part of it,
+        and then the rest goes the common way. False, having sent nothing, when the
+        entry changed, a new Date second needs a new head, or shutdown began."""
+        server = self.server
+        entry = repeat.entry
+        if server.files.current(request.path) is not entry or server.closing:
+            return False
+        assert entry is not None
+        date = current_http_date()
+        kept = (entry.wholes if repeat.whole else entry.heads).get(repeat.key)
+        if kept is None or kept[0] is not date or (repeat.whole and entry.body is None):
+            return False
+        data = kept[1]
+        if repeat.whole:
+            memory = server.files.memory
+            assert memory is not None
+            memory.touch(entry)
+            flags, count = 0, 0
+        else:
+            flags, count = self._head_flags, entry.size
+        stream = self.stream
+        sent = body_sent = 0
+        try:
+            sent = self._send_call(data, flags)
+            if sent == len(data) and count:
+                assert repeat.step is not None
+                body_sent = repeat.step(0, count)
+                stream.bytes_sent += body_sent
+        except BlockingIOError:
+            pass
+        except PEER_GONE as exc:
+            self._end(exc)
+            return True
+        if sent == len(data) and body_sent == count and not stream.unflushed:
+            return True
+        self._answer_rest(request, repeat, data[sent:], flags, body_sent)
+        return True
+
+    def _answer_rest(
+        self, request: Request, repeat: Repeat, unsent: bytes, flags: int, body_sent: int
+    ) -> None:
+        """What a repeat's answer did not get into the socket, sent as any response."""
+        inflight = self._response
+        entry = repeat.entry
+        assert entry is not None
+        if repeat.whole:
+            reply: Reply = MemoryReply(200, unsent, True, b"", None, 0, entry.size)
+        else:
+            reply = WholeReply(200, b"", True, b"", entry.lend(), 0, entry.size)
+        inflight.begin(request, reply, 0.0, False)
+        inflight.unsent = memoryview(unsent)
+        inflight.flags = flags
+        self._inflight = inflight
+        self.phase = _RESPONDING
+        if reply.file is not None:
+            strategy = self._chosen
+            count = entry.size - body_sent
+            inflight.body_start = self.stream.bytes_sent - body_sent
+            inflight.strategy = strategy
+            inflight.transfer = strategy.start(self.stream, reply.file, body_sent, count)
+        self._pump()
 
     def _await_listing(
         self, request: Request, pending: ListingPending, tries: int, started: float

@@ -39,7 +39,9 @@ reopening a file every two seconds costs nothing, idle descriptors do)."""
 
 
 @dataclass(slots=True, eq=False)
-class _Entry:
+class Entry:
+    """One cached file: its descriptor, what fstat said, and what was rendered from it."""
+
     fd: int
     name: str
     path: bytes
@@ -83,7 +85,7 @@ HEAD_ALLOWANCE = 512
 """Bytes counted per held body for its rendered heads."""
 
 
-def _cost(entry: _Entry) -> int:
+def _cost(entry: Entry) -> int:
     """What holding `entry` costs: its body, and the whole answers made from it."""
     return entry.size * (1 + WHOLES_HELD) + HEAD_ALLOWANCE
 
@@ -98,9 +100,9 @@ class MemoryCache:
         self.file_max = file_max
         self.held = 0
         self.evictions = 0
-        self._bodies: OrderedDict[_Entry, None] = OrderedDict()
+        self._bodies: OrderedDict[Entry, None] = OrderedDict()
 
-    def admit(self, entry: _Entry) -> None:
+    def admit(self, entry: Entry) -> None:
         """Read `entry`'s file into memory, unless it changes while being read."""
         cost = _cost(entry)
         if not 0 < entry.size <= self.file_max or cost > self.capacity:
@@ -115,10 +117,10 @@ class MemoryCache:
             self.forget(next(iter(self._bodies)))
             self.evictions += 1
 
-    def touch(self, entry: _Entry) -> None:
+    def touch(self, entry: Entry) -> None:
         self._bodies.move_to_end(entry)
 
-    def forget(self, entry: _Entry) -> None:
+    def forget(self, entry: Entry) -> None:
         if entry.body is not None:
             del self._bodies[entry]
             self.held -= _cost(entry)
@@ -150,12 +152,14 @@ class OpenFileCache:
         """Seconds a hit is trusted without a stat (`--cache-valid`); 0: every hit."""
         self.memory = memory
         self.listings: ListingCache = root.listings
-        self._entries: dict[bytes, _Entry] = {}
+        self._entries: dict[bytes, Entry] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def cached(self, url_path: bytes) -> OpenedFile | None:
+    def current(self, url_path: bytes) -> Entry | None:
+        """The entry for `url_path` if the path still names the file it holds (a stat,
+        or none within `valid` of the last); a changed file's entry is dropped."""
         entry = self._entries.get(url_path)
         if entry is None:
             return None
@@ -170,6 +174,16 @@ class OpenFileCache:
                 return None
             entry.checked = now
         entry.last_used = now
+        return entry
+
+    def entry(self, url_path: bytes) -> Entry | None:
+        """The entry for `url_path`, unchecked: for a caller that was just lent its file."""
+        return self._entries.get(url_path)
+
+    def cached(self, url_path: bytes) -> OpenedFile | None:
+        entry = self.current(url_path)
+        if entry is None:
+            return None
         memory = self.memory
         if memory is not None:
             if entry.body is not None:
@@ -197,7 +211,7 @@ class OpenFileCache:
         info = os.fstat(file.fd)
         if len(self._entries) >= self.capacity:
             self._drop(next(iter(self._entries)))  # the oldest
-        entry = _Entry(
+        entry = Entry(
             fd=file.fd,
             name=file.name,
             path=path,

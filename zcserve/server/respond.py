@@ -72,10 +72,17 @@ class Reply:
 
 
 @dataclass(slots=True)
+class WholeReply(Reply):
+    """A whole cached file's 200, its head the one the cache entry keeps for this
+    Date second: a byte-identical request gets the same answer while the entry is
+    current (`HttpConnection._answer_repeat`)."""
+
+
+@dataclass(slots=True)
 class MemoryReply(Reply):
     """A whole answer from the memory cache: `head` holds the head and the body,
     made once per Date second, so no request copies the body; `count` is the
-    body's length."""
+    body's length. Like a `WholeReply`, it holds for a byte-identical request."""
 
 
 @dataclass(slots=True)
@@ -192,7 +199,7 @@ def plan_reply(
                     whole = wholes[(keep, version)] = (date, head + body)
                 file.close()
                 return MemoryReply(200, whole[1], keep, b"", None, 0, len(body))
-            return Reply(200, head, keep, b"", file, 0, file.size)  # positional: faster
+            return WholeReply(200, head, keep, b"", file, 0, file.size)  # positional: faster
         with _Owned(file) as owned:
             validators = [("Last-Modified", http_date(file.mtime)), ("ETag", file.etag)]
             if file.encoding:  # a sidecar: its answers carry (or, for 304, stand for) it

@@ -1,0 +1,119 @@
+"""A keep-alive client repeating its request byte for byte is answered from the last
+answer's cache entry (`HttpConnection._answer_repeat`). Over plain TCP and TLS,
+under every strategy, the answers are the bytes a fresh request gets, a changed
+file is seen at once, and an answer the socket takes only in part is finished
+whole."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.httpclient import Response, connect, read_response
+from tests.support.servers import start_server
+from tests.support.tls import Transport, skip_unless_carried
+
+STRATEGIES = ("auto", "sendfile", "fallback", "readwrite", "mmap", "splice", "memory")
+
+
+def ask(sock: socket.socket, request: bytes) -> Response:
+    sock.sendall(request)
+    with sock.makefile("rb") as reader:
+        response = read_response(reader, head=request.startswith(b"HEAD"))
+    assert response is not None, "the connection closed"
+    return response
+
+
+def get_on(sock: socket.socket, target: str, *headers: str) -> Response:
+    lines = "".join(f"{header}\r\n" for header in headers)
+    return ask(sock, f"GET {target} HTTP/1.1\r\nHost: t\r\n{lines}\r\n".encode())
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_repeats_are_exact_and_see_a_changed_file_at_once(
+    tmp_path: Path, transport: Transport, strategy: str
+) -> None:
+    skip_unless_carried(transport, strategy)
+    path = tmp_path / "page.bin"
+    path.write_bytes(b"A" * 4096)
+    server = start_server(root=str(tmp_path), strategy=strategy, **transport.options())
+    try:
+        with connect(server.port, transport=transport) as sock:
+            for _ in range(3):
+                assert get_on(sock, "/page.bin").body == b"A" * 4096
+            # Rewritten in place, same size, mtime set back: the ctime still moves.
+            before = path.stat()
+            with open(path, "r+b") as rewrite:
+                rewrite.write(b"B" * 4096)
+            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+            assert get_on(sock, "/page.bin").body == b"B" * 4096
+            assert get_on(sock, "/page.bin").body == b"B" * 4096
+            # Replaced by another file (a new inode), shorter.
+            (tmp_path / "new.bin").write_bytes(b"C" * 1000)
+            os.replace(tmp_path / "new.bin", path)
+            response = get_on(sock, "/page.bin")
+            assert response.body == b"C" * 1000
+            assert response.headers["content-length"] == "1000"
+            path.unlink()
+            assert get_on(sock, "/page.bin").status == 404
+            path.write_bytes(b"D" * 2000)
+            assert get_on(sock, "/page.bin").body == b"D" * 2000
+            assert get_on(sock, "/page.bin").body == b"D" * 2000
+    finally:
+        server.stop()
+
+
+def test_repeated_conditional_range_and_head_requests_keep_their_own_answers(
+    tmp_path: Path, transport: Transport
+) -> None:
+    body = os.urandom(4096)
+    (tmp_path / "page.bin").write_bytes(body)
+    server = start_server(root=str(tmp_path), **transport.options())
+    try:
+        with connect(server.port, transport=transport) as sock:
+            etag = get_on(sock, "/page.bin").headers["etag"]
+            for _ in range(3):
+                assert get_on(sock, "/page.bin", f"If-None-Match: {etag}").status == 304
+            for _ in range(3):
+                ranged = get_on(sock, "/page.bin", "Range: bytes=10-19")
+                assert (ranged.status, ranged.body) == (206, body[10:20])
+            for _ in range(3):
+                head = ask(sock, b"HEAD /page.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert (head.status, head.body) == (200, b"")
+                assert head.headers["content-length"] == "4096"
+            for _ in range(3):
+                assert get_on(sock, "/page.bin").body == body
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("size", [16 * 1024, 2 * 1024 * 1024])
+def test_repeats_the_socket_takes_in_part_are_finished_whole(
+    tmp_path: Path, transport: Transport, size: int
+) -> None:
+    """Repeats sent one by one while the client reads nothing: the answers soon fill
+    the socket, so a repeat's head or body goes out in part and the rest takes
+    the common path. Every answer arrives whole and in order."""
+    body = os.urandom(size)
+    (tmp_path / "page.bin").write_bytes(body)
+    server = start_server(root=str(tmp_path), **transport.options())
+    request = b"GET /page.bin HTTP/1.1\r\nHost: t\r\n\r\n"
+    count = max(4, 6 * 1024 * 1024 // size)  # past the 4 MiB a socket may buffer
+    try:
+        with connect(server.port, transport=transport, rcvbuf=4096) as sock:
+            assert get_on(sock, "/page.bin").body == body
+            reader = sock.makefile("rb")
+            for _ in range(count):
+                sock.sendall(request)
+                time.sleep(0.002)  # one request per read: a repeat, not a pipeline
+            for index in range(count):
+                response = read_response(reader)
+                assert response is not None, f"closed after {index} of {count}"
+                assert (response.status, response.body == body) == (200, True), index
+            reader.close()
+    finally:
+        server.stop()
