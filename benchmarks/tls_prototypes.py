@@ -30,6 +30,11 @@ does without open_file_cache; both answer with nginx's header set):
 (B) transport: an `asyncio.Protocol` under `loop.create_server(..., ssl=context)`,
     that is uvloop's compiled sslproto (the same MemoryBIO/SSLObject design, in
     Cython); `data_received` -> httptools -> `transport.write`.
+(C) socket-bio: as (A), but the socket is wrapped by `SSLContext.wrap_socket`
+    (non-blocking, `do_handshake_on_connect=False`): OpenSSL reads and writes the
+    descriptor itself, as nginx does, so no ciphertext passes through Python: one
+    `recv_into` of plaintext per read, one `send` of a response's plaintext (head
+    and body joined, up to FLUSH_BYTES) per write.
 
 nginx gets `ssl_protocols TLSv1.2 TLSv1.3`: 1.22's default list stops at TLSv1.2
 (TLSv1.3 joined it in 1.23.4), which would compare TLS 1.2 records with 1.3 ones.
@@ -375,6 +380,95 @@ class PlainConnection(Exchange):
             self.sock.close()
 
 
+class SocketBioConnection(Exchange):
+    """(C): TLS through a socket BIO: the SSLSocket reads and writes its descriptor."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+        site: Site,
+        context: ssl.SSLContext,
+    ) -> None:
+        super().__init__(site)
+        self.tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        self.fd, self.loop = self.tls.fileno(), loop
+        self.handshaken = False
+        self.pending: Chunk = b""
+        """Plaintext an SSL_write asked for again (it must be retried with the same bytes)."""
+        self.writing = False
+        self.closed = False
+        loop.add_reader(self.fd, self.on_readable)
+
+    def on_readable(self) -> None:
+        tls = self.tls
+        try:
+            if not self.handshaken:
+                try:
+                    tls.do_handshake()
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    return
+                self.handshaken = True
+            while True:
+                try:
+                    count = tls.recv_into(PLAINTEXT, RECEIVE_BYTES)
+                except (ssl.SSLWantReadError, BlockingIOError):
+                    break
+                if count == 0:
+                    self.closing = True
+                    break
+                self.parser.feed_data(PLAINTEXT_VIEW[:count])
+                if not tls.pending():
+                    break  # the next record, if any, raises a readable event
+        except (ssl.SSLError, OSError, httptools.HttpParserError):
+            self.close()
+            return
+        self.pump()
+
+    def pump(self) -> None:
+        out = self.out
+        while self.pending or out:
+            data = self.pending
+            if not data:
+                parts: list[Chunk] = []
+                budget = FLUSH_BYTES
+                while out and budget > 0:
+                    part = out.popleft()
+                    if len(part) > budget:
+                        out.appendleft(memoryview(part)[budget:])
+                        part = memoryview(part)[:budget]
+                    parts.append(part)
+                    budget -= len(part)
+                data = parts[0] if len(parts) == 1 else b"".join(parts)
+            try:
+                self.tls.send(data)
+                self.pending = b""
+            except (ssl.SSLWantWriteError, BlockingIOError):
+                self.pending = data
+                if not self.writing:
+                    self.writing = True
+                    self.loop.remove_reader(self.fd)
+                    self.loop.add_writer(self.fd, self.pump)
+                return
+            except OSError:
+                self.close()
+                return
+        if self.writing:
+            self.writing = False
+            self.loop.remove_writer(self.fd)
+            if not self.closing:
+                self.loop.add_reader(self.fd, self.on_readable)
+        if self.closing:
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self.fd)
+            self.loop.remove_writer(self.fd)
+            self.tls.close()
+
+
 class TransportProtocol(Exchange, asyncio.Protocol):
     """(B): the loop's transport (with ssl=, uvloop's sslproto) does TLS and I/O."""
 
@@ -438,6 +532,8 @@ async def serve(design: str, root: str, context: ssl.SSLContext | None) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if context is None:
                 PlainConnection(sock, loop, site)
+            elif design == "socket-bio":
+                SocketBioConnection(sock, loop, site, context)
             else:
                 BioConnection(sock, loop, site, context)
 
@@ -448,7 +544,7 @@ async def serve(design: str, root: str, context: ssl.SSLContext | None) -> None:
 
 def serve_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tls_prototypes.py serve")
-    parser.add_argument("design", choices=("memory-bio", "transport"))
+    parser.add_argument("design", choices=("memory-bio", "transport", "socket-bio"))
     parser.add_argument("root")
     parser.add_argument("--cert")
     parser.add_argument("--key")
@@ -563,6 +659,7 @@ SPECS = (
     Spec(NGINX_HTTPS, "https", "nginx", nginx_command("https", True, "off")),
     Spec("A memory-bio https", "https", "A", prototype_command("memory-bio", True)),
     Spec("B transport https", "https", "B", prototype_command("transport", True)),
+    Spec("C socket-bio https", "https", "C", prototype_command("socket-bio", True)),
     Spec(NGINX_HTTP_REFERENCE, "http", "nginx", nginx_command("http-off", False, "off")),
     Spec("nginx http sendfile=on", "http", "nginx-sendfile", nginx_command("http-on", False, "on")),
     Spec("A plain http", "http", "A", prototype_command("memory-bio", False)),
@@ -815,6 +912,7 @@ def markdown(cells: list[Cell], args: argparse.Namespace, notes: list[str]) -> s
         ("nginx", NGINX_HTTPS, NGINX_HTTP_REFERENCE),
         ("A memory-bio", "A memory-bio https", "A plain http"),
         ("B transport", "B transport https", "B plain http"),
+        ("C socket-bio", "C socket-bio https", "A plain http"),
     ]
     found = {(c.spec.name, c.size): c for c in cells if c.runs}
     rows = []
