@@ -83,8 +83,11 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="metrics-fallbacks-never-counted",
         path="zcserve/server/connection.py",
-        old="            server.metrics.fallbacks += 1\n",
-        new="            pass\n",
+        old=(
+            "        strategy = self._chosen\n        if self._fell_back:\n"
+            "            server.metrics.fallbacks += 1\n"
+        ),
+        new="        strategy = self._chosen\n        if self._fell_back:\n            pass\n",
         tests=TLS_COUNTERS,
     ),
     Mutant(

@@ -1,6 +1,7 @@
 """Defects of the repeat shortcuts: a repeat taken for a request while llhttp holds
 part of another, the end of a split head remembered as a request, a repeat answered
-from a file that changed, and the rest of a repeat's body sent from the start."""
+from a file that changed, the rest of a repeat's body sent from the start, and a
+repeat missing from the access log and the metrics."""
 
 from __future__ import annotations
 
@@ -41,5 +42,19 @@ MUTANTS: list[Mutant] = [
         old="strategy.start(self.stream, reply.file, body_sent, count)",
         new="strategy.start(self.stream, reply.file, 0, count)",
         tests=(f"{REPEATS}::test_repeats_the_socket_takes_in_part_are_finished_whole",),
+    ),
+    Mutant(
+        name="repeat-neither-logged-nor-counted",
+        path=CONNECTION,
+        old="                self._account_repeat(request, repeat, started)\n",
+        new="                pass\n",
+        tests=(f"{REPEATS}::test_repeats_are_logged_and_counted_like_any_answer",),
+    ),
+    Mutant(
+        name="repeat-fallbacks-not-counted",
+        path=CONNECTION,
+        old="            if self._fell_back:\n                server.metrics.fallbacks += 1\n",
+        new="            if self._fell_back:\n                pass\n",
+        tests=(f"{REPEATS}::test_repeats_are_logged_and_counted_like_any_answer",),
     ),
 ]

@@ -6,6 +6,7 @@ whole."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.httpclient import Response, connect, read_response
-from tests.support.servers import start_server
+from tests.support.metrics import FALLBACKS, OK, moved_by, sent_by_strategy, settled
+from tests.support.servers import start_child, start_server
+from tests.support.timing import DEADLINE, wait_for
 from tests.support.tls import Transport, skip_unless_carried
 
 STRATEGIES = ("auto", "sendfile", "fallback", "readwrite", "mmap", "splice", "memory")
@@ -117,3 +120,34 @@ def test_repeats_the_socket_takes_in_part_are_finished_whole(
             reader.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("strategy", ["auto", "memory"])
+def test_repeats_are_logged_and_counted_like_any_answer(
+    tmp_path: Path, transport: Transport, strategy: str
+) -> None:
+    """With the access log and metrics on, each repeat has its line, with its bytes
+    and the strategy that sent them, and its place in the counters."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "page.bin").write_bytes(os.urandom(4096))
+    log = tmp_path / "access.log"
+    args = ("--strategy", strategy, "--metrics", "127.0.0.1:0", "--access-log", str(log))
+    repeats = 20
+    with start_child(str(root), *args, "--access-log-format", "json", *transport.flags()) as child:
+        assert child.metrics_url is not None
+        with connect(child.port, transport=transport) as sock:
+            for _ in range(repeats):
+                assert get_on(sock, "/page.bin").status == 200
+        samples = settled(child.metrics_url, OK, repeats)
+        wait_for(lambda: len(log.read_text().splitlines()) >= repeats, DEADLINE, "log lines")
+    sender = moved_by(strategy, size=4096, tls=transport.certificate is not None)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["status"], r["bytes"], r["strategy"]) for r in records] == [
+        (200, 4096, sender)
+    ] * repeats
+    assert samples[OK] == repeats
+    assert sent_by_strategy(samples) == {sender: repeats * 4096.0}
+    # auto under TLS falls back on every file answer; memory's whole answers are no fallback.
+    fell_back = transport.certificate is not None and strategy == "auto"
+    assert samples[FALLBACKS] == (repeats if fell_back else 0)

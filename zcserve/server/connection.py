@@ -99,8 +99,8 @@ class ServerState(Protocol):
     """True when the metrics or the access log need each request's start time."""
     repeats: bool
     """Whether a repeated request may be answered from its last answer's cache entry
-    (`HttpConnection._answer_repeat`): not when each response must be accounted for
-    (`timed`), nor with --precompressed, whose choice depends on other files."""
+    (`HttpConnection._answer_repeat`): not with --precompressed, whose choice
+    depends on other files."""
     plan: Planner
     """`plan_reply`, or the planner --header, --cors, --max-ranges and --precompressed
     chose at start-up (`decorate.make_planner`)."""
@@ -432,6 +432,7 @@ class HttpConnection:
         entry changed, a new Date second needs a new head, or shutdown began."""
         server = self.server
         entry = repeat.entry
+        started = time.perf_counter() if server.timed else 0.0
         if server.files.current(request.path) is not entry or server.closing:
             return False
         assert entry is not None
@@ -447,6 +448,8 @@ class HttpConnection:
             flags, count = 0, 0
         else:
             flags, count = self._head_flags, entry.size
+            if self._fell_back:
+                server.metrics.fallbacks += 1
         stream = self.stream
         sent = body_sent = 0
         try:
@@ -455,18 +458,38 @@ class HttpConnection:
                 assert repeat.step is not None
                 body_sent = repeat.step(0, count)
                 stream.bytes_sent += body_sent
-        except BlockingIOError:
+        except OSError:
+            # A full socket, or a peer gone: the common path below waits for room,
+            # or meets the error again and ends the connection, logging what went out.
             pass
-        except PEER_GONE as exc:
-            self._end(exc)
-            return True
         if sent == len(data) and body_sent == count and not stream.unflushed:
+            if server.timed or server.access_log.on:
+                self._account_repeat(request, repeat, started)
             return True
-        self._answer_rest(request, repeat, data[sent:], flags, body_sent)
+        self._answer_rest(request, repeat, data[sent:], flags, body_sent, started)
         return True
 
+    def _account_repeat(self, request: Request, repeat: Repeat, started: float) -> None:
+        """A repeat's access-log line and metrics, as `_finish` writes a response's."""
+        server = self.server
+        assert repeat.entry is not None
+        size = repeat.entry.size
+        strategy = MemoryStrategy.name if repeat.whole else self._chosen.name
+        if server.access_log.on:
+            seconds = time.perf_counter() - started if server.access_log.timed else None
+            log_access(server, self.peer, request, 200, size, seconds, strategy)
+        if server.metrics_on:
+            server.metrics.response(200, time.perf_counter() - started)
+            server.metrics.sent(strategy, size)
+
     def _answer_rest(
-        self, request: Request, repeat: Repeat, unsent: bytes, flags: int, body_sent: int
+        self,
+        request: Request,
+        repeat: Repeat,
+        unsent: bytes,
+        flags: int,
+        body_sent: int,
+        started: float,
     ) -> None:
         """What a repeat's answer did not get into the socket, sent as any response."""
         inflight = self._response
@@ -476,7 +499,7 @@ class HttpConnection:
             reply: Reply = MemoryReply(200, unsent, True, b"", None, 0, entry.size)
         else:
             reply = WholeReply(200, b"", True, b"", entry.lend(), 0, entry.size)
-        inflight.begin(request, reply, 0.0, False)
+        inflight.begin(request, reply, started, False)
         inflight.unsent = memoryview(unsent)
         inflight.flags = flags
         self._inflight = inflight

@@ -140,7 +140,7 @@ class Server:
             self.strategy.on_held = self._readall_held
         self.metrics_on = config.metrics is not None or snapshot_dir is not None
         self.timed = self.metrics_on or self.access_log.timed
-        self.repeats = not self.timed and not self.access_log.on and not config.precompressed
+        self.repeats = not config.precompressed
         self._connections: set[HttpConnection | TlsHandshake] = set()
         """Every open connection, a TLS handshake included: the one registry."""
         self.closing = False
