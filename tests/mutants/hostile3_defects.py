@@ -90,8 +90,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="listing-cache-blind-to-the-folder-version",
         path="zcserve/server/respond.py",
-        old="    key = (resolved.folder, resolved.version, query)\n",
-        new="    key = (resolved.folder, query)\n",
+        old="    folder = (resolved.folder, resolved.version)\n",
+        new="    folder = (resolved.folder, 0)\n",
         tests=("tests/server/test_listing.py::test_a_new_name_is_listed_at_once",),
     ),
     Mutant(
@@ -110,5 +110,12 @@ MUTANTS: list[Mutant] = [
             "tests/server/test_listing.py::"
             "test_a_long_listing_is_paged_with_a_visible_note_and_next_links",
         ),
+    ),
+    Mutant(
+        name="listing-page-past-the-last-rendered-anew",
+        path="zcserve/server/respond.py",
+        old="    if last is not None and query.page > last:\n",
+        new="    if False:\n",
+        tests=("tests/server/test_listing.py::test_pages_past_the_last_share_the_last_page",),
     ),
 ]

@@ -16,9 +16,11 @@ import pytest
 from tests.support.httpclient import get
 from tests.support.servers import ServerThread, start_server
 from tests.support.site import LOOPS
+from zcserve.server.files import Resolved
 from zcserve.server.listing import (
     Entry,
     ListingQuery,
+    RenderedPage,
     human_size,
     parse_query,
     sort_entries,
@@ -308,3 +310,31 @@ def test_wget_mirrors_each_folder_once(paged: ServerThread, tmp_path: Path) -> N
     assert sorted(fetched) == sorted(
         ["/", "/?page=2", "/?page=3", "/d/", "/d/e%20f/", *(f"/f{i}.txt" for i in range(7))]
     )
+
+
+def test_pages_past_the_last_share_the_last_page(tmp_path: Path) -> None:
+    """Once a folder's page count is known, `?page=99` and `?page=98` are its last
+    page from the cache, not a new reading of the folder each."""
+    for index in range(5):
+        (tmp_path / f"f{index}.txt").write_text("x")
+    server = start_server(root=str(tmp_path), listing=True, listing_max=2)
+    files = server.server.files
+    render = files.render_listing
+    asked: list[int] = []
+
+    def counted(resolved: Resolved, query: ListingQuery) -> RenderedPage:
+        asked.append(query.page)
+        return render(resolved, query)
+
+    files.render_listing = counted  # type: ignore[method-assign]
+    try:
+        last = get(server.port, "/?page=3")
+        assert last.status == 200 and names_in_page(last.body) == ["f4.txt"]
+        for page in (99, 98, 9999999):
+            assert get(server.port, f"/?page={page}").body == last.body
+        assert asked == [3]
+        (tmp_path / "f5.txt").write_text("x")  # a new folder version: counted anew
+        assert names_in_page(get(server.port, "/?page=99").body) == ["f4.txt", "f5.txt"]
+        assert asked == [3, 99]
+    finally:
+        server.stop()

@@ -29,7 +29,7 @@ from zcserve.server.files import (
     identity,
     url_segments,
 )
-from zcserve.server.listing import ListingCache, ListingQuery
+from zcserve.server.listing import ListingCache, ListingQuery, RenderedPage
 
 _FILE = Kind.FILE  # bound once: an enum member lookup costs a call on the hot path
 
@@ -202,7 +202,7 @@ class OpenFileCache:
                 resolved = Resolved(Kind.FILE, file=self._keep(url_path, resolved.file))
         return resolved
 
-    def render_listing(self, resolved: Resolved, query: ListingQuery) -> tuple[bytes, str]:
+    def render_listing(self, resolved: Resolved, query: ListingQuery) -> RenderedPage:
         return self.root.render_listing(resolved, query)
 
     def _keep(self, url_path: bytes, file: OpenedFile) -> OpenedFile:

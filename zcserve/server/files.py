@@ -26,6 +26,7 @@ from zcserve.server.listing import (
     Entry,
     ListingCache,
     ListingQuery,
+    RenderedPage,
     paginate,
     render_html,
     render_json,
@@ -180,7 +181,7 @@ class Resolver(Protocol):
 
     def resolve(self, url_path: bytes) -> Resolved: ...
 
-    def render_listing(self, resolved: Resolved, query: ListingQuery) -> tuple[bytes, str]:
+    def render_listing(self, resolved: Resolved, query: ListingQuery) -> RenderedPage:
         """Read, sort and render a listing: blocking work, for a thread."""
 
     def cached(self, url_path: bytes) -> OpenedFile | None:
@@ -306,13 +307,15 @@ class Root:
         finally:
             os.close(fd)
 
-    def render_listing(self, resolved: Resolved, query: ListingQuery) -> tuple[bytes, str]:
-        """One listing page as (body, media type). It reads and stats every entry and
-        sorts them all, so the server runs it in a thread, off the loop."""
+    def render_listing(self, resolved: Resolved, query: ListingQuery) -> RenderedPage:
+        """One listing page. It reads and stats every entry and sorts them all, so
+        the server runs it in a thread, off the loop."""
         page = paginate(self.list_folder(resolved), query, self.listing_max)
         if query.as_json:
-            return render_json(resolved.directory, page, query), "application/json"
-        return render_html(resolved.directory, page, query), "text/html"
+            body, media = render_json(resolved.directory, page, query), "application/json"
+        else:
+            body, media = render_html(resolved.directory, page, query), "text/html"
+        return RenderedPage(body, media, page.pages)
 
 
 def _opened(fd: int, name: str, info: os.stat_result) -> OpenedFile:

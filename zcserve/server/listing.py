@@ -314,9 +314,23 @@ def render_html(url_dir: str, page: Page, query: ListingQuery | None = None) -> 
     return out.encode("utf-8")
 
 
+class RenderedPage(NamedTuple):
+    """A rendered listing page, and how many pages its folder has."""
+
+    body: bytes
+    media: str
+    pages: int
+
+
+FOLDERS_COUNTED = 4096
+"""Folder versions whose page count `ListingCache` keeps (a few ints each)."""
+
+
 class ListingCache:
     """Rendered listing pages, by (folder, folder version, query), for `max_age`
-    seconds at most, `capacity` bytes in all.
+    seconds at most, `capacity` bytes in all; and each folder version's number of
+    pages, so that a page asked past the last is the last page's key, not a new
+    rendering (`?page=99999` then `?page=99998` ... would each read the folder).
 
     A folder's version (its stat identity) changes when a name is added, removed
     or renamed, but not when a file in it is rewritten: the age cap bounds how
@@ -326,32 +340,41 @@ class ListingCache:
         self.capacity = capacity
         self.max_age = max_age
         self.held = 0
-        self._pages: OrderedDict[Hashable, tuple[float, bytes, str]] = OrderedDict()
+        self._pages: OrderedDict[Hashable, tuple[float, RenderedPage]] = OrderedDict()
+        self._counts: dict[Hashable, int] = {}
 
-    def get(self, key: Hashable, now: float) -> tuple[bytes, str] | None:
-        """(body, media type), or None when absent or too old."""
+    def get(self, key: Hashable, now: float) -> RenderedPage | None:
+        """The page, or None when absent or too old."""
         found = self._pages.get(key)
         if found is None:
             return None
-        made, body, media = found
+        made, page = found
         if now - made > self.max_age:
             self._drop(key)
             return None
         self._pages.move_to_end(key)
-        return body, media
+        return page
 
-    def put(self, key: Hashable, body: bytes, media: str, now: float) -> None:
-        """Keep a page; the least recently used go first when over `capacity`. A
-        page larger than the whole capacity is not kept."""
+    def put(self, key: Hashable, folder: Hashable, page: RenderedPage, now: float) -> None:
+        """Keep a page, and its `folder` version's page count; the least recently
+        used pages go first when over `capacity`. A page larger than the whole
+        capacity is not kept."""
+        if len(self._counts) >= FOLDERS_COUNTED:
+            self._counts.clear()
+        self._counts[folder] = page.pages
         self._drop(key)
-        if len(body) > self.capacity:
+        if len(page.body) > self.capacity:
             return
-        self._pages[key] = (now, body, media)
-        self.held += len(body)
+        self._pages[key] = (now, page)
+        self.held += len(page.body)
         while self.held > self.capacity:
             self._drop(next(iter(self._pages)))
+
+    def last_page(self, folder: Hashable) -> int | None:
+        """The number of pages of this folder version, once one page was rendered."""
+        return self._counts.get(folder)
 
     def _drop(self, key: Hashable) -> None:
         found = self._pages.pop(key, None)
         if found is not None:
-            self.held -= len(found[1])
+            self.held -= len(found[1].body)

@@ -39,7 +39,7 @@ from zcserve.server.http import (
     http_date,
     render_head,
 )
-from zcserve.server.listing import parse_query
+from zcserve.server.listing import ListingQuery, RenderedPage, parse_query
 
 LISTING_TRIES = 3
 """Renderings of one listing request before it gets 503: a folder that changes
@@ -311,25 +311,43 @@ class ListingPending(Exception):
     folder must not stall the loop. Run `build` in a thread, `keep` its result
     (on the loop), then plan the request again."""
 
-    def __init__(self, key: Hashable, build: Callable[[], tuple[bytes, str]], root: Resolver):
-        super().__init__(key)
-        self.key = key
+    def __init__(
+        self,
+        folder: tuple[Hashable, Hashable],
+        query: ListingQuery,
+        build: Callable[[], RenderedPage],
+        root: Resolver,
+    ):
+        self.key = (*folder, query)
+        super().__init__(self.key)
+        self.folder = folder
+        self.query = query
         self.build = build
         self._listings = root.listings
 
-    def keep(self, page: tuple[bytes, str]) -> None:
-        self._listings.put(self.key, page[0], page[1], time.monotonic())
+    def keep(self, page: RenderedPage) -> None:
+        """Keep `page` under the page it is: a page asked past the last is the last."""
+        query = self.query
+        if query.page > page.pages:
+            query = query._replace(page=page.pages)
+        self._listings.put((*self.folder, query), self.folder, page, time.monotonic())
 
 
 def _listing(resolved: Resolved, request: Request, root: Resolver, added: AddedHeaders) -> Reply:
     """The folder as HTML, or JSON for a client that asks for it, sorted and paged
-    as the query says (`?sort=size&order=desc&page=2`), from the listing cache."""
+    as the query says (`?sort=size&order=desc&page=2`), from the listing cache. A
+    page past the last, once the last is known, is the last."""
     query = parse_query(request.query, request.headers.get("accept"))
-    key = (resolved.folder, resolved.version, query)
+    folder = (resolved.folder, resolved.version)
+    last = root.listings.last_page(folder)
+    if last is not None and query.page > last:
+        query = query._replace(page=last)
+    key = (*folder, query)
     page = root.listings.get(key, time.monotonic())
     if page is None:
-        raise ListingPending(key, functools.partial(root.render_listing, resolved, query), root)
-    body, media = page
+        build = functools.partial(root.render_listing, resolved, query)
+        raise ListingPending(folder, query, build, root)
+    body, media = page.body, page.media
     headers = [
         ("Content-Type", f"{media}; charset=utf-8"),
         ("Content-Length", str(len(body))),

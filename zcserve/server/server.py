@@ -30,6 +30,7 @@ from zcserve.server.decorate import make_planner
 from zcserve.server.filecache import MemoryCache, OpenFileCache
 from zcserve.server.files import OpenedFile, Root
 from zcserve.server.http import Limits, plain_http_on_tls_port
+from zcserve.server.listing import RenderedPage
 from zcserve.server.metrics import (
     SNAPSHOT_INTERVAL,
     Metrics,
@@ -70,7 +71,7 @@ _paused_by = 0
 _pause_lock = threading.Lock()
 
 
-def _collector_paused(build: Callable[[], tuple[bytes, str]]) -> tuple[bytes, str]:
+def _collector_paused(build: Callable[[], RenderedPage]) -> RenderedPage:
     """`build()` with the cyclic collector off. A large listing makes 100,000
     objects; each full collection they set off held the GIL for 10-50 ms, and the
     loop's thread waited. What it makes is freed by reference counts anyway."""
@@ -150,9 +151,9 @@ class Server:
         self._all_closed: asyncio.Event | None = None
         self._emfile_warned = -EMFILE_LOG_INTERVAL
         self._listing_threads: ThreadPoolExecutor | None = None
-        self._listings_rendering: dict[Hashable, asyncio.Future[tuple[bytes, str]]] = {}
+        self._listings_rendering: dict[Hashable, asyncio.Future[RenderedPage]] = {}
 
-    def render_listing(self, pending: ListingPending) -> asyncio.Future[tuple[bytes, str]]:
+    def render_listing(self, pending: ListingPending) -> asyncio.Future[RenderedPage]:
         """Render a listing page in a thread of its own pool (not the default one,
         which `readwrite` reads files in); requests for the same page share it."""
         rendering = self._listings_rendering.get(pending.key)
@@ -167,7 +168,7 @@ class Server:
         )
         self._listings_rendering[pending.key] = rendering
 
-        def keep(done: asyncio.Future[tuple[bytes, str]]) -> None:
+        def keep(done: asyncio.Future[RenderedPage]) -> None:
             del self._listings_rendering[pending.key]
             if not done.cancelled() and done.exception() is None:
                 pending.keep(done.result())
