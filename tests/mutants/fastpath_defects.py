@@ -57,4 +57,14 @@ MUTANTS: list[Mutant] = [
         new="            if self._fell_back:\n                pass\n",
         tests=(f"{REPEATS}::test_repeats_are_logged_and_counted_like_any_answer",),
     ),
+    Mutant(
+        name="repeat-taken-while-a-body-is-owed",
+        path=HTTP,
+        old="            not self.in_head\n            and isinstance(last, Request)",
+        new="            isinstance(last, Request)",
+        tests=(
+            "tests/server/test_repeats_hostile.py::test_parser_is_not_at_rest_while_a_body_is_owed",
+            "tests/server/test_fuzz.py::test_fuzz_parser_repeats",
+        ),
+    ),
 ]

@@ -117,9 +117,13 @@ def _fuzz_parser(examples: int) -> None:
 
 
 REPEATED = VALID[0]
-PIECES = [REPEATED, REPEATED, REPEATED[:1], REPEATED[:9], REPEATED[9:], b"\r\n", VALID[2]]
-"""Feeds that make a keep-alive client's repeat, and the partial or stray bytes that
-must keep the parser from taking a repeat for one."""
+OWES_A_BODY = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n"
+PIECES = [
+    REPEATED, REPEATED, REPEATED[:1], REPEATED[:9], REPEATED[9:], b"\r\n", b"\r\n\r\n",
+    VALID[2], OWES_A_BODY, REPEATED + OWES_A_BODY,
+]  # fmt: skip
+"""Feeds that make a keep-alive client's repeat, and the partial or stray bytes, or
+an owed body, that must keep the parser from taking a repeat for one."""
 
 
 def _fuzz_repeats(examples: int) -> None:

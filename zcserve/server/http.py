@@ -224,9 +224,13 @@ class RequestParser:
         was_at_rest = self._at_rest
         last = self._ready[-1] if self._ready else None
         # llhttp skips CRLFs between messages, and a method or target holds none: a
-        # feed that completed its messages and ends in CRLFCRLF left nothing half-read.
+        # feed that completed its messages, with no body still owed (`in_head` covers
+        # the body), and ends in CRLFCRLF left nothing half-read.
         self._at_rest = at_rest = (
-            isinstance(last, Request) and last.keep_alive and data[-4:] == _HEAD_END
+            not self.in_head
+            and isinstance(last, Request)
+            and last.keep_alive
+            and data[-4:] == _HEAD_END
         )
         if at_rest and was_at_rest and len(self._ready) == 1 and len(data) <= REPEAT_MAX:
             assert isinstance(last, Request)
