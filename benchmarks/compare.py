@@ -61,7 +61,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 GIB = 1024**3
 SIZES = ("4KiB", "64KiB", "1MiB", "64MiB")
 CONCURRENCY = (1, 64, 256)
-TOOLS = ("wrk", "zcserve-load")
+TOOLS = ("wrk", "wrk-varied", "zcserve-load")
+VARIED_SCRIPT = os.path.join(HERE, "varied_requests.lua")
+"""wrk-varied: each request gets a new query string, so none repeats the one before
+it and zcserve's repeat shortcuts never apply (the ordinary path)."""
 BIG = "1GiB"
 SERVER_CPU, CLIENT_CPU = 0, 1
 START_TIMEOUT = 20.0
@@ -406,8 +409,11 @@ MEDIANS = (
 )
 
 
-def run_wrk(url: str, connections: int, duration: float) -> dict[str, float]:
+def run_wrk(
+    url: str, connections: int, duration: float, script: str | None = None
+) -> dict[str, float]:
     command = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", url]
+    command[1:1] = ["-s", script] if script else []
     done = subprocess.run(
         command, capture_output=True, text=True, preexec_fn=pin(CLIENT_CPU), timeout=duration + 60
     )
@@ -463,6 +469,8 @@ def measure(
     before = server.cpu_seconds()
     if tool == "wrk":
         figures = run_wrk(url, connections, duration)
+    elif tool == "wrk-varied":
+        figures = run_wrk(url, connections, duration, VARIED_SCRIPT)
     else:
         figures = run_zcload(url, connections, duration)
     cpu = server.cpu_seconds() - before
@@ -617,9 +625,9 @@ def choose_servers(args: argparse.Namespace) -> list[ServerSpec]:
 def parse_tools(value: str) -> tuple[str, ...]:
     names = {name.strip() for name in value.split(",") if name.strip()}
     if names == {"both"}:
-        names = set(TOOLS)
+        names = {"wrk", "zcserve-load"}
     if not names or names - set(TOOLS):
-        raise ValueError(f"--tools {value!r}: choose wrk, zcserve-load or both")
+        raise ValueError(f"--tools {value!r}: choose wrk, wrk-varied, zcserve-load or both")
     return tuple(t for t in TOOLS if t in names)
 
 
@@ -650,7 +658,10 @@ def main() -> int:
         '(e.g. "zcserve sendfile w=1,nginx,aiohttp static uvloop"); default: all',
     )
     parser.add_argument(
-        "--tools", default="both", help="wrk, zcserve-load, or both (comma-separated)"
+        "--tools",
+        default="both",
+        help="wrk, wrk-varied (a new query string on every request: no repeats),"
+        " zcserve-load, or both (wrk and zcserve-load); comma-separated",
     )
     parser.add_argument(
         "--before", metavar="DIR", help="an older checkout (holding zcserve/) to measure too"
@@ -692,7 +703,7 @@ def main() -> int:
             specs += [before_spec(checkout, s) for s in strategies]
     if len(os.sched_getaffinity(0)) < 2:
         return fail("needs 2 CPUs to separate server and client")
-    needed = ["wrk"] if "wrk" in tools else []
+    needed = ["wrk"] if "wrk" in tools or "wrk-varied" in tools else []
     needed += [] if args.no_single else ["curl"]
     needed += ["nginx"] if any(s.name.startswith(NGINX_PREFIX) for s in specs) else []
     needed += ["openssl"] if any(s.scheme == "https" for s in specs) else []

@@ -40,12 +40,21 @@ def test_body_of_a_get_is_skipped() -> None:
     assert [r.path for r in got if isinstance(r, Request)] == [b"/1", b"/2"]
 
 
-def test_a_repeated_request_is_parsed_once() -> None:
+def test_a_request_repeated_three_times_is_not_parsed_again() -> None:
     raw = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
     parser = RequestParser()
-    first, second, third = (parser.feed(raw) for _ in range(3))
-    assert first == second == third and isinstance(first[0], Request)
-    assert second[0] is third[0], "a repeat should reuse the request parsed before"
+    fed = [parser.feed(raw) for _ in range(5)]
+    assert all(feed == fed[0] for feed in fed) and isinstance(fed[0][0], Request)
+    assert fed[0][0] is not fed[1][0] is not fed[2][0], "parsed while not yet a repeat"
+    assert fed[2][0] is fed[3][0] is fed[4][0], "a repeat should reuse the request parsed before"
+    assert parser.repeat is fed[2][0]
+
+
+def test_requests_that_differ_keep_no_request_alive() -> None:
+    parser = RequestParser()
+    for index in range(5):
+        parser.feed(b"GET /a?%d HTTP/1.1\r\nHost: h\r\n\r\n" % index)
+    assert parser.repeat is None
 
 
 @pytest.mark.parametrize(
@@ -62,20 +71,37 @@ def test_a_repeat_after_a_partial_feed_is_parsed_as_what_it_continues(
 ) -> None:
     raw = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
     parser = RequestParser()
-    parser.feed(raw)
-    parser.feed(raw)  # remembered
+    for _ in range(3):
+        parser.feed(raw)
+    assert parser.repeat is not None  # remembered
     got = parser.feed(before) + parser.feed(raw)
     assert [summary(item) for item in got] == [
-        summary(item) for item in RequestParser().feed(raw + raw + before + raw)[2:]
+        summary(item) for item in RequestParser().feed(raw * 3 + before + raw)[3:]
     ], why
+
+
+def test_bytes_that_were_a_body_are_not_remembered_as_a_request() -> None:
+    """A head that owes, as its body, exactly its own bytes: fed again, those bytes
+    end the request they are the body of, and look like a request that came twice.
+    They were not parsed at rest, so they are not a repeat: the third feed is a new
+    head, owing its body again."""
+    template = b"GET /a HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n"
+    owing = next(template % n for n in range(1, 200) if len(template % n) == n)
+    parser = RequestParser()
+    got = [[summary(item) for item in parser.feed(owing)] for _ in range(4)]
+    request = summary(RequestParser().feed(owing * 2)[0])
+    assert got == [[], [request], [], [request]]
 
 
 def test_the_end_of_a_split_head_is_not_remembered_as_a_request() -> None:
     parser = RequestParser()
+    for _ in range(3):  # at rest after each: the third would be kept if it parsed
+        parser.feed(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
     parser.feed(b"GET /a HTTP/1.1\r\nHo")
     assert isinstance(parser.feed(b"st: h\r\n\r\n")[0], Request)
     [refused] = parser.feed(b"st: h\r\n\r\n")
     assert isinstance(refused, HttpError) and refused.status == 400
+    assert parser.repeat is None or parser.repeat.path == b"/a"
 
 
 @pytest.mark.parametrize(

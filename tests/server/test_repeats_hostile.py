@@ -195,7 +195,7 @@ def _run(feeds: list[bytes], *, lookup: bool) -> list[list[object]]:
     results = []
     for feed in feeds:
         if not lookup:
-            parser._repeat = None  # every feed parsed by llhttp: the reference
+            parser._repeat_bytes = b""  # every feed parsed by llhttp: the reference
         results.append(_outcome(parser.feed(feed)))
         if parser.failed:
             break
@@ -330,6 +330,7 @@ def test_repeats_split_across_reads_and_pipelined_in_one_write(
     with start_server(root=str(root), **transport.options()) as srv:
         want = fresh(srv.port, A, transport)
         with client(srv.port, transport) as c:
+            same_answer(c.ask(A), want)
             same_answer(c.ask(A), want)
             same_answer(c.ask(A), want)
             for cut in (1, 10, len(A) - 4, len(A) - 1):
@@ -472,6 +473,7 @@ def test_cache_valid_repeats_end_visibly_when_the_file_shrinks_and_see_it_afterw
             c = Client(sock)
             assert c.ask(A).body == PAGE
             assert c.ask(A).body == PAGE
+            assert c.ask(A).body == PAGE
             with open(page, "r+b") as shrink:
                 shrink.truncate(1000)
             sock.sendall(A)
@@ -542,6 +544,7 @@ def test_open_file_cache_of_one_with_two_files_alternating(
         with client(srv.port, transport) as first, client(srv.port, transport) as second:
             for _ in range(20):
                 assert first.ask(A).body == PAGE
+                assert second.ask(two).body == b"2" * 5000
                 assert second.ask(two).body == b"2" * 5000
                 assert second.ask(two).body == b"2" * 5000
                 assert first.ask(A).body == PAGE
@@ -863,8 +866,8 @@ def test_a_peer_gone_at_a_repeat_ends_it_logged_and_lends_nothing(
     options = {"strategy": strategy, "access_log": str(log), "access_log_format": "json"}
     with start_server(root=str(root), **options, **transport.options()) as srv:
         with client(srv.port, transport) as c:
-            assert c.ask(A).body == PAGE
-            assert c.ask(A).body == PAGE
+            for _ in range(3):  # the third is kept as the repeat
+                assert c.ask(A).body == PAGE
             (connection,) = [
                 conn for conn in srv.server._connections if isinstance(conn, HttpConnection)
             ]
@@ -877,7 +880,7 @@ def test_a_peer_gone_at_a_repeat_ends_it_logged_and_lends_nothing(
         assert entry.users == 0 and not entry.evicted
         assert fresh(srv.port, A, transport).body == PAGE
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [(r["status"], r["bytes"]) for r in records] == [(200, 4096)] * 2 + [(200, 0)] + [
+    assert [(r["status"], r["bytes"]) for r in records] == [(200, 4096)] * 3 + [(200, 0)] + [
         (200, 4096)
     ]
 

@@ -386,9 +386,10 @@ class HttpConnection:
     # responding ------------------------------------------------------------------
 
     def _respond(self, request: Request, tries: int = 0, started: float = 0.0) -> None:
-        repeat = self._repeat
-        if request is repeat.request and self._answer_repeat(request, repeat):
-            return
+        repeating = request is self.parser.repeat
+        if repeating and request is self._repeat.request:
+            if self._answer_repeat(request, self._repeat):
+                return
         server = self.server
         if server.timed and not tries:
             started = time.perf_counter()
@@ -407,13 +408,18 @@ class HttpConnection:
             return
         inflight = self._response
         inflight.begin(request, reply, started, not reply.keep_alive)
-        if (reply.__class__ is WholeReply or reply.__class__ is MemoryReply) and server.repeats:
+        if repeating and server.repeats:
             self._remember(request, reply)
         self._commit(inflight)
 
     def _remember(self, request: Request, reply: Reply) -> None:
-        """Keep what answering `request` again takes, if it is a keep-alive GET."""
+        """Keep what answering the parser's repeat `request` again takes, if its answer
+        was a whole file's, kept alive. Only for a repeat: what is kept lives until
+        the next request, and the cyclic GC would meet one per request in its older
+        generations (BENCHMARKS 13)."""
         self._repeat = _NO_REPEAT
+        if reply.__class__ is not WholeReply and reply.__class__ is not MemoryReply:
+            return
         entry = self.server.files.entry(request.path)
         if not reply.keep_alive or request.method != "GET" or entry is None:
             return
@@ -600,6 +606,9 @@ class HttpConnection:
         except BlockingIOError:
             sent = 0
         except PEER_GONE as exc:
+            inflight = self._inflight
+            assert inflight is not None
+            inflight.unsent = memoryview(data)  # none of it went: the log says so
             self._end(exc)
             return
         if sent < len(data):  # the socket is full: keep the rest for _pump

@@ -158,11 +158,20 @@ class RequestParser:
         self._max_header_count = self._limits.max_header_count
         self._max_request_line = self._limits.max_request_line
         self._max_pipelined = self._limits.max_pipelined
-        self._at_rest = True
-        """The last feed ended exactly at the end of a keep-alive message (or nothing
-        was fed yet): llhttp holds nothing, so the same bytes parse the same way."""
-        self._repeat: tuple[bytes, Request] | None = None
-        """The last feed that was one whole keep-alive request, and that request."""
+        self._at_rest = False
+        """The last feed was known to end exactly at the end of a keep-alive message:
+        llhttp holds nothing, so bytes parse now as they would on a fresh parser. Only
+        worked out for a feed equal to the one before it (`_check_repeat`): it is
+        False after any other, which costs a repeat one more parse, not a mistake."""
+        self._last_feed = b""
+        """The last feed, when it was short enough to be a repeat (`REPEAT_MAX`)."""
+        self._repeat_bytes = b""
+        self.repeat: Request | None = None
+        """A request that came three times in a row, byte for byte, its last two at
+        rest, and its bytes (`_repeat_bytes`): while they come again at rest, they are
+        this request, unparsed. Only a repeat is kept: a client whose requests all
+        differ keeps no `Request` alive between them (the cyclic GC would meet one per
+        request in its older generations) and pays one comparison per request."""
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -180,12 +189,12 @@ class RequestParser:
         """Parse `data`; return every request (or the terminal error) it completes."""
         if self._failed:
             return []
-        repeat = self._repeat
-        if repeat is not None and self._at_rest and data == repeat[0]:
-            # A keep-alive client repeating its last request byte for byte (wrk, a
-            # poll, a reload): llhttp is at rest, so parsing it again would make the
-            # same request; skip its five callbacks.
-            return [repeat[1]]
+        if self._at_rest and data == self._repeat_bytes:
+            # A keep-alive client repeating its request byte for byte (wrk, a poll, a
+            # reload): llhttp is at rest, so parsing it again would make the same
+            # request; skip its five callbacks.
+            assert self.repeat is not None
+            return [self.repeat]
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -214,27 +223,36 @@ class RequestParser:
                 self._guard_incomplete_head(data)
             else:
                 self._head_tail = 0
-                self._remember(data)
+                if data == self._last_feed:
+                    self._check_repeat(data)
+                else:
+                    self._at_rest = False
+                    self._last_feed = bytes(data) if len(data) <= REPEAT_MAX else b""
+                ready, self._ready = self._ready, []
+                return ready
+            self._at_rest = False
         ready, self._ready = self._ready, []
         return ready
 
-    def _remember(self, data: bytes | bytearray | memoryview) -> None:
-        """Keep `data` for `feed`'s repeat check if it was one whole keep-alive request,
-        fed at rest; note whether llhttp is at rest now."""
-        was_at_rest = self._at_rest
-        last = self._ready[-1] if self._ready else None
-        # llhttp skips CRLFs between messages, and a method or target holds none: a
-        # feed that completed its messages, with no body still owed (`in_head` covers
-        # the body), and ends in CRLFCRLF left nothing half-read.
-        self._at_rest = at_rest = (
-            not self.in_head
-            and isinstance(last, Request)
-            and last.keep_alive
+    def _check_repeat(self, data: bytes | bytearray | memoryview) -> None:
+        """`data` came twice in a row: note whether llhttp is at rest after it, and
+        if it was at rest before it too, keep its request as the repeat. llhttp skips
+        CRLFs between messages, and a method or target holds none: a feed that made
+        one keep-alive request, with no body still owed (`in_head` covers the body),
+        and ends in CRLFCRLF left nothing half-read."""
+        ready = self._ready
+        request = ready[0] if len(ready) == 1 else None
+        if (
+            isinstance(request, Request)
+            and request.keep_alive
+            and not self.in_head
             and data[-4:] == _HEAD_END
-        )
-        if at_rest and was_at_rest and len(self._ready) == 1 and len(data) <= REPEAT_MAX:
-            assert isinstance(last, Request)
-            self._repeat = (bytes(data), last)
+        ):
+            if self._at_rest:
+                self._repeat_bytes, self.repeat = self._last_feed, request
+            self._at_rest = True
+        else:
+            self._at_rest = False
 
     def _guard_incomplete_head(self, data: bytes | bytearray | memoryview) -> None:
         # httptools buffers a header's name and value until both are complete, so a

@@ -244,15 +244,13 @@ class SendfileStrategy(SteppedStrategy):
 
     def reusable_step(self, stream: SocketStream, file: OpenedFile) -> Step | None:
         # Only for a body one sendfile(2) may carry whole, as a transfer would ask.
-        return self._step(stream, file) if file.size <= self.max_chunk else None
-
-    @staticmethod
-    def _step(stream: SocketStream, file: OpenedFile) -> Step:
-        # os.sendfile itself, its descriptors bound: no Python frame per step.
+        if file.size > self.max_chunk:
+            return None
         return functools.partial(os.sendfile, stream.fd, file.fd)
 
     def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
-        step = self._step(stream, file)
+        # The step is os.sendfile itself, its descriptors bound: no Python frame per step.
+        step = functools.partial(os.sendfile, stream.fd, file.fd)
         if stream.loop is not self._loop:
             self._loop = stream.loop
             self._native = _has_native_sock_sendfile(stream.loop)
