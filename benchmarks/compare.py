@@ -105,6 +105,7 @@ NGINX_FILE_CACHE = """
         open_file_cache_valid 1s;"""
 """nginx's open-file cache, trusted for a second: what zcserve's open-file cache
 with `--cache-valid 1` does (descriptors and stat kept, no stat within the second)."""
+FILE_CACHE_SUFFIX = " open_file_cache"
 NGINX_TLS = """
         ssl_certificate {cert};
         ssl_certificate_key {key};
@@ -307,7 +308,7 @@ def nginx_spec(
     if tls:
         return ServerSpec(NGINX_PREFIX + HTTPS_SUFFIX, start, "https", BEST_NGINX)
     label = f"nginx sendfile={sendfile}" + (f" nopush={nopush}" if sendfile == "on" else "")
-    return ServerSpec(label + (" open_file_cache" if file_cache else ""), start)
+    return ServerSpec(label + (FILE_CACHE_SUFFIX if file_cache else ""), start)
 
 
 def aiohttp_spec(loop: str, tls: bool = False) -> ServerSpec:
@@ -539,7 +540,14 @@ def add_ratios(cells: Sequence[Cell]) -> None:
             if aiohttp is not None and aiohttp.requests_per_second > 0:
                 cell.vs_aiohttp = cell.requests_per_second / aiohttp.requests_per_second
             if cell.http_twin == BEST_NGINX:
-                twin = best_of.get("http")
+                # nginx https runs without open_file_cache: its twin is the best HTTP
+                # config that does too.
+                twins = [
+                    c for c in group
+                    if c.server.startswith(NGINX_PREFIX) and c.scheme == "http" and c.runs
+                    and not c.server.endswith(FILE_CACHE_SUFFIX)
+                ]  # fmt: skip
+                twin = max(twins, key=lambda c: c.requests_per_second, default=None)
                 cell.http_twin = twin.server if twin is not None else None
             else:
                 twin = by_name.get(cell.http_twin) if cell.http_twin else None
