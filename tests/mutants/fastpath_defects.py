@@ -39,8 +39,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="repeat-rest-sent-from-the-start",
         path=CONNECTION,
-        old="strategy.start(self.stream, reply.file, body_sent, count)",
-        new="strategy.start(self.stream, reply.file, 0, count)",
+        old="            inflight.transfer = transfer\n",
+        new="            inflight.transfer = None\n",
         tests=(f"{REPEATS}::test_repeats_the_socket_takes_in_part_are_finished_whole",),
     ),
     Mutant(

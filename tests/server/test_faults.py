@@ -237,9 +237,6 @@ def test_error_after_the_head_closes_the_connection(
                 await real.send(stream, file, offset, count // 2)
                 raise RuntimeError("injected mid-body")
 
-            def reusable_step(self, stream: SocketStream, file: OpenedFile) -> None:
-                return None
-
         server.server.strategy = HalfThenBug()
         with connect(server.port, transport=transport) as sock:
             sock.sendall(b"GET /64k1.bin HTTP/1.1\r\nHost: t\r\n\r\n")

@@ -123,9 +123,7 @@ def site(tmp_path: Path) -> Path:
 
 
 def shutdown(server: ServerThread) -> None:
-    loop = server._loop
-    assert loop is not None
-    loop.call_soon_threadsafe(server.server.shutdown)
+    server.begin_shutdown()
 
 
 # The parser: a head whose body is owed is not "at rest" ---------------------------------

@@ -75,9 +75,16 @@ class ServerThread:
             raise self.error
         return self
 
-    def stop(self) -> None:
+    def begin_shutdown(self) -> None:
+        """Start the server's graceful shutdown without waiting for it."""
         if self._loop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self.server.shutdown)
+            try:
+                self._loop.call_soon_threadsafe(self.server.shutdown)
+            except RuntimeError:  # the loop has closed: the shutdown is over
+                pass
+
+    def stop(self) -> None:
+        self.begin_shutdown()
         self._thread.join(READY_TIMEOUT + self.config.grace)
         if self._thread.is_alive():
             raise RuntimeError("server thread did not stop")

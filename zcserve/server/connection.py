@@ -53,7 +53,6 @@ from zcserve.server.strategies import (
     FallbackStrategy,
     MemoryStrategy,
     Progress,
-    Step,
     Transfer,
 )
 
@@ -182,22 +181,18 @@ class Repeat:
     answer: the parser hands back the very `Request` it made for those bytes, and
     the answer holds while `entry` is the current one for its path."""
 
-    __slots__ = ("request", "entry", "key", "step", "whole")
+    __slots__ = ("request", "entry", "key", "whole")
 
-    def __init__(
-        self, request: Request | None, entry: Entry | None, step: Step | None, whole: bool
-    ) -> None:
+    def __init__(self, request: Request | None, entry: Entry | None, whole: bool) -> None:
         self.request = request
         self.entry = entry
         self.key = (True, request.version if request is not None else "")
         """The keep-alive head's key in the entry's `heads` and `wholes`."""
-        self.step = step
-        """The body's step, bound to the entry's descriptor (None for `whole`)."""
         self.whole = whole
         """The memory cache's answer, head and body in one (`MemoryReply`)."""
 
 
-_NO_REPEAT = Repeat(None, None, None, False)
+_NO_REPEAT = Repeat(None, None, False)
 
 
 class HttpConnection:
@@ -418,24 +413,20 @@ class HttpConnection:
         the next request, and the cyclic GC would meet one per request in its older
         generations (BENCHMARKS 13)."""
         self._repeat = _NO_REPEAT
-        if reply.__class__ is not WholeReply and reply.__class__ is not MemoryReply:
+        whole = reply.__class__ is MemoryReply
+        if not whole and reply.__class__ is not WholeReply:
             return
         entry = self.server.files.entry(request.path)
-        if not reply.keep_alive or request.method != "GET" or entry is None:
-            return
-        if reply.__class__ is MemoryReply:
-            self._repeat = Repeat(request, entry, None, True)
-            return
-        assert reply.file is not None
-        step = self._chosen.reusable_step(self.stream, reply.file)
-        if step is not None:
-            self._repeat = Repeat(request, entry, step, False)
+        if reply.keep_alive and request.method == "GET" and entry is not None:
+            self._repeat = Repeat(request, entry, whole)
 
     def _answer_repeat(self, request: Request, repeat: Repeat) -> bool:
         """Answer a repeat of the last whole answer's request straight from its cache
-        entry: no planning, no `Transfer`, unless the socket takes only part of it,
-        and then the rest goes the common way. False, having sent nothing, when the
-        entry changed, a new Date second needs a new head, or shutdown began."""
+        entry: no planning and no `InFlight`, the body moved by the strategy's own
+        `Transfer` as any body is, so every strategy gains the same. If the socket
+        takes only part, the rest goes the common way. False, having sent nothing,
+        when the entry changed, a new Date second needs a new head, the strategy
+        lacks what it needs (the common way answers that), or shutdown began."""
         server = self.server
         entry = repeat.entry
         started = time.perf_counter() if server.timed else 0.0
@@ -447,32 +438,70 @@ class HttpConnection:
         if kept is None or kept[0] is not date or (repeat.whole and entry.body is None):
             return False
         data = kept[1]
+        stream = self.stream
+        file: OpenedFile | None = None
+        transfer: Transfer | None = None
         if repeat.whole:
             memory = server.files.memory
             assert memory is not None
             memory.touch(entry)
-            flags, count = 0, 0
+            flags = 0
         else:
-            flags, count = self._head_flags, entry.size
+            flags = self._head_flags
+            # Taken before the head goes out, as `_commit` does.
+            file = entry.lend()
+            try:
+                transfer = self._chosen.start(stream, file, 0, entry.size)
+            except Exception:
+                transfer = None
+            if transfer is None:
+                file.close()
+                return False
             if self._fell_back:
                 server.metrics.fallbacks += 1
-        stream = self.stream
-        sent = body_sent = 0
+        body_start = stream.bytes_sent
+        sent = 0
+        progress: Progress | None = None
+        failure: BaseException | None = None
         try:
             sent = self._send_call(data, flags)
-            if sent == len(data) and count:
-                assert repeat.step is not None
-                body_sent = repeat.step(0, count)
-                stream.bytes_sent += body_sent
-        except OSError:
-            # A full socket, or a peer gone: the common path below waits for room,
-            # or meets the error again and ends the connection, logging what went out.
+            if sent == len(data) and transfer is not None:
+                progress = transfer.advance()
+        except BlockingIOError:
             pass
-        if sent == len(data) and body_sent == count and not stream.unflushed:
-            if server.timed or server.access_log.on:
-                self._account_repeat(request, repeat, started)
-            return True
-        self._answer_rest(request, repeat, data[sent:], flags, body_sent, started)
+        except PEER_GONE as exc:
+            failure = exc
+        if failure is None and sent == len(data) and not stream.unflushed:
+            if transfer is None or progress is _DONE:
+                if transfer is not None and file is not None:
+                    transfer.close()
+                    file.close()
+                if server.timed or server.access_log.on:
+                    self._account_repeat(request, repeat, started)
+                return True
+        # The rest, or the end, goes the common way, with what went out accounted.
+        inflight = self._response
+        size = entry.size
+        if file is None:
+            inflight.begin(
+                request, MemoryReply(200, data, True, b"", None, 0, size), started, False
+            )
+        else:
+            inflight.begin(request, WholeReply(200, data, True, b"", file, 0, size), started, False)
+            inflight.strategy = self._chosen
+            inflight.transfer = transfer
+            inflight.body_start = body_start
+        inflight.unsent = memoryview(data)[sent:]
+        inflight.flags = flags
+        self._inflight = inflight
+        self.phase = _RESPONDING
+        if failure is not None:
+            self._end(failure)
+        elif progress is not None and progress is not _DONE:
+            assert transfer is not None
+            self._transfer_waits(transfer, progress)
+        else:
+            self._pump()
         return True
 
     def _account_repeat(self, request: Request, repeat: Repeat, started: float) -> None:
@@ -487,36 +516,6 @@ class HttpConnection:
         if server.metrics_on:
             server.metrics.response(200, time.perf_counter() - started)
             server.metrics.sent(strategy, size)
-
-    def _answer_rest(
-        self,
-        request: Request,
-        repeat: Repeat,
-        unsent: bytes,
-        flags: int,
-        body_sent: int,
-        started: float,
-    ) -> None:
-        """What a repeat's answer did not get into the socket, sent as any response."""
-        inflight = self._response
-        entry = repeat.entry
-        assert entry is not None
-        if repeat.whole:
-            reply: Reply = MemoryReply(200, unsent, True, b"", None, 0, entry.size)
-        else:
-            reply = WholeReply(200, b"", True, b"", entry.lend(), 0, entry.size)
-        inflight.begin(request, reply, started, False)
-        inflight.unsent = memoryview(unsent)
-        inflight.flags = flags
-        self._inflight = inflight
-        self.phase = _RESPONDING
-        if reply.file is not None:
-            strategy = self._chosen
-            count = entry.size - body_sent
-            inflight.body_start = self.stream.bytes_sent - body_sent
-            inflight.strategy = strategy
-            inflight.transfer = strategy.start(self.stream, reply.file, body_sent, count)
-        self._pump()
 
     def _await_listing(
         self, request: Request, pending: ListingPending, tries: int, started: float

@@ -7,7 +7,7 @@ from __future__ import annotations
 from zcserve.server.files import OpenedFile
 from zcserve.server.respond import MultipartReply
 from zcserve.server.sockio import SocketStream
-from zcserve.server.strategies import CopyStrategy, Step, Transfer
+from zcserve.server.strategies import CopyStrategy, Transfer
 
 
 class MultipartBody:
@@ -26,9 +26,6 @@ class MultipartBody:
     def start(
         self, stream: SocketStream, file: OpenedFile, offset: int, count: int
     ) -> Transfer | None:
-        return None
-
-    def reusable_step(self, stream: SocketStream, file: OpenedFile) -> Step | None:
         return None
 
     async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:

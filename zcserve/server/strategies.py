@@ -195,12 +195,6 @@ class CopyStrategy(Protocol):
     async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
         """Copy the bytes; return only when the kernel holds all of them."""
 
-    def reusable_step(self, stream: SocketStream, file: OpenedFile) -> Step | None:
-        """A step for `file`'s whole body that holds nothing between calls, so that
-        the answer to a repeated request can call it again without a `Transfer`
-        (see `HttpConnection._answer_repeat`); None when a transfer holds something
-        (a buffer, a mapping, a pipe) or the body is not small enough."""
-
 
 class BaseStrategy:
     """What every strategy but `auto` shares: it moves the bytes itself, and
@@ -216,9 +210,6 @@ class BaseStrategy:
 
     async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
         await pump(self.start(stream, file, offset, count))
-
-    def reusable_step(self, stream: SocketStream, file: OpenedFile) -> Step | None:
-        return None
 
 
 class SteppedStrategy(BaseStrategy):
@@ -241,12 +232,6 @@ class SendfileStrategy(SteppedStrategy):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._native = False
         """Whether `_loop` has a native sock_sendfile: asked once per loop, not per body."""
-
-    def reusable_step(self, stream: SocketStream, file: OpenedFile) -> Step | None:
-        # Only for a body one sendfile(2) may carry whole, as a transfer would ask.
-        if file.size > self.max_chunk:
-            return None
-        return functools.partial(os.sendfile, stream.fd, file.fd)
 
     def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
         # The step is os.sendfile itself, its descriptors bound: no Python frame per step.
@@ -536,15 +521,18 @@ class FallbackStrategy(SteppedStrategy):
         self.chunk_size = options.chunk_size or DEFAULT_CHUNK
         self._pool: list[bytearray] = []
 
-    def reusable_step(self, stream: SocketStream, file: OpenedFile) -> Step | None:
-        return _read_whole_step(stream, file) if file.size <= SMALL_BODY else None
-
     def start(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> Transfer:
-        if count <= SMALL_BODY:
-            return Transfer(stream, file, offset, count, _read_whole_step(stream, file))
         # send_some, not the socket's send: under TLS this is the one path, and it
         # encrypts.
         send = stream.send_some
+        if count <= SMALL_BODY:
+            # A small body is read whole per step: a new `bytes` of a few KiB costs
+            # less than lending a pooled buffer and taking it back. A partial send
+            # reads the rest again from its offset.
+            pread, file_fd = os.pread, file.fd
+            return Transfer(
+                stream, file, offset, count, lambda offset, size: send(pread(file_fd, size, offset))
+            )
         buffer = self._pool.pop() if self._pool else bytearray(self.chunk_size)
         view = memoryview(buffer)
         unsent = view[:0]  # read from the file, not yet taken by the socket
@@ -568,15 +556,6 @@ class FallbackStrategy(SteppedStrategy):
                 self._pool.append(buffer)
 
         return Transfer(stream, file, offset, count, step, release)
-
-
-def _read_whole_step(stream: SocketStream, file: OpenedFile) -> Step:
-    """The fallback's step for a small body, read whole per step: a new `bytes` of a
-    few KiB costs less than lending a pooled buffer and taking it back. A partial
-    send reads the rest again from its offset. send_some, not the socket's send:
-    under TLS this is the one path, and it encrypts."""
-    send, pread, file_fd = stream.send_some, os.pread, file.fd
-    return lambda offset, size: send(pread(file_fd, size, offset))
 
 
 class MmapStrategy(SteppedStrategy):
@@ -692,9 +671,6 @@ class AutoStrategy:
 
     async def send(self, stream: SocketStream, file: OpenedFile, offset: int, count: int) -> None:
         await self.choose(stream).send(stream, file, offset, count)
-
-    def reusable_step(self, stream: SocketStream, file: OpenedFile) -> Step | None:
-        return self.choose(stream).reusable_step(stream, file)
 
 
 class MemoryStrategy(AutoStrategy):
