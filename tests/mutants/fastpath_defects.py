@@ -57,4 +57,11 @@ MUTANTS: list[Mutant] = [
         new="            if self._fell_back:\n                pass\n",
         tests=(f"{REPEATS}::test_repeats_are_logged_and_counted_like_any_answer",),
     ),
+    Mutant(
+        name="repeat-answers-not-counted",
+        path=CONNECTION,
+        old="            server.metrics.repeats += 1\n",
+        new="            pass\n",
+        tests=(f"{REPEATS}::test_repeats_are_logged_and_counted_like_any_answer",),
+    ),
 ]

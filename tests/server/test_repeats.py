@@ -20,6 +20,7 @@ from tests.support.servers import start_child, start_server
 from tests.support.timing import DEADLINE, wait_for
 from tests.support.tls import Transport, skip_unless_carried
 
+REPEATS = "zcserve_repeat_answers_total"
 STRATEGIES = ("auto", "sendfile", "fallback", "readwrite", "mmap", "splice", "memory")
 
 
@@ -148,6 +149,8 @@ def test_repeats_are_logged_and_counted_like_any_answer(
     ] * repeats
     assert samples[OK] == repeats
     assert sent_by_strategy(samples) == {sender: repeats * 4096.0}
+    # The first three were parsed and planned; the request is a repeat from then on.
+    assert samples[REPEATS] == repeats - 3
     # auto under TLS falls back on every file answer; memory's whole answers are no fallback.
     fell_back = transport.certificate is not None and strategy == "auto"
     assert samples[FALLBACKS] == (repeats if fell_back else 0)

@@ -459,6 +459,8 @@ class HttpConnection:
                 return False
             if self._fell_back:
                 server.metrics.fallbacks += 1
+        if server.metrics_on:
+            server.metrics.repeats += 1
         body_start = stream.bytes_sent
         sent = 0
         progress: Progress | None = None

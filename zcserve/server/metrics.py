@@ -41,6 +41,8 @@ class Metrics:
     """Body bytes by strategy."""
     fallbacks: int = 0
     """Responses where `auto` chose the userspace fallback."""
+    repeats: int = 0
+    """Responses answered as a repeat, from the last answer's cache entry."""
     errors: dict[str, int] = field(default_factory=dict)
     """Connections ended by an error, by kind."""
     active_connections: int = 0
@@ -77,6 +79,7 @@ class Metrics:
             "requests": self.requests,
             "bytes_sent": self.bytes_sent,
             "fallbacks": self.fallbacks,
+            "repeats": self.repeats,
             "errors": self.errors,
             "active_connections": self.active_connections,
             "connections_total": self.connections_total,
@@ -101,6 +104,7 @@ class Metrics:
                 for key, value in theirs.items():
                     mine[key] = mine.get(key, 0) + value
             total.fallbacks += part.fallbacks
+            total.repeats += part.repeats
             total.active_connections += part.active_connections
             total.connections_total += part.connections_total
             total.access_log_errors += part.access_log_errors
@@ -127,6 +131,9 @@ class Metrics:
              by("strategy", self.bytes_sent)),
             ("strategy_fallbacks_total", "counter",
              "Responses where auto fell back to the userspace copy.", [("", self.fallbacks)]),
+            ("repeat_answers_total", "counter",
+             "Responses to a request repeated byte for byte, answered from the last answer's"
+             " cache entry without parsing or planning.", [("", self.repeats)]),
             ("errors_total", "counter", "Connections ended by an error, by kind.",
              by("kind", self.errors)),
             ("active_connections", "gauge", "Open client connections.",
