@@ -473,15 +473,19 @@ class HttpConnection:
             pass
         except PEER_GONE as exc:
             failure = exc
-        if failure is None and sent == len(data) and not stream.unflushed:
-            if transfer is None or progress is _DONE:
-                if transfer is not None and file is not None:
-                    transfer.close()
-                    file.close()
-                if server.timed or server.access_log.on:
-                    self._account_repeat(request, repeat, started)
-                return True
-        # The rest, or the end, goes the common way, with what went out accounted.
+        done = (
+            failure is None
+            and sent == len(data)
+            and (progress is None or progress is _DONE)
+            and not stream.unflushed
+        )
+        if done and not (server.timed or server.access_log.on):
+            if transfer is not None and file is not None:
+                transfer.close()
+                file.close()
+            return True
+        # The rest, the end, or the access log and metrics: the common way, as an
+        # `InFlight` that `_pump` moves on and `_finish` accounts for.
         inflight = self._response
         size = entry.size
         if file is None:
@@ -505,19 +509,6 @@ class HttpConnection:
         else:
             self._pump()
         return True
-
-    def _account_repeat(self, request: Request, repeat: Repeat, started: float) -> None:
-        """A repeat's access-log line and metrics, as `_finish` writes a response's."""
-        server = self.server
-        assert repeat.entry is not None
-        size = repeat.entry.size
-        strategy = MemoryStrategy.name if repeat.whole else self._chosen.name
-        if server.access_log.on:
-            seconds = time.perf_counter() - started if server.access_log.timed else None
-            log_access(server, self.peer, request, 200, size, seconds, strategy)
-        if server.metrics_on:
-            server.metrics.response(200, time.perf_counter() - started)
-            server.metrics.sent(strategy, size)
 
     def _await_listing(
         self, request: Request, pending: ListingPending, tries: int, started: float

@@ -228,9 +228,6 @@ class RequestParser:
                 else:
                     self._at_rest = False
                     self._last_feed = bytes(data) if len(data) <= REPEAT_MAX else b""
-                ready, self._ready = self._ready, []
-                return ready
-            self._at_rest = False
         ready, self._ready = self._ready, []
         return ready
 
