@@ -37,6 +37,8 @@ from zcserve.server.server import Server  # noqa: E402
 from zcserve.server.sockio import SocketStream  # noqa: E402
 from zcserve.server.tls import TlsStream, server_context  # noqa: E402
 
+CACHE_VALID = [0.0]
+"""The server's --cache-valid, set by `main` (one element, so that it can be)."""
 REQUEST = b"GET /body.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: request_cost\r\n\r\n"
 
 
@@ -74,7 +76,8 @@ def zcserve_connection(
     with the loop: the caller calls its readable callback itself. With `tls`, the
     handshake is done and the client socket is an SSL socket."""
     client, server_side = connected_pair()
-    server = Server(ServerConfig(root=root, strategy=strategy))  # type: ignore[arg-type]
+    config = ServerConfig(root=root, strategy=strategy, cache_valid=CACHE_VALID[0])  # type: ignore[arg-type]
+    server = Server(config)
     stream: SocketStream = SocketStream(server_side, loop, send_timeout=60.0)
     if tls:
         client, stream = _handshake(client, server_side, loop, root)
@@ -136,7 +139,11 @@ def main(measure: Measure = measure, doc: str = __doc__ or "", requests: int = 3
     parser.add_argument("--size", type=int, default=4096, help="body bytes")
     parser.add_argument("-n", type=int, default=requests, help="requests")
     parser.add_argument("--tls", action="store_true", help="the same connection over TLS")
+    parser.add_argument(
+        "--cache-valid", type=float, default=0.0, help="the server's --cache-valid seconds"
+    )
     options = parser.parse_args()
+    CACHE_VALID[0] = options.cache_valid
     with tempfile.TemporaryDirectory() as root:
         Path(root, "body.bin").write_bytes(os.urandom(options.size))
         strategy = options.strategy or ("auto" if options.tls else "sendfile")

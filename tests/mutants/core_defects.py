@@ -65,8 +65,11 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="keepalive-deadline-never-set",
         path=CONNECTION,
-        old="            self.deadline = self.loop.time() + self._keepalive_timeout\n",
-        new="            self.deadline = math.inf\n",
+        old=(
+            "        else:\n"
+            "            self.deadline = self.loop.time() + self._keepalive_timeout\n"
+        ),
+        new="        else:\n            self.deadline = math.inf\n",
         tests=(
             "tests/server/test_hardening.py::test_keepalive_idle_timeout_closes_an_idle_connection",
         ),

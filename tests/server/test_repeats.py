@@ -6,6 +6,7 @@ whole."""
 
 from __future__ import annotations
 
+import email.utils
 import json
 import os
 import socket
@@ -154,3 +155,102 @@ def test_repeats_are_logged_and_counted_like_any_answer(
     # auto under TLS falls back on every file answer; memory's whole answers are no fallback.
     fell_back = transport.certificate is not None and strategy == "auto"
     assert samples[FALLBACKS] == (repeats if fell_back else 0)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "memory"])
+def test_trusted_repeats_read_their_own_file_after_its_entry_is_squeezed_out(
+    tmp_path: Path, transport: Transport, strategy: str
+) -> None:
+    """With --cache-valid a repeat trusts its entry without a stat, but not once the
+    cache has let the entry go: its descriptor is closed then, and the number may
+    already name another file. Three files of one size through a one-entry cache:
+    the third is opened on the first one's old descriptor number."""
+    bodies = {name: bytes([65 + index]) * 4096 for index, name in enumerate("abc")}
+    for name, body in bodies.items():
+        (tmp_path / f"{name}.bin").write_bytes(body)
+    server = start_server(
+        root=str(tmp_path),
+        strategy=strategy,
+        open_file_cache=1,
+        cache_valid=60.0,
+        memory_cache=8192 if strategy == "memory" else None,
+        **transport.options(),
+    )
+    try:
+        with connect(server.port, transport=transport) as sock:
+            for _ in range(4):  # a repeat from the fourth on
+                assert get_on(sock, "/a.bin").body == bodies["a"]
+            with connect(server.port, transport=transport) as other:
+                assert get_on(other, "/b.bin").body == bodies["b"]
+                assert get_on(other, "/c.bin").body == bodies["c"]
+            for _ in range(3):
+                assert get_on(sock, "/a.bin").body == bodies["a"]
+    finally:
+        server.stop()
+
+
+def test_trusted_repeats_keep_the_date_header_current(tmp_path: Path, transport: Transport) -> None:
+    """A repeat trusted for a minute (--cache-valid 60) still gets this second's Date:
+    the kept answer is trusted only to the end of the second it was made in."""
+    (tmp_path / "page.bin").write_bytes(b"x" * 4096)
+    server = start_server(
+        root=str(tmp_path), strategy="memory", cache_valid=60.0, **transport.options()
+    )
+    try:
+        with connect(server.port, transport=transport) as sock:
+            ends = time.monotonic() + 2.5
+            seconds: set[int] = set()
+            while time.monotonic() < ends:
+                before = int(time.time())
+                date = get_on(sock, "/page.bin").headers["date"]
+                after = int(time.time())
+                second = int(email.utils.parsedate_to_datetime(date).timestamp())
+                assert before <= second <= after, (date, before, after)
+                seconds.add(second)
+                time.sleep(0.01)
+            assert len(seconds) >= 2
+    finally:
+        server.stop()
+
+
+def test_a_repeat_after_a_partial_head_is_read_as_what_it_continues(
+    tmp_path: Path, transport: Transport
+) -> None:
+    """Once the parser holds part of a head, the repeat's bytes continue that head:
+    here they become a header of a request for another file."""
+    (tmp_path / "page.bin").write_bytes(b"P" * 4096)
+    (tmp_path / "other.bin").write_bytes(b"O" * 1000)
+    server = start_server(root=str(tmp_path), **transport.options())
+    request = b"GET /page.bin HTTP/1.1\r\nHost: t\r\n\r\n"
+    try:
+        with connect(server.port, transport=transport) as sock:
+            for _ in range(4):
+                assert ask(sock, request).body == b"P" * 4096
+            sock.sendall(b"GET /other.bin HTTP/1.1\r\nX-Before: ")
+            time.sleep(0.05)  # a read of its own
+            assert ask(sock, request).body == b"O" * 1000
+            assert ask(sock, request).body == b"P" * 4096
+    finally:
+        server.stop()
+
+
+def test_repeats_keep_a_connection_alive_until_it_idles(
+    tmp_path: Path, transport: Transport
+) -> None:
+    """Each repeat restarts the keep-alive clock as any request does: repeats spread
+    over four times the timeout are all answered, and the connection closes once
+    idle. The timeout is under a second: a new Date second sends one repeat the
+    common way, which restarts the clock by itself."""
+    (tmp_path / "page.bin").write_bytes(b"k" * 4096)
+    keepalive = 0.6
+    server = start_server(root=str(tmp_path), keepalive_timeout=keepalive, **transport.options())
+    try:
+        with connect(server.port, transport=transport) as sock:
+            ends = time.monotonic() + 4 * keepalive
+            while time.monotonic() < ends:
+                assert get_on(sock, "/page.bin").body == b"k" * 4096
+                time.sleep(0.1)
+            sock.settimeout(keepalive + DEADLINE)
+            assert sock.recv(1) == b"", "an idle connection was never closed"
+    finally:
+        server.stop()

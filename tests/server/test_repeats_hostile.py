@@ -193,7 +193,7 @@ def _run(feeds: list[bytes], *, lookup: bool) -> list[list[object]]:
     results = []
     for feed in feeds:
         if not lookup:
-            parser._repeat_bytes = b""  # every feed parsed by llhttp: the reference
+            parser.repeat_bytes = b""  # every feed parsed by llhttp: the reference
         results.append(_outcome(parser.feed(feed)))
         if parser.failed:
             break

@@ -32,6 +32,7 @@ from zcserve.server.http import (
     Limits,
     Request,
     RequestParser,
+    current_date_ends,
     current_http_date,
     error_response,
     without_keep_alive,
@@ -81,6 +82,7 @@ PEER_GONE = (TransferError, OSError)
 OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM))
 """What a strategy's `start` may run out of (a descriptor, a pipe, a mapping): 503."""
 _EMPTY = memoryview(b"")
+_monotonic = time.monotonic  # bound once: every repeat reads it
 
 
 class ServerState(Protocol):
@@ -181,15 +183,22 @@ class Repeat:
     answer: the parser hands back the very `Request` it made for those bytes, and
     the answer holds while `entry` is the current one for its path."""
 
-    __slots__ = ("request", "entry", "key", "whole")
+    __slots__ = ("request", "entry", "key", "whole", "quiet", "until")
 
-    def __init__(self, request: Request | None, entry: Entry | None, whole: bool) -> None:
+    def __init__(
+        self, request: Request | None, entry: Entry | None, whole: bool, quiet: bool = False
+    ) -> None:
         self.request = request
         self.entry = entry
         self.key = (True, request.version if request is not None else "")
         """The keep-alive head's key in the entry's `heads` and `wholes`."""
         self.whole = whole
         """The memory cache's answer, head and body in one (`MemoryReply`)."""
+        self.quiet = quiet
+        """Nothing logs or times its answers: one sent whole needs no `InFlight`."""
+        self.until = 0.0
+        """Until when (monotonic) the entry is trusted and its kept head's Date is
+        current (`_recheck_repeat`); 0 with --cache-valid 0: every repeat is checked."""
 
 
 _NO_REPEAT = Repeat(None, None, False)
@@ -210,7 +219,8 @@ class HttpConnection:
         "phase", "peer", "_on_close", "_buffer", "_view", "_unparsed", "_feed_max",
         "_recv", "_send_call", "_reading", "_writing", "_head_deadline",
         "_inflight", "_response", "_chosen", "_fell_back", "_linger_ends", "_drained", "_queued",
-        "_head_flags", "_header_timeout", "_keepalive_timeout", "_repeat",
+        "_head_flags", "_header_timeout", "_keepalive_timeout", "_repeat", "_repeat_length",
+        "_repeat_bytes",
     )  # fmt: skip
 
     def __init__(
@@ -265,6 +275,10 @@ class HttpConnection:
         self._header_timeout = config.header_timeout
         self._keepalive_timeout = config.keepalive_timeout
         self._repeat = _NO_REPEAT
+        self._repeat_length = -1
+        self._repeat_bytes = b""
+        """The parser's repeat bytes while `_repeat` answers them and the parser rests
+        after them (see `_on_readable`); -1: no read is a repeat without the parser."""
 
     @property
     def busy(self) -> bool:
@@ -323,7 +337,21 @@ class HttpConnection:
             if received == 0:
                 self.close()
                 return
+            if (
+                received == self._repeat_length
+                and self._buffer.startswith(self._repeat_bytes)
+                and self._answer_repeat(self._repeat)
+            ):
+                # The parser would hand back its repeat for these bytes, unchanged:
+                # answered without it, its list, `pending` or `_advance`.
+                if self.phase is _READING:
+                    self.deadline = self.loop.time() + self._keepalive_timeout
+                    if self.stream.more_input:
+                        self.loop.call_soon(self._on_readable)
+                return
             data = self._view[:received]
+        # Any other feed may leave the parser elsewhere than at rest after the repeat.
+        self._repeat_length = -1
         try:
             if len(data) > self._feed_max:
                 self._unparsed = data[self._feed_max :]
@@ -381,9 +409,13 @@ class HttpConnection:
     # responding ------------------------------------------------------------------
 
     def _respond(self, request: Request, tries: int = 0, started: float = 0.0) -> None:
-        repeating = request is self.parser.repeat
+        parser = self.parser
+        repeating = request is parser.repeat
         if repeating and request is self._repeat.request:
-            if self._answer_repeat(request, self._repeat):
+            if self._answer_repeat(self._repeat):
+                # The parser gave its repeat for this feed: it rests after those bytes.
+                self._repeat_length = len(parser.repeat_bytes)
+                self._repeat_bytes = parser.repeat_bytes
                 return
         server = self.server
         if server.timed and not tries:
@@ -418,9 +450,12 @@ class HttpConnection:
             return
         entry = self.server.files.entry(request.path)
         if reply.keep_alive and request.method == "GET" and entry is not None:
-            self._repeat = Repeat(request, entry, whole)
+            quiet = not (self.server.timed or self.server.access_log.on)
+            self._repeat = Repeat(request, entry, whole, quiet)
+            self._repeat_length = len(self.parser.repeat_bytes)
+            self._repeat_bytes = self.parser.repeat_bytes
 
-    def _answer_repeat(self, request: Request, repeat: Repeat) -> bool:
+    def _answer_repeat(self, repeat: Repeat) -> bool:
         """Answer a repeat of the last whole answer's request straight from its cache
         entry: no planning and no `InFlight`, the body moved by the strategy's own
         `Transfer` as any body is, so every strategy gains the same. If the socket
@@ -428,30 +463,29 @@ class HttpConnection:
         when the entry changed, a new Date second needs a new head, the strategy
         lacks what it needs (the common way answers that), or shutdown began."""
         server = self.server
-        entry = repeat.entry
+        request, entry = repeat.request, repeat.entry
+        assert request is not None and entry is not None
         started = time.perf_counter() if server.timed else 0.0
-        if server.files.current(request.path) is not entry or server.closing:
+        if (
+            server.closing
+            or entry.evicted  # dropped from the cache: changed, squeezed out or unused
+            or (_monotonic() >= repeat.until and not self._recheck_repeat(repeat, request, entry))
+        ):
             return False
-        assert entry is not None
-        date = current_http_date()
-        kept = (entry.wholes if repeat.whole else entry.heads).get(repeat.key)
-        if kept is None or kept[0] is not date or (repeat.whole and entry.body is None):
+        whole = repeat.whole
+        kept = (entry.wholes if whole else entry.heads).get(repeat.key)
+        if kept is None:  # let go for room since
             return False
         data = kept[1]
-        stream = self.stream
         file: OpenedFile | None = None
         transfer: Transfer | None = None
-        if repeat.whole:
-            memory = server.files.memory
-            assert memory is not None
-            memory.touch(entry)
-            flags = 0
-        else:
+        flags = 0
+        if not whole:
             flags = self._head_flags
             # Taken before the head goes out, as `_commit` does.
             file = entry.lend()
             try:
-                transfer = self._chosen.start(stream, file, 0, entry.size)
+                transfer = self._chosen.start(self.stream, file, 0, entry.size)
             except Exception:
                 transfer = None
             if transfer is None:
@@ -461,25 +495,26 @@ class HttpConnection:
                 server.metrics.fallbacks += 1
         if server.metrics_on:
             server.metrics.repeats += 1
+        stream = self.stream
         body_start = stream.bytes_sent
         sent = 0
         progress: Progress | None = None
         failure: BaseException | None = None
         try:
             sent = self._send_call(data, flags)
-            if sent == len(data) and transfer is not None:
+            if transfer is not None and sent == len(data):
                 progress = transfer.advance()
         except BlockingIOError:
             pass
         except PEER_GONE as exc:
             failure = exc
-        done = (
-            failure is None
+        if (
+            repeat.quiet
             and sent == len(data)
+            and failure is None
             and (progress is None or progress is _DONE)
             and not stream.unflushed
-        )
-        if done and not (server.timed or server.access_log.on):
+        ):
             if transfer is not None and file is not None:
                 transfer.close()
                 file.close()
@@ -508,6 +543,24 @@ class HttpConnection:
             self._transfer_waits(transfer, progress)
         else:
             self._pump()
+        return True
+
+    def _recheck_repeat(self, repeat: Repeat, request: Request, entry: Entry) -> bool:
+        """Whether `entry` is still the current one for the path and its kept answer
+        has this second's Date; if so, trust both until the first of them is due
+        again. The memory cache's recency is kept to that step, not to the request."""
+        files = self.server.files
+        if files.current(request.path) is not entry:
+            return False
+        kept = (entry.wholes if repeat.whole else entry.heads).get(repeat.key)
+        if kept is None or kept[0] is not current_http_date():
+            return False
+        if repeat.whole:
+            if entry.body is None:  # let go for room since its answer was made
+                return False
+            assert files.memory is not None
+            files.memory.touch(entry)
+        repeat.until = min(entry.checked + files.valid, current_date_ends())
         return True
 
     def _await_listing(

@@ -165,10 +165,10 @@ class RequestParser:
         False after any other, which costs a repeat one more parse, not a mistake."""
         self._last_feed = b""
         """The last feed, when it was short enough to be a repeat (`REPEAT_MAX`)."""
-        self._repeat_bytes = b""
+        self.repeat_bytes = b""
         self.repeat: Request | None = None
         """A request that came three times in a row, byte for byte, its last two at
-        rest, and its bytes (`_repeat_bytes`): while they come again at rest, they are
+        rest, and its bytes (`repeat_bytes`): while they come again at rest, they are
         this request, unparsed. Only a repeat is kept: a client whose requests all
         differ keeps no `Request` alive between them (the cyclic GC would meet one per
         request in its older generations) and pays one comparison per request."""
@@ -189,7 +189,7 @@ class RequestParser:
         """Parse `data`; return every request (or the terminal error) it completes."""
         if self._failed:
             return []
-        if self._at_rest and data == self._repeat_bytes:
+        if self._at_rest and data == self.repeat_bytes:
             # A keep-alive client repeating its request byte for byte (wrk, a poll, a
             # reload): llhttp is at rest, so parsing it again would make the same
             # request; skip its five callbacks.
@@ -246,7 +246,7 @@ class RequestParser:
             and data[-4:] == _HEAD_END
         ):
             if self._at_rest:
-                self._repeat_bytes, self.repeat = self._last_feed, request
+                self.repeat_bytes, self.repeat = self._last_feed, request
             self._at_rest = True
         else:
             self._at_rest = False
@@ -465,18 +465,28 @@ class _DateCache:
     def __init__(self) -> None:
         self._second = -1
         self._value = ""
+        self.ends = 0.0
+        """When the last value made stops being now, on the monotonic clock."""
 
     def now(self) -> str:
-        second = int(time.time())
+        wall = _time()
+        second = int(wall)
         if second != self._second:
             self._second = second
             self._value = formatdate(second, usegmt=True)
+            self.ends = time.monotonic() + (second + 1 - wall)
         return self._value
 
 
+_time = time.time  # bound once: `now` runs on every response
 _date_cache = _DateCache()
 current_http_date = _date_cache.now
 """The Date header's value for now: `http_date()` without its argument check."""
+
+
+def current_date_ends() -> float:
+    """When `current_http_date()`'s last value stops being current (monotonic)."""
+    return _date_cache.ends
 
 
 def http_date(timestamp: float | None = None) -> str:
