@@ -34,8 +34,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="repeat-answered-from-a-changed-file",
         path=CONNECTION,
-        old="        if files.current(request.path) is not entry:\n            return False\n",
-        new="        if False:\n            return False\n",
+        old="        if files.current(request.path) is not entry:\n            return None\n",
+        new="        if False:\n            return None\n",
         tests=(f"{REPEATS}::test_repeats_are_exact_and_see_a_changed_file_at_once",),
     ),
     Mutant(
@@ -69,8 +69,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="trusted-repeat-lends-a-closed-descriptor",
         path=CONNECTION,
-        old="            or entry.evicted  # dropped",
-        new="            or False  # dropped",
+        old="        if server.closing or entry.evicted:  # dropped",
+        new="        if server.closing:  # dropped",
         tests=(
             f"{REPEATS}::test_trusted_repeats_read_their_own_file_after_its_entry_is_squeezed_out",
         ),
@@ -78,8 +78,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="trusted-repeat-keeps-a-stale-date",
         path=CONNECTION,
-        old="        repeat.until = min(entry.checked + files.valid, current_date_ends())\n",
-        new="        repeat.until = entry.checked + files.valid\n",
+        old="            repeat.until = min(entry.checked + files.valid, current_date_ends())\n",
+        new="            repeat.until = entry.checked + files.valid\n",
         tests=(f"{REPEATS}::test_trusted_repeats_keep_the_date_header_current",),
     ),
     Mutant(

@@ -466,15 +466,14 @@ class HttpConnection:
         request, entry = repeat.request, repeat.entry
         assert request is not None and entry is not None
         started = time.perf_counter() if server.timed else 0.0
-        if (
-            server.closing
-            or entry.evicted  # dropped from the cache: changed, squeezed out or unused
-            or (_monotonic() >= repeat.until and not self._recheck_repeat(repeat, request, entry))
-        ):
+        if server.closing or entry.evicted:  # dropped: changed, squeezed out or unused
             return False
         whole = repeat.whole
-        kept = (entry.wholes if whole else entry.heads).get(repeat.key)
-        if kept is None:  # let go for room since
+        if _monotonic() < repeat.until:
+            kept = (entry.wholes if whole else entry.heads).get(repeat.key)
+        else:
+            kept = self._recheck_repeat(repeat, request, entry)
+        if kept is None:  # changed, let go for room, or a new Date second
             return False
         data = kept[1]
         file: OpenedFile | None = None
@@ -545,23 +544,27 @@ class HttpConnection:
             self._pump()
         return True
 
-    def _recheck_repeat(self, repeat: Repeat, request: Request, entry: Entry) -> bool:
-        """Whether `entry` is still the current one for the path and its kept answer
-        has this second's Date; if so, trust both until the first of them is due
-        again. The memory cache's recency is kept to that step, not to the request."""
+    def _recheck_repeat(
+        self, repeat: Repeat, request: Request, entry: Entry
+    ) -> tuple[str, bytes] | None:
+        """The kept answer, if `entry` is still the current one for the path and the
+        answer has this second's Date; with --cache-valid, both are then trusted
+        until the first of them is due again, and the memory cache's recency is
+        kept to that step, not to the request."""
         files = self.server.files
         if files.current(request.path) is not entry:
-            return False
+            return None
         kept = (entry.wholes if repeat.whole else entry.heads).get(repeat.key)
         if kept is None or kept[0] is not current_http_date():
-            return False
+            return None
         if repeat.whole:
             if entry.body is None:  # let go for room since its answer was made
-                return False
+                return None
             assert files.memory is not None
             files.memory.touch(entry)
-        repeat.until = min(entry.checked + files.valid, current_date_ends())
-        return True
+        if files.valid:
+            repeat.until = min(entry.checked + files.valid, current_date_ends())
+        return kept
 
     def _await_listing(
         self, request: Request, pending: ListingPending, tries: int, started: float
