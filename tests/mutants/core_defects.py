@@ -6,6 +6,7 @@ from tests.mutants import Mutant
 
 CONNECTION = "zcserve/server/connection.py"
 STRATEGIES = "zcserve/server/strategies.py"
+TLS_HOSTILE = "tests/server/test_tls_socket_hostile.py"
 
 MUTANTS: list[Mutant] = [
     Mutant(
@@ -88,5 +89,33 @@ MUTANTS: list[Mutant] = [
         old="    return formatdate(min(max(second, 0), LAST_HTTP_SECOND), usegmt=True)\n",
         new="    return formatdate(second, usegmt=True)\n",
         tests=("tests/server/test_dates.py",),
+    ),
+    Mutant(
+        name="tls-close-forgets-input-inside-openssl",
+        path=CONNECTION,
+        old="            or self.stream.more_input  # TLS: the rest of a record, inside OpenSSL\n",
+        new="",
+        tests=(
+            f"{TLS_HOSTILE}::"
+            "test_connection_close_lingers_when_the_rest_of_the_record_waits_inside_openssl",
+        ),
+    ),
+    Mutant(
+        name="tls-fin-without-close-notify-is-fatal",
+        path="zcserve/server/tls.py",
+        old="ssl.OP_NO_RENEGOTIATION | ssl.OP_IGNORE_UNEXPECTED_EOF\n",
+        new="ssl.OP_NO_RENEGOTIATION\n",
+        tests=(
+            f"{TLS_HOSTILE}::test_a_half_close_right_after_the_request_still_gets_the_whole_answer",
+        ),
+    ),
+    Mutant(
+        name="tls-send-all-counts-only-whole-calls",
+        path="zcserve/server/tls.py",
+        old="            self.bytes_sent += written\n",
+        new="            pass\n",
+        tests=(
+            f"{TLS_HOSTILE}::test_a_client_that_leaves_is_logged_with_at_least_what_it_received",
+        ),
     ),
 ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import io
 import json
+import os
 import random
 import shutil
 import socket
@@ -123,18 +124,18 @@ class Held:
 
     kept: int = 0
     """Writes OpenSSL could not finish, kept in `unflushed` to be given again."""
-    still_full: int = 0
-    """Retries (`flush`) that found the socket still full."""
     broken_rule: list[str] = field(default_factory=list)
     """A new write made while one was held: OpenSSL's retry rule broken."""
+    left_inside: int = 0
+    """Reads that left part of a record's plaintext inside OpenSSL (`more_input`)."""
 
 
 @pytest.fixture
 def held(monkeypatch: pytest.MonkeyPatch) -> Held:
-    """Count, in every TlsStream, the writes kept for a retry, and catch a new write
-    made while one is held."""
+    """Count, in every TlsStream, the writes kept for a retry and the reads that left
+    plaintext inside OpenSSL, and catch a new write made while one is held."""
     counts = Held()
-    keep, flush = TlsStream._write_or_keep, TlsStream.flush
+    keep, receive = TlsStream._write_or_keep, TlsStream.recv_into_now
 
     def counted_keep(self: TlsStream, plaintext: Buffer) -> None:
         if self.unflushed:
@@ -143,15 +144,14 @@ def held(monkeypatch: pytest.MonkeyPatch) -> Held:
         if self.unflushed:
             counts.kept += 1
 
-    def counted_flush(self: TlsStream) -> None:
-        try:
-            flush(self)
-        except BlockingIOError:
-            counts.still_full += 1
-            raise
+    def counted_receive(self: TlsStream, buffer: memoryview) -> int:
+        count = receive(self, buffer)
+        if self.more_input:
+            counts.left_inside += 1
+        return count
 
     monkeypatch.setattr(TlsStream, "_write_or_keep", counted_keep)
-    monkeypatch.setattr(TlsStream, "flush", counted_flush)
+    monkeypatch.setattr(TlsStream, "recv_into_now", counted_receive)
     return counts
 
 
@@ -173,6 +173,8 @@ class BioClient:
         nodelay: bool = False,
         tls12: bool = False,
         handshake: bool = True,
+        context: ssl.SSLContext | None = None,
+        session: ssl.SSLSession | None = None,
     ) -> None:
         self.raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -185,12 +187,15 @@ class BioClient:
         except BaseException:
             self.raw.close()
             raise
-        context = certificate.client_context()
+        if context is None:
+            context = certificate.client_context()
         if tls12:
             context.maximum_version = ssl.TLSVersion.TLSv1_2
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
-        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+        self.tls = context.wrap_bio(
+            self.incoming, self.outgoing, server_hostname="localhost", session=session
+        )
         self.plain = bytearray()
         """Decrypted bytes not taken by `take` yet."""
         self.ciphertext = 0
@@ -365,9 +370,7 @@ def responses(data: bytes, heads: Sequence[int] = ()) -> list[Response]:
     return found
 
 
-def expect(
-    got: list[Response], want: list[tuple[int, bytes]], *, strict_length: bool = True
-) -> None:
+def expect(got: list[Response], want: list[tuple[int, bytes]]) -> None:
     """`got` is exactly `want` (status, body), in order."""
     assert [r.status for r in got] == [status for status, _ in want]
     for index, (response, (_, body)) in enumerate(zip(got, want, strict=True)):
@@ -439,6 +442,8 @@ def test_pipelined_answers_read_only_once_the_socket_is_full_arrive_exact(
     options: dict[str, Any],
     loop: str,
 ) -> None:
+    """A pipeline whose answers overfill the socket, read only once a write is held:
+    every answer exact and in order, then close_notify, then the TCP end."""
     server = serve(loop=loop, **options)
     with BioClient(server.port, certificate, rcvbuf=32 * KiB) as client:
         client.records(b"".join(raw for raw, _, _ in PIPELINE))
@@ -450,6 +455,67 @@ def test_pipelined_answers_read_only_once_the_socket_is_full_arrive_exact(
     expect(responses(data, heads), [(status, body) for _, status, body in PIPELINE])
     assert held.broken_rule == []
     assert server.server.metrics.errors == {}
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("options", STRATEGY_OPTIONS)
+def test_a_small_server_send_buffer_makes_writes_wait_hundreds_of_times(
+    serve: Callable[..., ServerThread],
+    certificate: Certificate,
+    held: Held,
+    options: dict[str, Any],
+    loop: str,
+) -> None:
+    """The same pipeline through a 32 KiB server send buffer, read in small steps:
+    OpenSSL's writes stop mid-record hundreds of times and are given again; every
+    byte arrives, in order. (The close_notify after the last answer is best effort:
+    the full socket may leave it out.)"""
+    server = serve(loop=loop, **options)
+    server.listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * KiB)
+    with BioClient(server.port, certificate, rcvbuf=8 * KiB) as client:
+        client.records(b"".join(raw for raw, _, _ in PIPELINE))
+        while client.pull(8 * KiB):
+            pass
+        data = client.take()
+        assert client.ended in ("close_notify", "eof")
+    heads = [i for i, (raw, _, _) in enumerate(PIPELINE) if raw.startswith(b"HEAD")]
+    expect(responses(data, heads), [(status, body) for _, status, body in PIPELINE])
+    assert held.kept >= 100
+    assert held.broken_rule == []
+    assert server.server.metrics.errors == {}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"strategy": "fallback"},
+        {"strategy": "readwrite"},
+        {"strategy": "memory"},
+        {"strategy": "fallback", "cache_valid": 5.0},
+    ],
+    ids=["fallback", "readwrite", "memory", "trusted"],
+)
+def test_repeats_answered_through_a_full_socket(
+    serve: Callable[..., ServerThread],
+    certificate: Certificate,
+    held: Held,
+    options: dict[str, Any],
+) -> None:
+    """Two hundred identical requests, which the fast path answers as repeats (a head
+    sent with MSG_MORE, then the body's first step), sent in bursts through a 32 KiB
+    server send buffer to a slow reader: two hundred exact answers."""
+    server = serve(**options)
+    server.listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * KiB)
+    raw = request("/small.bin")
+    with BioClient(server.port, certificate, rcvbuf=8 * KiB) as client:
+        for _ in range(10):
+            client.records(raw * 20)
+        client.records(request("/c.txt", CLOSE))
+        while client.pull(4 * KiB):
+            pass
+        data = client.take()
+    expect(responses(data), [(200, FILES["small.bin"])] * 200 + [(200, FILES["c.txt"])])
+    assert held.broken_rule == []
 
 
 def test_a_tls12_client_that_reads_late_gets_every_byte(
@@ -575,24 +641,33 @@ def test_every_ciphertext_byte_in_a_send_of_its_own(
     "head_size", [RECV_BUFFER - 1, RECV_BUFFER, RECV_BUFFER + 1, 12 * KiB, 15 * KiB]
 )
 def test_heads_longer_than_the_receive_buffer(
-    serve: Callable[..., ServerThread], certificate: Certificate, head_size: int, record: int
+    serve: Callable[..., ServerThread],
+    certificate: Certificate,
+    held: Held,
+    head_size: int,
+    record: int,
 ) -> None:
     """A head of about 8 KiB or more, with a request behind it, sent as one record
     (the receive buffer takes part of it, OpenSSL holds the rest) or cut into
     records of `record` bytes: both answered, in order, and nothing more."""
     server = serve()
     stream = padded(head_size, "/small.bin") + request("/c.txt", CLOSE)
-    pieces = [stream] if not record else [stream[i : i + record] for i in range(0, len(stream), record)]
+    pieces = (
+        [stream] if not record else [stream[i : i + record] for i in range(0, len(stream), record)]
+    )
     with BioClient(server.port, certificate) as client:
         client.records(*pieces)
         data = client.read_all()
         assert client.ended == "close_notify"
     expect(responses(data), [(200, FILES["small.bin"]), (200, FILES["c.txt"])])
+    if not record or record > RECV_BUFFER:
+        assert held.left_inside >= 1
 
 
-def _one_record_of_requests(size: int, last: bytes) -> tuple[bytes, list[bytes]]:
-    """`size` bytes of keep-alive GETs of a.txt, b.txt and c.txt in turn, then `last`
-    padded so the whole is exactly `size`; and the bodies expected, in order."""
+def _one_record_of_requests(size: int, last: str) -> tuple[bytes, list[bytes]]:
+    """`size` bytes of keep-alive GETs of a.txt, b.txt and c.txt in turn, then a
+    Connection: close GET of `last` padded so the whole is exactly `size`; and the
+    bodies expected, in order."""
     names = ["a.txt", "b.txt", "c.txt"]
     parts: list[bytes] = []
     bodies: list[bytes] = []
@@ -600,14 +675,13 @@ def _one_record_of_requests(size: int, last: bytes) -> tuple[bytes, list[bytes]]
     while True:
         name = names[len(parts) % 3]
         raw = request(f"/{name}")
-        if used + len(raw) + len(last) + 200 > size:
+        if used + len(raw) + 300 > size:
             break
         parts.append(raw)
         bodies.append(FILES[name])
         used += len(raw)
-    tail = padded(size - used, last.decode().split(" ")[1], CLOSE)
-    parts.append(tail)
-    bodies.append(FILES[last.decode().split(" ")[1].lstrip("/")])
+    parts.append(padded(size - used, f"/{last}", CLOSE))
+    bodies.append(FILES[last])
     stream = b"".join(parts)
     assert len(stream) == size
     return stream, bodies
@@ -620,6 +694,7 @@ def _one_record_of_requests(size: int, last: bytes) -> tuple[bytes, list[bytes]]
 def test_hundreds_of_requests_in_one_full_record(
     serve: Callable[..., ServerThread],
     certificate: Certificate,
+    held: Held,
     loop: str,
     options: dict[str, Any],
 ) -> None:
@@ -627,13 +702,14 @@ def test_hundreds_of_requests_in_one_full_record(
     8 KiB wait inside OpenSSL where no readable event announces them, and every
     request is answered, in order, then close_notify and EOF."""
     server = serve(loop=loop, **options)
-    stream, bodies = _one_record_of_requests(RECORD, request("/hello.txt"))
+    stream, bodies = _one_record_of_requests(RECORD, "hello.txt")
     with BioClient(server.port, certificate) as client:
         client.records(stream)
         data = client.read_all()
         assert client.ended == "close_notify"
         assert client.raw_end() == "eof"
     expect(responses(data), [(200, body) for body in bodies])
+    assert held.left_inside >= 1
 
 
 @pytest.mark.parametrize("strategy", ["fallback", "readwrite"])
@@ -648,13 +724,14 @@ def test_requests_inside_openssl_wait_out_a_blocked_response(
     """A record whose first request's answer fills the socket, and whose other
     requests are partly inside OpenSSL: once the client reads, all are answered."""
     server = serve(loop=loop, strategy=strategy)
-    rest, bodies = _one_record_of_requests(12 * KiB, request("/c.txt"))
+    rest, bodies = _one_record_of_requests(12 * KiB, "c.txt")
     with BioClient(server.port, certificate, rcvbuf=16 * KiB) as client:
         client.records(request("/big.bin") + rest)
         wait_for(lambda: held.kept >= 1, DEADLINE, "a write kept for a full socket")
         data = client.read_all()
         assert client.ended == "close_notify"
     expect(responses(data), [(200, FILES["big.bin"])] + [(200, body) for body in bodies])
+    assert held.left_inside >= 1
     assert held.broken_rule == []
 
 
@@ -701,21 +778,15 @@ def _all_answered(server: ServerThread) -> bool:
         return all(getattr(c, "phase", None) is not Phase.RESPONDING for c in held)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "HttpConnection._client_sent_more() does not ask the stream about plaintext "
-        "OpenSSL holds (TlsStream.more_input): when a Connection: close request ends "
-        "exactly at the end of an 8 KiB read and the rest of its record (pipelined "
-        "requests) stays inside OpenSSL, the kernel queue is empty, so the server "
-        "closes without lingering; the client's next bytes then meet a closed socket "
-        "and its reset destroys the tail of the answer"
-    ),
-)
 @pytest.mark.parametrize("loop", LOOPS)
 def test_connection_close_lingers_when_the_rest_of_the_record_waits_inside_openssl(
-    serve: Callable[..., ServerThread], certificate: Certificate, loop: str
+    serve: Callable[..., ServerThread], certificate: Certificate, held: Held, loop: str
 ) -> None:
+    """A Connection: close request ends exactly where the first 8 KiB read ends, and
+    the rest of its record, pipelined requests, waits inside OpenSSL. Once the answer
+    is all in the kernel the client, still reading, sends another request, as a
+    pipelining client does: the server must linger (it has more input), not close,
+    so that no reset destroys the tail of the answer."""
     server = serve(loop=loop)
     last = request("/big.bin", CLOSE)
     first = padded(RECV_BUFFER - len(last), "/hello.txt")
@@ -732,7 +803,7 @@ def test_connection_close_lingers_when_the_rest_of_the_record_waits_inside_opens
                 client.records(after)
             time.sleep(0.0005)  # a client slower than the server
         data = client.take()
-    if sent_more_at < 0 or sent_more_at >= len(data):
+    if sent_more_at < 0 or sent_more_at >= len(data) or not held.left_inside:
         pytest.skip("the client had read everything before the server's last write")
     got = responses(data)
     assert [r.status for r in got] == [200, 200]
@@ -747,7 +818,7 @@ def test_connection_close_lingers_when_the_rest_of_the_record_waits_inside_opens
 HANDSHAKE_STAGES = ["silent", "first-byte", "half-hello", "whole-hello", "before-finished"]
 
 
-@pytest.mark.parametrize("how", ["fin", "reset"])
+@pytest.mark.parametrize("how", ["close", "reset"])
 @pytest.mark.parametrize("stage", HANDSHAKE_STAGES)
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_client_leaving_mid_handshake_costs_nothing(
@@ -776,9 +847,7 @@ def test_a_client_leaving_mid_handshake_costs_nothing(
                 except ssl.SSLWantReadError:
                     continue
             assert client.flight(), "the client's Finished, never sent"
-        wait_for(
-            lambda: server.server.metrics.active_connections == 1, DEADLINE, "connection held"
-        )
+        wait_for(lambda: server.server.metrics.active_connections == 1, DEADLINE, "connection held")
     finally:
         if how == "reset":
             client.reset()
@@ -791,14 +860,18 @@ def test_a_client_leaving_mid_handshake_costs_nothing(
     https_hello(server.port, certificate)
 
 
-@pytest.mark.parametrize("how", ["fin", "reset", "close_notify"])
+@pytest.mark.parametrize("how", ["close", "reset", "close_notify"])
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_client_leaving_mid_request(
     serve: Callable[..., ServerThread], certificate: Certificate, loop: str, how: str
 ) -> None:
     """Half a head, then the client goes; with close_notify it stays to read: it gets
-    the server's close_notify, then the TCP end, at once and with no answer."""
-    server = serve(loop=loop, header_timeout=30.0, open_file_cache=0)
+    the server's close_notify, then the TCP end, at once and with no answer. (A close
+    is a reset too when the session tickets lie unread; a reset that comes with the
+    record may go unseen under uvloop until the header timeout: see the test after
+    this one, hence the short one here.)"""
+    header_timeout = 30.0 if how == "close_notify" else 2.0
+    server = serve(loop=loop, header_timeout=header_timeout, open_file_cache=0)
     https_hello(server.port, certificate)
     before = settled_fds(server)
     with BioClient(server.port, certificate) as client:
@@ -815,7 +888,83 @@ def test_a_client_leaving_mid_request(
     https_hello(server.port, certificate)
 
 
-@pytest.mark.parametrize("how", ["fin", "reset", "close_notify"])
+@pytest.mark.parametrize(
+    "loop",
+    [
+        pytest.param(
+            "uvloop",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "uvloop reports EPOLLERR by running the reader once and then dropping "
+                    "the watch (UVPoll._fatal_error); HttpConnection._on_readable reads "
+                    "one record (one recv on plain TCP) and returns, so a reset that "
+                    "arrives together with a complete record is never seen: the "
+                    "connection and its descriptor stay until the header timeout"
+                ),
+            ),
+        ),
+        "asyncio",
+    ],
+)
+def test_a_reset_that_comes_with_a_whole_record_is_seen_at_once(
+    serve: Callable[..., ServerThread], certificate: Certificate, loop: str
+) -> None:
+    """The server's loop is held while a record of half a head and a reset arrive, so
+    that one readable event announces both."""
+    server = serve(loop=loop, header_timeout=30.0, open_file_cache=0)
+    with BioClient(server.port, certificate) as client:
+        client.records(request("/hello.txt"))  # the handshake is over on both sides
+        answer = read_response(client.reader())
+        assert answer is not None and answer.body == FILES["hello.txt"]
+        client.tls.write(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n")
+        record = client.flight()
+        with _loop_held(server):
+            client.send_raw(record)
+            client.reset()
+            wait_for(lambda: _queued_on_server(server) > 0, DEADLINE, "the record arrived")
+    wait_for(
+        lambda: server.server.metrics.active_connections == 0,
+        DEADLINE / 2,
+        "the reset connection let go (header timeout 30 s)",
+    )
+    https_hello(server.port, certificate)
+
+
+class _loop_held:
+    """Hold the server's event loop in a callback for the length of the block."""
+
+    def __init__(self, server: ServerThread) -> None:
+        self.loop = server._loop
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    def _hold(self) -> None:
+        self.held.set()
+        self.release.wait(DEADLINE)
+
+    def __enter__(self) -> None:
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self._hold)
+        assert self.held.wait(DEADLINE)
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+
+
+def _queued_on_server(server: ServerThread) -> int:
+    """Bytes waiting unread in the receive queues of the server's connections."""
+    total = 0
+    for connection in list(server.server._connections):
+        try:
+            queued = fcntl.ioctl(connection.fd, termios.FIONREAD, struct.pack("i", 0))
+        except OSError:
+            continue
+        total += struct.unpack("i", queued)[0]
+    return total
+
+
+@pytest.mark.parametrize("how", ["close", "reset", "close_notify"])
 @pytest.mark.parametrize("strategy", ["fallback", "readwrite"])
 def test_a_client_leaving_mid_response(
     serve: Callable[..., ServerThread],
@@ -850,17 +999,31 @@ def test_a_client_leaving_mid_response(
     https_hello(server.port, certificate)
 
 
+@pytest.mark.parametrize(
+    "how",
+    [
+        "close_notify",
+        "tcp-shutdown",
+    ],
+)
 @pytest.mark.parametrize("strategy", ["fallback", "readwrite"])
-def test_close_notify_right_after_the_request_still_gets_the_whole_answer(
-    serve: Callable[..., ServerThread], certificate: Certificate, held: Held, strategy: str
+def test_a_half_close_right_after_the_request_still_gets_the_whole_answer(
+    serve: Callable[..., ServerThread],
+    certificate: Certificate,
+    held: Held,
+    strategy: str,
+    how: str,
 ) -> None:
-    """TLS half-close: the request, then close_notify at once, and the client reads
-    on. The answer (larger than the socket holds) arrives whole, then the server's
-    close_notify, then the TCP end."""
+    """The request, then at once close_notify (TLS's half-close) or a TCP FIN without
+    it, and the client reads on. The answer (larger than the socket holds) arrives
+    whole, then the server's close_notify, then the TCP end."""
     server = serve(strategy=strategy)
     with BioClient(server.port, certificate, rcvbuf=64 * KiB) as client:
         client.records(request("/big.bin"))
-        client.close_notify()
+        if how == "close_notify":
+            client.close_notify()
+        else:
+            client.raw.shutdown(socket.SHUT_WR)
         wait_for(lambda: held.kept >= 1, DEADLINE, "a write kept for a full socket")
         data = client.read_all()
         assert client.ended == "close_notify"
@@ -940,13 +1103,14 @@ def test_no_valid_client_hello_ends_the_handshake_in_silence(
     https_hello(server.port, certificate)
 
 
-@pytest.mark.parametrize("after", ["record", "clear-bytes", "second-close-notify"])
+@pytest.mark.parametrize("after", ["clear-request", "second-close-notify", "plaintext-alert"])
 def test_bytes_after_the_clients_close_notify(
     serve: Callable[..., ServerThread], certificate: Certificate, after: str
 ) -> None:
-    """close_notify, then more: a request record made before it, clear bytes, or a
-    second close_notify. Nothing after close_notify is answered; the server ends the
-    connection, keeps no descriptor, and serves the next client."""
+    """close_notify, then more in the same send: a clear-text request, the same
+    close_notify again, or an alert record. Nothing after close_notify is read or
+    answered; the server ends with its own close_notify, keeps no descriptor, and
+    serves the next client."""
     server = serve(header_timeout=30.0, open_file_cache=0)
     https_hello(server.port, certificate)
     before = settled_fds(server)
@@ -955,16 +1119,591 @@ def test_bytes_after_the_clients_close_notify(
         client.records(request("/small.bin"))
         first = read_response(reader)
         assert first is not None and first.body == FILES["small.bin"]
-        client.tls.write(request("/hello.txt"))
-        late = client.flight()
         try:
             client.tls.unwrap()
         except ssl.SSLWantReadError:
             pass
         notify = client.flight()
-        extra = {"record": late, "clear-bytes": request("/hello.txt"), "second-close-notify": notify}
-        client.send_raw(notify + extra[after])
+        extra = {
+            "clear-request": request("/hello.txt"),
+            "second-close-notify": notify,
+            "plaintext-alert": b"\x15\x03\x03\x00\x02\x02\x28",
+        }[after]
+        client.send_raw(notify + extra)
         assert client.read_all() == b"", "an answer after close_notify"
-        assert client.ended in ("close_notify", "reset", "eof")
+        assert client.ended == "close_notify"
     assert settled_fds(server) <= before
+    assert "tls" not in server.server.metrics.errors
+    https_hello(server.port, certificate)
+
+
+# Renegotiation and key updates (the openssl command's interactive client) ---------------------
+
+
+class SClient:
+    """`openssl s_client` on the server, fed lines on stdin (LF made CRLF), with its
+    stdout and stderr gathered by a thread."""
+
+    def __init__(self, port: int, certificate: Certificate, version: str) -> None:
+        self.process = subprocess.Popen(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", version, "-crlf",
+             "-CAfile", certificate.cert, "-servername", "localhost", "-no_ign_eof"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self._chunks: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        while chunk := os.read(fd, 64 * KiB):
+            self._chunks.append(chunk)
+
+    @property
+    def output(self) -> bytes:
+        return b"".join(self._chunks)
+
+    def send(self, text: bytes) -> bool:
+        """Write to its stdin; False once it has exited."""
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(text)
+            self.process.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            return False
+        return True
+
+    def wait_for_output(self, count: int, what: bytes) -> None:
+        wait_for(lambda: self.output.count(what) >= count, DEADLINE, f"{count} x {what!r}")
+
+    def finish(self) -> int:
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            code = self.process.wait(DEADLINE)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait(DEADLINE)
+        self._reader.join(DEADLINE)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        return code
+
+
+HELLO_LINES = b"GET /hello.txt HTTP/1.1\nHost: t\n\n"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_renegotiation_attempt_is_refused_and_costs_nothing(
+    serve: Callable[..., ServerThread], certificate: Certificate, loop: str
+) -> None:
+    """A TLS 1.2 client asks to renegotiate (s_client's R): the server refuses (the
+    client stops with "no renegotiation"), ends the connection as a TLS error, keeps
+    no descriptor, and serves the next client."""
+    server = serve(loop=loop, open_file_cache=0)
+    https_hello(server.port, certificate)
+    before = settled_fds(server)
+    client = SClient(server.port, certificate, "-tls1_2")
+    try:
+        assert client.send(HELLO_LINES)
+        client.wait_for_output(1, b"\r\n\r\nhello\n")
+        client.send(b"R\n")
+        client.wait_for_output(1, b"RENEGOTIATING")
+        client.send(HELLO_LINES)
+    finally:
+        client.finish()
+    assert b"no renegotiation" in client.output, client.output[-600:]
+    assert client.output.count(b"\r\n\r\nhello\n") == 1, "answered after a renegotiation"
+    assert settled_fds(server) <= before
+    assert server.server.metrics.errors.get("tls") == 1, server.server.metrics.errors
+    https_hello(server.port, certificate)
+
+
+@pytest.mark.parametrize("command", [b"K", b"k"], ids=["update-requested", "update"])
+def test_key_updates_between_requests(
+    serve: Callable[..., ServerThread], certificate: Certificate, command: bytes
+) -> None:
+    """TLS 1.3 KeyUpdate from the client (s_client's K asks the server to update its
+    keys too, which OpenSSL does inside a read): the connection goes on."""
+    server = serve()
+    client = SClient(server.port, certificate, "-tls1_3")
+    try:
+        assert client.send(HELLO_LINES)
+        client.wait_for_output(1, b"\r\n\r\nhello\n")
+        for round_ in range(2, 5):
+            assert client.send(command + b"\n")
+            client.wait_for_output(round_ - 1, b"KEYUPDATE")
+            assert client.send(HELLO_LINES)
+            client.wait_for_output(round_, b"\r\n\r\nhello\n")
+    finally:
+        code = client.finish()
+    assert code == 0, client.output[-600:]
+    assert server.server.metrics.errors == {}
+
+
+# Plain HTTP on the TLS port -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "way", ["whole", "byte-by-byte", "h2-preface", "then-more", "then-reset-after-reading"]
+)
+def test_plain_http_on_the_tls_port_is_answered_in_clear(
+    serve: Callable[..., ServerThread], certificate: Certificate, way: str
+) -> None:
+    """Whatever follows a first byte that starts a method: one clear-text 400, then
+    the TCP end; bytes sent after it are discarded, not answered with a reset."""
+    server = serve(open_file_cache=0)
+    https_hello(server.port, certificate)
+    before = settled_fds(server)
+    raw = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" if way == "h2-preface" else request("/hello.txt")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if way == "byte-by-byte":
+            for index in range(len(raw)):
+                sock.sendall(raw[index : index + 1])
+        else:
+            sock.sendall(raw)
+        received = b""
+        while not received.endswith(PLAIN_HTTP_ON_TLS_PORT):
+            chunk = sock.recv(64 * KiB)
+            assert chunk, received
+            received += chunk
+        if way == "then-more":
+            sock.sendall(request("/hello.txt") * 50)
+        assert sock.recv(64 * KiB) == b"", "more than one answer"
+        if way == "then-reset-after-reading":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in head
+    assert body == PLAIN_HTTP_ON_TLS_PORT
+    assert settled_fds(server) <= before
+    https_hello(server.port, certificate)
+
+
+def test_a_lowercase_first_byte_is_no_method_and_gets_no_clear_answer(
+    serve: Callable[..., ServerThread], certificate: Certificate
+) -> None:
+    server = serve()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as sock:
+        sock.sendall(b"get /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+        received = b""
+        try:
+            while chunk := sock.recv(64 * KiB):
+                received += chunk
+        except ConnectionResetError:
+            pass
+    assert b"HTTP/" not in received
+    https_hello(server.port, certificate)
+
+
+# What the access log and the metrics count --------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["auto", "readwrite"])
+def test_log_and_metrics_count_every_byte_of_answers_that_waited(
+    serve: Callable[..., ServerThread],
+    certificate: Certificate,
+    held: Held,
+    tmp_path: Path,
+    strategy: str,
+) -> None:
+    """The pipeline, read only once writes were held: one log line per answer with
+    its whole body, and the metrics' bytes and statuses add up to the same."""
+    log = tmp_path / "access.log"
+    server = serve(
+        strategy=strategy, access_log=str(log), access_log_format="json", metrics="127.0.0.1:0"
+    )
+    with BioClient(server.port, certificate, rcvbuf=32 * KiB) as client:
+        client.records(b"".join(raw for raw, _, _ in PIPELINE))
+        wait_for(lambda: held.kept >= 1, DEADLINE, "a write kept for a full socket")
+        client.read_all()
+        assert client.ended == "close_notify"
+    lines = access_lines(log, len(PIPELINE))
+    want = [(raw.split(b" ")[1].decode(), status, len(body)) for raw, status, body in PIPELINE]
+    assert [(line["target"], line["status"], line["bytes"]) for line in lines] == want
+    metrics = server.server.metrics
+    moved = "fallback" if strategy == "auto" else strategy
+    assert metrics.bytes_sent == {moved: sum(length for _, _, length in want)}
+    assert metrics.requests == {"200": len(PIPELINE) - 1, "206": 1}
+    assert {line["strategy"] for line in lines if line["bytes"]} == {moved}
+
+
+@pytest.mark.parametrize(
+    ("tls", "strategy", "options"),
+    [
+        pytest.param(True, "fallback", {}, id="tls-fallback"),
+        pytest.param(True, "readwrite", {"chunk_size": 32 * MiB}, id="tls-readwrite-one-chunk"),
+        pytest.param(False, "readwrite", {"chunk_size": 32 * MiB}, id="plain-readwrite-one-chunk"),
+    ],
+)
+def test_a_client_that_leaves_is_logged_with_at_least_what_it_received(
+    serve: Callable[..., ServerThread],
+    certificate: Certificate,
+    tmp_path: Path,
+    tls: bool,
+    strategy: str,
+    options: dict[str, Any],
+) -> None:
+    """The client reads 2 MiB of the body, then resets: the access log (and the
+    metrics) must count at least the bytes it demonstrably received, and no more
+    than the file. Plain TCP is the reference."""
+    log = tmp_path / "access.log"
+    server = serve(
+        tls=tls,
+        strategy=strategy,
+        access_log=str(log),
+        access_log_format="json",
+        metrics="127.0.0.1:0",
+        **options,
+    )
+    received = 0
+    if tls:
+        with BioClient(server.port, certificate, rcvbuf=64 * KiB) as client:
+            client.records(request("/big.bin"))
+            while len(client.plain) < 2 * MiB:
+                assert client.pull(64 * KiB)
+            received = len(client.plain) - client.plain.index(b"\r\n\r\n") - 4
+            client.reset()
+    else:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as sock:
+            sock.sendall(request("/big.bin"))
+            data = b""
+            while len(data) < 2 * MiB:
+                chunk = sock.recv(64 * KiB)
+                assert chunk
+                data += chunk
+            received = len(data) - data.index(b"\r\n\r\n") - 4
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+    line = access_lines(log, 1)[0]
+    wait_for(lambda: server.server.metrics.active_connections == 0, DEADLINE, "closed")
+    assert line["status"] == 200
+    assert received <= line["bytes"] <= len(FILES["big.bin"]), (line["bytes"], received)
+    assert received <= server.server.metrics.bytes_sent[strategy] <= len(FILES["big.bin"])
+
+
+# Timeouts, shutdown and the close_notify that ends a connection --------------------------
+
+
+@pytest.mark.parametrize("strategy", ["fallback", "readwrite"])
+def test_a_tls_reader_that_stops_is_cut_at_the_send_timeout(
+    serve: Callable[..., ServerThread],
+    certificate: Certificate,
+    held: Held,
+    tmp_path: Path,
+    strategy: str,
+) -> None:
+    """A write held for a client that never reads again: the server gives up at the
+    send timeout (not before), counts send_stalled, logs the answer cut short, and
+    keeps no descriptor."""
+    send_timeout = 1.0
+    log = tmp_path / "access.log"
+    server = serve(
+        strategy=strategy,
+        send_timeout=send_timeout,
+        access_log=str(log),
+        access_log_format="json",
+        open_file_cache=0,
+    )
+    https_hello(server.port, certificate)
+    before = settled_fds(server)
+    with BioClient(server.port, certificate, rcvbuf=16 * KiB) as client:
+        client.records(request("/big.bin"))
+        wait_for(lambda: held.kept >= 1, DEADLINE, "a write kept for a full socket")
+        stalled = time.monotonic()
+        wait_for(
+            lambda: server.server.metrics.active_connections == 0,
+            latest_cut(send_timeout) + 1,
+            "the stalled connection cut",
+        )
+        cut = time.monotonic() - stalled
+    assert cut >= send_timeout - EARLY - 0.3, f"cut after {cut:.2f}s"
+    assert server.server.metrics.errors == {"send_stalled": 1}
+    line = access_lines(log, 2)[1]
+    assert line["status"] == 200 and line["bytes"] < len(FILES["big.bin"])
+    assert settled_fds(server) <= before
+    assert held.broken_rule == []
+
+
+def test_the_keepalive_timeout_ends_with_close_notify_then_eof(
+    serve: Callable[..., ServerThread], certificate: Certificate
+) -> None:
+    keepalive_timeout = 0.5
+    server = serve(keepalive_timeout=keepalive_timeout)
+    with BioClient(server.port, certificate) as client:
+        client.records(request("/small.bin"))
+        answer = read_response(client.reader())
+        assert answer is not None and answer.body == FILES["small.bin"]
+        answered = time.monotonic()
+        assert client.read_all() == b""
+        ended = time.monotonic() - answered
+        assert client.ended == "close_notify"
+        assert client.raw_end() == "eof"
+    assert keepalive_timeout - EARLY <= ended <= latest_cut(keepalive_timeout)
+
+
+def test_shutdown_while_a_write_is_held_delivers_it_whole(
+    serve: Callable[..., ServerThread], certificate: Certificate, held: Held
+) -> None:
+    """Graceful shutdown starts while a client with a request pipelined behind its
+    download has a write held; it then reads: the download arrives whole (the
+    pipelined request unanswered), then close_notify, and the server stops."""
+    server = serve(grace=5.0)
+    with BioClient(server.port, certificate, rcvbuf=32 * KiB) as client:
+        client.records(request("/big.bin") + request("/hello.txt"))
+        wait_for(lambda: held.kept >= 1, DEADLINE, "a write kept for a full socket")
+        server.begin_shutdown()
+        wait_for(lambda: server.server.closing, DEADLINE, "shutdown begun")
+        data = client.read_all()
+        assert client.ended == "close_notify"
+    expect(responses(data), [(200, FILES["big.bin"])])
+    assert held.broken_rule == []
+
+
+# Heads held back for their body -------------------------------------------------------------
+
+
+def _etag(server: ServerThread, certificate: Certificate) -> str:
+    with BioClient(server.port, certificate) as client:
+        client.records(request("/small.bin", CLOSE))
+        return responses(client.read_all())[0].headers["etag"]
+
+
+SMALL_EXCHANGES: list[tuple[str, bytes, int, bytes | None]] = [
+    ("get", request("/small.bin"), 200, FILES["small.bin"]),
+    ("repeat", request("/small.bin"), 200, FILES["small.bin"]),
+    ("repeat-again", request("/small.bin"), 200, FILES["small.bin"]),
+    ("head", request("/small.bin", method="HEAD"), 200, b""),
+    ("empty", request("/empty.bin"), 200, b""),
+    ("range", request("/mid.bin", "Range: bytes=10-19"), 206, FILES["mid.bin"][10:20]),
+    ("multirange", request("/mid.bin", "Range: bytes=0-0,-1"), 206, None),
+    ("unsatisfiable", request("/mid.bin", "Range: bytes=999999-"), 416, None),
+    ("missing", request("/nothing.bin"), 404, None),
+    ("options", request("/small.bin", method="OPTIONS"), 405, None),
+    ("large-after-small", request("/mid.bin"), 200, FILES["mid.bin"]),
+    ("small-after-large", request("/c.txt"), 200, FILES["c.txt"]),
+]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"strategy": "fallback"},
+        {"strategy": "readwrite"},
+        {"strategy": "memory"},
+        {"strategy": "fallback", "cork": False},
+    ],
+    ids=["fallback", "readwrite", "memory", "no-cork"],
+)
+def test_no_answer_waits_for_a_body_that_never_comes(
+    serve: Callable[..., ServerThread], certificate: Certificate, options: dict[str, Any]
+) -> None:
+    """Answers without a body after their head (HEAD, empty, 304, errors), ranges,
+    multipart, repeats (whose head goes with MSG_MORE before the body's first step),
+    one at a time on a keep-alive connection: each arrives before the next request
+    is sent, so a head left corked would show as a wait."""
+    server = serve(**options)
+    etag = _etag(server, certificate)
+    exchanges = [
+        *SMALL_EXCHANGES,
+        ("not-modified", request("/small.bin", f"If-None-Match: {etag}"), 304, b""),
+    ]
+    with BioClient(server.port, certificate) as client:
+        client.raw.settimeout(DEADLINE / 4)
+        reader = client.reader()
+        for name, raw, status, body in exchanges:
+            client.records(raw)
+            answer = read_response(reader, head=raw.startswith(b"HEAD"))
+            assert answer is not None, f"{name}: no answer ({client.ended})"
+            assert answer.status == status, name
+            if body is not None:
+                assert answer.body == body, name
+
+
+# The handshake waits to write; a resumed session --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    """A certificate of about 60 KiB (2,000 names): the server's first flight is more
+    than a socket with a small window takes at once."""
+    folder = tmp_path_factory.mktemp("big-cert")
+    cert, key = folder / "big.pem", folder / "big.key"
+    names = ["DNS:localhost", "IP:127.0.0.1"]
+    names += [f"DNS:padding-{index:05d}.example.invalid" for index in range(2000)]
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=" + ",".join(names)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return Certificate(str(cert), str(key))
+
+
+@pytest.fixture
+def handshake_waits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """[how many handshake steps ended waiting for the socket to take a flight]."""
+    waits = [0]
+    step = TlsStream.handshake_step
+
+    def counted(self: TlsStream) -> bool:
+        done = step(self)
+        if self.wants_write:
+            waits[0] += 1
+        return done
+
+    monkeypatch.setattr(TlsStream, "handshake_step", counted)
+    return waits
+
+
+def _small_send_buffer(server: ServerThread) -> None:
+    """Accepted sockets inherit a fixed 16 KiB send buffer (doubled by the kernel): on
+    loopback one otherwise starts at 4 MiB, more than any handshake flight."""
+    server.listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * KiB)
+
+
+def _hello_sent(client: BioClient) -> None:
+    with pytest.raises(ssl.SSLWantReadError):
+        client.tls.do_handshake()
+    client.send_out()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_handshake_flight_larger_than_the_socket_waits_to_write(
+    serve: Callable[..., ServerThread],
+    big_certificate: Certificate,
+    handshake_waits: list[int],
+    loop: str,
+) -> None:
+    """The client sends its ClientHello and reads nothing until the server's flight
+    has filled the socket (the handshake waits for writability), then completes the
+    handshake: the connection serves as any other."""
+    server = serve(loop=loop, **big_certificate.options())
+    _small_send_buffer(server)
+    with BioClient(server.port, big_certificate, rcvbuf=4 * KiB, handshake=False) as client:
+        _hello_sent(client)
+        wait_for(lambda: handshake_waits[0] >= 1, DEADLINE, "the handshake waiting to write")
+        client.handshake()
+        client.records(request("/small.bin") + request("/mid.bin", CLOSE))
+        data = client.read_all()
+        # close_notify is best effort, never waited for: with this small send buffer
+        # the socket is often full when the last answer is in, and it is left out.
+        assert client.ended in ("close_notify", "eof")
+    expect(responses(data), [(200, FILES["small.bin"]), (200, FILES["mid.bin"])])
+
+
+@pytest.mark.parametrize("end", ["reset", "header-timeout"])
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_handshake_waiting_to_write_ends_cleanly(
+    serve: Callable[..., ServerThread],
+    big_certificate: Certificate,
+    handshake_waits: list[int],
+    loop: str,
+    end: str,
+) -> None:
+    """While the server waits to write its flight, the client resets, or never reads
+    until the header timeout: the server lets go (its writability watch with it),
+    keeps no descriptor, and serves the next client."""
+    header_timeout = 1.0 if end == "header-timeout" else 30.0
+    server = serve(
+        loop=loop, header_timeout=header_timeout, open_file_cache=0, **big_certificate.options()
+    )
+    _small_send_buffer(server)
+    https_hello(server.port, big_certificate)
+    before = settled_fds(server)
+    client = BioClient(server.port, big_certificate, rcvbuf=4 * KiB, handshake=False)
+    try:
+        _hello_sent(client)
+        wait_for(lambda: handshake_waits[0] >= 1, DEADLINE, "the handshake waiting to write")
+        waiting = time.monotonic()
+        if end == "reset":
+            client.reset()
+        wait_for(
+            lambda: server.server.metrics.active_connections == 0,
+            latest_cut(header_timeout) if end == "header-timeout" else DEADLINE / 2,
+            "the handshake let go",
+        )
+        if end == "header-timeout":
+            assert time.monotonic() - waiting <= latest_cut(header_timeout)
+            assert server.server.metrics.errors == {"timeout": 1}
+    finally:
+        client.close()
+    assert settled_fds(server) <= before
+    https_hello(server.port, big_certificate)
+
+
+def test_a_resumed_session_serves_as_a_full_one(
+    serve: Callable[..., ServerThread], certificate: Certificate
+) -> None:
+    """A second connection resumes the first one's TLS 1.3 session (no certificate in
+    its flight): it is served the same."""
+    server = serve()
+    context = certificate.client_context()
+    with BioClient(server.port, certificate, context=context) as first:
+        first.records(request("/small.bin", CLOSE))
+        assert responses(first.read_all())[0].body == FILES["small.bin"]
+        session = first.tls.session
+    assert session is not None
+    with BioClient(server.port, certificate, context=context, session=session) as second:
+        assert second.tls.session_reused
+        second.records(request("/small.bin") + request("/mid.bin", CLOSE))
+        data = second.read_all()
+        assert second.ended == "close_notify"
+    expect(responses(data), [(200, FILES["small.bin"]), (200, FILES["mid.bin"])])
+
+
+# A seeded storm of cuts and exits -------------------------------------------------------------
+
+STORM_ASKS = [
+    (request("/small.bin"), 200, FILES["small.bin"]),
+    (request("/c.txt"), 200, FILES["c.txt"]),
+    (request("/mid.bin"), 200, FILES["mid.bin"]),
+    (request("/mid.bin", "Range: bytes=5-9"), 206, FILES["mid.bin"][5:10]),
+    (request("/empty.bin"), 200, b""),
+]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_seeded_storm_of_cut_records_and_early_exits(
+    serve: Callable[..., ServerThread], certificate: Certificate, seed: int
+) -> None:
+    """Forty connections, each a random pipeline cut into random records, sent in
+    random steps, then read whole, or left after a random number of bytes (close,
+    reset, close_notify): every whole read is exact, and afterwards the server holds
+    no descriptor, saw no internal error, and serves."""
+    rng = random.Random(seed)
+    server = serve(loop=LOOPS[seed % 2], header_timeout=2.0, open_file_cache=0)
+    https_hello(server.port, certificate)
+    before = settled_fds(server)
+    for _ in range(40):
+        asks = [rng.choice(STORM_ASKS) for _ in range(rng.randint(1, 4))]
+        asks.append((request("/hello.txt", CLOSE), 200, FILES["hello.txt"]))
+        stream = b"".join(raw for raw, _, _ in asks)
+        cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(0, 6)))
+        pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+        end = rng.choice(["read", "read", "read", "close", "reset", "close_notify"])
+        with BioClient(
+            server.port,
+            certificate,
+            rcvbuf=rng.choice([0, 4 * KiB, 64 * KiB]),
+            nodelay=rng.random() < 0.5,
+        ) as client:
+            client.records(*pieces, step=rng.choice([0, 0, 1, 7, 100]))
+            if end == "read":
+                data = client.read_all()
+                assert client.ended == "close_notify"
+                expect(responses(data), [(status, body) for _, status, body in asks])
+                continue
+            wanted = rng.randint(0, 300 * KiB)
+            while len(client.plain) < wanted and client.pull(rng.choice([1, 100, 64 * KiB])):
+                pass
+            if end == "close_notify":
+                client.close_notify()
+            elif end == "reset":
+                client.reset()
+    assert settled_fds(server) <= before
+    assert "internal" not in server.server.metrics.errors
     https_hello(server.port, certificate)

@@ -810,6 +810,7 @@ class HttpConnection:
     def _client_sent_more(self) -> bool:
         return (
             bool(self.pending) or bool(self._unparsed) or self.parser.in_head
+            or self.stream.more_input  # TLS: the rest of a record, inside OpenSSL
             or _unread_input(self.sock)
         )  # fmt: skip
 
