@@ -46,7 +46,10 @@ MUTANTS: list[Mutant] = [
         path=CONNECTION,
         old="        if self._unparsed or self.stream.more_input:\n",
         new="        if self._unparsed:\n",
-        tests=("tests/server/test_one_core.py",),
+        tests=(
+            "tests/server/test_one_core.py",
+            f"{TLS_HOSTILE}::test_hundreds_of_requests_in_one_full_record",
+        ),
     ),
     Mutant(
         name="small-file-goes-through-a-task",
