@@ -13,6 +13,7 @@ import asyncio
 import os
 import socket
 import sys
+from collections.abc import Callable
 
 import httptools
 import uvloop
@@ -58,7 +59,14 @@ class FloorConnection:
                 os.close(fd)
 
 
-async def serve(root: bytes, port: int) -> None:
+async def serve(
+    root: bytes,
+    port: int,
+    connection: Callable[[socket.socket, bytes, asyncio.AbstractEventLoop], object] = (
+        FloorConnection
+    ),
+) -> None:
+    """Accept on 127.0.0.1:`port` and hand each socket to `connection`."""
     loop = asyncio.get_running_loop()
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -74,7 +82,7 @@ async def serve(root: bytes, port: int) -> None:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            FloorConnection(sock, root, loop)
+            connection(sock, root, loop)
 
     loop.add_reader(listener.fileno(), accept)
     await asyncio.Event().wait()

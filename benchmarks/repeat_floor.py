@@ -17,12 +17,13 @@ import sys
 from email.utils import formatdate
 
 import uvloop
+from floor_server import serve
 
 
 class RepeatFloorConnection:
     __slots__ = ("sock", "fd", "loop", "root", "buffer", "view", "last", "answer")
 
-    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop, root: str) -> None:
+    def __init__(self, sock: socket.socket, root: bytes, loop: asyncio.AbstractEventLoop) -> None:
         self.sock, self.fd, self.loop, self.root = sock, sock.fileno(), loop, root
         self.buffer = bytearray(8192)
         self.view = memoryview(self.buffer)
@@ -46,7 +47,7 @@ class RepeatFloorConnection:
             return
         request = bytes(self.view[:received])
         target = request.split(b" ", 2)[1].decode()
-        with open(os.path.join(self.root, target.lstrip("/")), "rb") as file:
+        with open(os.path.join(self.root, os.fsencode(target.lstrip("/"))), "rb") as file:
             body = file.read()
         head = (
             f"HTTP/1.1 200 OK\r\nServer: floor\r\nDate: {formatdate(usegmt=True)}\r\n"
@@ -56,25 +57,5 @@ class RepeatFloorConnection:
         self.sock.send(self.answer)
 
 
-async def serve(root: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    listener = socket.create_server(("127.0.0.1", port), backlog=4096)
-    listener.setblocking(False)
-    print(f"listening on {listener.getsockname()[1]}", flush=True)
-
-    def on_accept() -> None:
-        while True:
-            try:
-                sock, _ = listener.accept()
-            except BlockingIOError:
-                return
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            RepeatFloorConnection(sock, loop, root)
-
-    loop.add_reader(listener.fileno(), on_accept)
-    await asyncio.Event().wait()
-
-
 if __name__ == "__main__":
-    uvloop.run(serve(sys.argv[1], int(sys.argv[2])))
+    uvloop.run(serve(os.fsencode(sys.argv[1]), int(sys.argv[2]), RepeatFloorConnection))

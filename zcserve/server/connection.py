@@ -409,13 +409,10 @@ class HttpConnection:
     # responding ------------------------------------------------------------------
 
     def _respond(self, request: Request, tries: int = 0, started: float = 0.0) -> None:
-        parser = self.parser
-        repeating = request is parser.repeat
+        repeating = request is self.parser.repeat
         if repeating and request is self._repeat.request:
             if self._answer_repeat(self._repeat):
-                # The parser gave its repeat for this feed: it rests after those bytes.
-                self._repeat_length = len(parser.repeat_bytes)
-                self._repeat_bytes = parser.repeat_bytes
+                self._arm_repeat()
                 return
         server = self.server
         if server.timed and not tries:
@@ -452,8 +449,13 @@ class HttpConnection:
         if reply.keep_alive and request.method == "GET" and entry is not None:
             quiet = not (self.server.timed or self.server.access_log.on)
             self._repeat = Repeat(request, entry, whole, quiet)
-            self._repeat_length = len(self.parser.repeat_bytes)
-            self._repeat_bytes = self.parser.repeat_bytes
+            self._arm_repeat()
+
+    def _arm_repeat(self) -> None:
+        """Let `_on_readable` answer the parser's repeat bytes itself: called when the
+        parser has just handed its repeat back, so it rests after those bytes."""
+        self._repeat_length = len(self.parser.repeat_bytes)
+        self._repeat_bytes = self.parser.repeat_bytes
 
     def _answer_repeat(self, repeat: Repeat) -> bool:
         """Answer a repeat of the last whole answer's request straight from its cache
@@ -469,11 +471,10 @@ class HttpConnection:
         if server.closing or entry.evicted:  # dropped: changed, squeezed out or unused
             return False
         whole = repeat.whole
-        if _monotonic() < repeat.until:
-            kept = (entry.wholes if whole else entry.heads).get(repeat.key)
-        else:
-            kept = self._recheck_repeat(repeat, request, entry)
-        if kept is None:  # changed, let go for room, or a new Date second
+        kept = (entry.wholes if whole else entry.heads).get(repeat.key)
+        if kept is None or (  # let go for room, changed, or a new Date second
+            _monotonic() >= repeat.until and not self._recheck_repeat(repeat, request, kept)
+        ):
             return False
         data = kept[1]
         file: OpenedFile | None = None
@@ -544,27 +545,23 @@ class HttpConnection:
             self._pump()
         return True
 
-    def _recheck_repeat(
-        self, repeat: Repeat, request: Request, entry: Entry
-    ) -> tuple[str, bytes] | None:
-        """The kept answer, if `entry` is still the current one for the path and the
-        answer has this second's Date; with --cache-valid, both are then trusted
-        until the first of them is due again, and the memory cache's recency is
-        kept to that step, not to the request."""
-        files = self.server.files
-        if files.current(request.path) is not entry:
-            return None
-        kept = (entry.wholes if repeat.whole else entry.heads).get(repeat.key)
-        if kept is None or kept[0] is not current_http_date():
-            return None
+    def _recheck_repeat(self, repeat: Repeat, request: Request, kept: tuple[str, bytes]) -> bool:
+        """Whether the repeat's entry is still the current one for the path and its
+        `kept` answer has this second's Date; with --cache-valid, both are then
+        trusted until the first of them is due again, and the memory cache's
+        recency is kept to that step, not to the request."""
+        files, entry = self.server.files, repeat.entry
+        if files.current(request.path) is not entry or kept[0] is not current_http_date():
+            return False
+        assert entry is not None
         if repeat.whole:
             if entry.body is None:  # let go for room since its answer was made
-                return None
+                return False
             assert files.memory is not None
             files.memory.touch(entry)
         if files.valid:
             repeat.until = min(entry.checked + files.valid, current_date_ends())
-        return kept
+        return True
 
     def _await_listing(
         self, request: Request, pending: ListingPending, tries: int, started: float
