@@ -20,7 +20,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from request_cost import REQUEST, main, zcserve_connection  # noqa: E402
+from request_cost import REQUEST, answering, main, zcserve_connection  # noqa: E402
 
 WARM_UP = 50
 
@@ -55,7 +55,7 @@ def count(client: Any, on_readable: Any, size: int, n: int) -> Counter[str]:
 async def measure(root: str, strategy: str, size: int, n: int, tls: bool = False) -> None:
     loop = asyncio.get_running_loop()
     client, connection = zcserve_connection(root, strategy, loop, tls=tls)
-    seen = count(client, connection._on_readable, size, n)
+    seen = count(client, answering(connection), size, n)
     client.close()
     connection.close()
     over = " over TLS" if tls else ""

@@ -106,10 +106,22 @@ def _handshake(
     return tls_client, stream
 
 
+def answering(connection: HttpConnection) -> Callable[[], None]:
+    """The connection's readable callback, then the end of the loop pass, where the
+    answer it made is sent (`Outbox`)."""
+    on_readable, flush = connection._on_readable, connection.server.outbox.flush
+
+    def answer() -> None:
+        on_readable()
+        flush()
+
+    return answer
+
+
 async def measure(root: str, strategy: str, size: int, n: int, tls: bool = False) -> None:
     loop = asyncio.get_running_loop()
     client, connection = zcserve_connection(root, strategy, loop, tls=tls)
-    zcserve = cost_per_request(client, connection._on_readable, size, n)
+    zcserve = cost_per_request(client, answering(connection), size, n)
     client.close()
     connection.close()
     if tls:

@@ -92,8 +92,11 @@ MUTANTS: list[Mutant] = [
     Mutant(
         name="repeat-leaves-the-keepalive-deadline-behind",
         path=CONNECTION,
-        old="                    self.deadline = self.loop.time() + self._keepalive_timeout\n",
-        new="                    pass\n",
+        old=(
+            "        self._send_repeat(held)\n"
+            "        if self.phase is _READING:\n            self._advance()\n"
+        ),
+        new="        self._send_repeat(held)\n",
         tests=(f"{REPEATS}::test_repeats_keep_a_connection_alive_until_it_idles",),
     ),
 ]

@@ -20,7 +20,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from zcserve.errors import FileShrankError, HttpError, SendStalledError, TransferError
 from zcserve.server.accesslog import AccessLog
@@ -39,6 +39,7 @@ from zcserve.server.http import (
 )
 from zcserve.server.metrics import Metrics
 from zcserve.server.multipart import MultipartBody
+from zcserve.server.outbox import Outbox
 from zcserve.server.respond import (
     LISTING_TRIES,
     ListingPending,
@@ -105,6 +106,7 @@ class ServerState(Protocol):
     plan: Planner
     """`plan_reply`, or the planner --header, --cors, --max-ranges and --precompressed
     chose at start-up (`decorate.make_planner`)."""
+    outbox: Outbox
 
     @property
     def closing(self) -> bool:
@@ -204,6 +206,11 @@ class Repeat:
 _NO_REPEAT = Repeat(None, None, False)
 
 
+HeldRepeat: TypeAlias = tuple[Repeat, bytes, "Transfer | None", "OpenedFile | None", float]
+"""A repeat's answer, ready to send: the repeat, its head (or whole answer), what
+moves the body, and when it was asked for. A plain tuple: one is made per request."""
+
+
 class HttpConnection:
     """One HTTP/1.1 connection, plain or TLS, driven by loop callbacks.
 
@@ -220,7 +227,7 @@ class HttpConnection:
         "_recv", "_send_call", "_reading", "_writing", "_head_deadline",
         "_inflight", "_response", "_chosen", "_fell_back", "_linger_ends", "_drained", "_queued",
         "_head_flags", "_header_timeout", "_keepalive_timeout", "_repeat", "_repeat_length",
-        "_repeat_bytes",
+        "_repeat_bytes", "_outbox", "_held",
     )  # fmt: skip
 
     def __init__(
@@ -279,6 +286,9 @@ class HttpConnection:
         self._repeat_bytes = b""
         """The parser's repeat bytes while `_repeat` answers them and the parser rests
         after them (see `_on_readable`); -1: no read is a repeat without the parser."""
+        self._outbox = server.outbox
+        self._held: HeldRepeat | None = None
+        """A repeat's answer, ready and waiting for the end of the loop pass."""
 
     @property
     def busy(self) -> bool:
@@ -343,11 +353,8 @@ class HttpConnection:
                 and self._answer_repeat(self._repeat)
             ):
                 # The parser would hand back its repeat for these bytes, unchanged:
-                # answered without it, its list, `pending` or `_advance`.
-                if self.phase is _READING:
-                    self.deadline = self.loop.time() + self._keepalive_timeout
-                    if self.stream.more_input:
-                        self.loop.call_soon(self._on_readable)
+                # answered without it, its list or `pending`, and held for the end
+                # of the pass (`send_held` goes on from there).
                 return
             data = self._view[:received]
         # Any other feed may leave the parser elsewhere than at rest after the repeat.
@@ -460,10 +467,11 @@ class HttpConnection:
     def _answer_repeat(self, repeat: Repeat) -> bool:
         """Answer a repeat of the last whole answer's request straight from its cache
         entry: no planning and no `InFlight`, the body moved by the strategy's own
-        `Transfer` as any body is, so every strategy gains the same. If the socket
-        takes only part, the rest goes the common way. False, having sent nothing,
-        when the entry changed, a new Date second needs a new head, the strategy
-        lacks what it needs (the common way answers that), or shutdown began."""
+        `Transfer` as any body is, so every strategy gains the same. It is sent at
+        the end of the loop pass (`Outbox`), or now when that end is under way.
+        False, having sent nothing, when the entry changed, a new Date second needs
+        a new head, the strategy lacks what it needs (the common way answers that),
+        or shutdown began."""
         server = self.server
         request, entry = repeat.request, repeat.entry
         assert request is not None and entry is not None
@@ -476,12 +484,9 @@ class HttpConnection:
             _monotonic() >= repeat.until and not self._recheck_repeat(repeat, request, kept)
         ):
             return False
-        data = kept[1]
         file: OpenedFile | None = None
         transfer: Transfer | None = None
-        flags = 0
         if not whole:
-            flags = self._head_flags
             # Taken before the head goes out, as `_commit` does.
             file = entry.lend()
             try:
@@ -495,6 +500,20 @@ class HttpConnection:
                 server.metrics.fallbacks += 1
         if server.metrics_on:
             server.metrics.repeats += 1
+        held: HeldRepeat = (repeat, kept[1], transfer, file, started)
+        if self._outbox.flushing:
+            self._send_repeat(held)
+        else:
+            self._held = held
+            self.phase = _RESPONDING
+            self._outbox.hold(self)
+        return True
+
+    def _send_repeat(self, held: HeldRepeat) -> None:
+        """Send a repeat's answer; if the socket takes only part, the rest goes the
+        common way, as an `InFlight` that `_pump` moves on and `_finish` accounts for."""
+        repeat, data, transfer, file, started = held
+        flags = 0 if file is None else self._head_flags
         stream = self.stream
         body_start = stream.bytes_sent
         sent = 0
@@ -518,9 +537,10 @@ class HttpConnection:
             if transfer is not None and file is not None:
                 transfer.close()
                 file.close()
-            return True
-        # The rest, the end, or the access log and metrics: the common way, as an
-        # `InFlight` that `_pump` moves on and `_finish` accounts for.
+            self.phase = _READING
+            return
+        request, entry = repeat.request, repeat.entry
+        assert request is not None and entry is not None
         inflight = self._response
         size = entry.size
         if file is None:
@@ -543,7 +563,18 @@ class HttpConnection:
             self._transfer_waits(transfer, progress)
         else:
             self._pump()
-        return True
+
+    def send_held(self) -> None:
+        """Send the answer held for the end of the loop pass (`Outbox`), then go on
+        to the next request."""
+        held = self._held
+        if held is None:  # a committed response (`_send`), or closed meanwhile
+            self._go_on()
+            return
+        self._held = None
+        self._send_repeat(held)
+        if self.phase is _READING:
+            self._advance()
 
     def _recheck_repeat(self, repeat: Repeat, request: Request, kept: tuple[str, bytes]) -> bool:
         """Whether the repeat's entry is still the current one for the path and its
@@ -646,19 +677,24 @@ class HttpConnection:
         self._answer_error(500, request)
 
     def _send(self, data: bytes, flags: int) -> None:
+        inflight = self._inflight
+        assert inflight is not None
+        if not inflight.last and not self._outbox.flushing:
+            # Sent with the pass's other answers. A last answer goes now: its close
+            # frees a descriptor that the next connection of the pass may need.
+            inflight.unsent = memoryview(data)
+            inflight.flags = flags
+            self._outbox.hold(self)
+            return
         try:
             sent = self._send_call(data, flags)
         except BlockingIOError:
             sent = 0
         except PEER_GONE as exc:
-            inflight = self._inflight
-            assert inflight is not None
             inflight.unsent = memoryview(data)  # none of it went: the log says so
             self._end(exc)
             return
         if sent < len(data):  # the socket is full: keep the rest for _pump
-            inflight = self._inflight
-            assert inflight is not None
             inflight.unsent = memoryview(data)[sent:]
             inflight.flags = flags
         self._pump()
@@ -929,6 +965,14 @@ class HttpConnection:
             return
         self._stop_writing()
         self._pause_reading()
+        held = self._held
+        if held is not None:  # made but not sent: what it took goes back
+            self._held = None
+            _, _, transfer, file, _ = held
+            if transfer is not None:
+                transfer.close()
+            if file is not None:
+                file.close()
         if inflight is not None:
             self._release_body(inflight)
             inflight.reply.close()

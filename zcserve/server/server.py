@@ -38,6 +38,7 @@ from zcserve.server.metrics import (
     SnapshotWriter,
     parse_address,
 )
+from zcserve.server.outbox import Outbox
 from zcserve.server.respond import ListingPending
 from zcserve.server.sockio import SocketStream, bind, url_of
 from zcserve.server.strategies import CopyOptions, ReadAllStrategy, make_strategy
@@ -142,6 +143,8 @@ class Server:
         self.metrics_on = config.metrics is not None or snapshot_dir is not None
         self.timed = self.metrics_on or self.access_log.timed
         self.repeats = not config.precompressed
+        self.outbox = Outbox()
+        """Answers made in this loop pass, sent together at its end."""
         self._connections: set[HttpConnection | TlsHandshake] = set()
         """Every open connection, a TLS handshake included: the one registry."""
         self.closing = False
