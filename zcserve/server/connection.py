@@ -214,11 +214,13 @@ moves the body, and when it was asked for. A plain tuple: one is made per reques
 class HttpConnection:
     """One HTTP/1.1 connection, plain or TLS, driven by loop callbacks.
 
-    The common case, a request whose answer fits in the socket buffer, runs inside
-    one readable callback: no task, no future, no timer object. The connection
-    waits for writability only when the socket is full, and reads nothing while a
-    response is pending (backpressure; pipelined answers stay in order). Its one
-    deadline is a number that the server's sweep checks (`check_deadline`).
+    The common case, a request whose answer fits in the socket buffer, is read and
+    answered in one readable callback and sent when that loop pass ends, with the
+    pass's other answers (`Outbox`): no task, no future, no timer object. The
+    connection waits for writability only when the socket is full, and reads
+    nothing while a response is pending (backpressure; pipelined answers stay in
+    order). Its one deadline is a number that the server's sweep checks
+    (`check_deadline`).
     """
 
     __slots__ = (
