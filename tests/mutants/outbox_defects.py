@@ -1,6 +1,7 @@
 """Defects of sending at the end of the loop pass: answers sent as soon as they are
-made, pipelined answers held a pass each, a held answer whose closed connection
-keeps its file, and one failing held answer that drops the rest of the pass."""
+made, pipelined answers held a pass each, a held answer that outlives its closed
+connection, a repeat that failed at the end of the pass left armed, and one
+failing held answer that drops the rest of the pass."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ TESTS = "tests/server/test_outbox.py"
 
 MUTANTS: list[Mutant] = [
     Mutant(
-        name="repeats-sent-as-soon-as-made",
+        name="answers-sent-as-soon-as-made",
         path=CONNECTION,
-        old="        if self._outbox.flushing:\n            self._send_repeat(held)\n",
-        new="        if True:\n            self._send_repeat(held)\n",
+        old="        self.phase = _RESPONDING\n        self._outbox.hold(self)\n",
+        new="        self.phase = _RESPONDING\n        self.send_held()\n",
         tests=(f"{TESTS}::test_the_answers_of_one_pass_go_out_together_at_its_end",),
     ),
     Mutant(
@@ -26,11 +27,21 @@ MUTANTS: list[Mutant] = [
         tests=(f"{TESTS}::test_pipelined_answers_behind_a_held_one_go_in_the_same_end_of_pass",),
     ),
     Mutant(
-        name="held-answer-keeps-its-file-after-a-close",
+        name="held-answer-outlives-its-connection",
         path=CONNECTION,
-        old="        if held is not None:  # made but not sent: what it took goes back\n",
-        new="        if False:\n",
+        old="        self._held = None  # a held answer has taken nothing yet",
+        new="        pass  # a held answer has taken nothing yet",
         tests=(f"{TESTS}::test_a_connection_closed_with_its_answer_held_gives_the_file_back",),
+    ),
+    Mutant(
+        name="failed-held-repeat-stays-armed",
+        path=CONNECTION,
+        old=(
+            "                    self._repeat_length = -1\n"
+            "                    self._respond(held.request)\n"
+        ),
+        new="                    self._respond(held.request)\n",
+        tests=("tests/server/test_repeats.py", "tests/server/test_repeats_hostile.py"),
     ),
     Mutant(
         name="one-failing-held-answer-drops-the-pass",

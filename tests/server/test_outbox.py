@@ -5,6 +5,7 @@ TLS, and what a held answer took goes back if its connection closes first."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -142,10 +143,10 @@ def _server_stream(
 
 
 async def _hold_then_close(transport: Transport, root: Path, first: bool) -> int:
-    """Have a connection make its answer to REQUEST (the first one, or a repeat
-    after three), close it before the pass ends, and return how many lends of
-    the file are still out. The test steps the connection itself, as the loop
-    would: read, end of the pass."""
+    """Have a connection hold its answer to REQUEST (the first one, or a repeat after
+    three), close it before the pass ends and give its descriptor number to another
+    socket; then end the pass. Returns how many lends of the file are still out.
+    The test steps the connection itself, as the loop would: read, end of pass."""
     loop = asyncio.get_running_loop()
     server = Server(ServerConfig(root=str(root), port=0))
     client, stream = _server_stream(transport, loop)
@@ -153,6 +154,7 @@ async def _hold_then_close(transport: Transport, root: Path, first: bool) -> int
     connection = HttpConnection(
         server, stream, lambda _: None, "127.0.0.1", deadline=loop.time() + 60
     )
+    other, other_peer = socket.socketpair()
     try:
         for _ in range(0 if first else 3):  # the third answer is kept for repeats
             client.sendall(REQUEST)
@@ -161,21 +163,28 @@ async def _hold_then_close(transport: Transport, root: Path, first: bool) -> int
             server.outbox.flush()
             assert read_answer(client).endswith(BODY)
         client.sendall(REQUEST)
-        time.sleep(0.05)  # the loop must not run: this test is the loop
+        time.sleep(0.05)
         connection._on_readable()  # the answer is made and held
         entry = server.files.entry(b"/page.bin")
-        assert entry is not None and entry.users == 1
+        assert entry is not None
+        # A planned answer holds its file; a repeat takes it only when sent.
+        assert entry.users == (1 if first else 0)
+        number = stream.fd
         connection.close()
-        server.outbox.flush()  # the end of the pass finds it closed
+        os.dup2(other.fileno(), number)  # the number now names another connection
         try:
-            after = client.recv(65536)
-        except ConnectionError:
-            after = b""
-        assert after == b"", "an answer went out after the close"
+            server.outbox.flush()  # the end of the pass finds the connection closed
+        finally:
+            os.close(number)
+        other_peer.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            got = other_peer.recv(65536)
+            raise AssertionError(f"the held answer went to another socket: {got[:40]!r}")
         return entry.users
     finally:
         client.close()
-        connection.close()
+        other.close()
+        other_peer.close()
 
 
 @pytest.mark.parametrize("first", [True, False], ids=["first-answer", "repeat"])

@@ -243,7 +243,14 @@ def test_repeats_keep_a_connection_alive_until_it_idles(
     common way, which restarts the clock by itself."""
     (tmp_path / "page.bin").write_bytes(b"k" * 4096)
     keepalive = 0.6
-    server = start_server(root=str(tmp_path), keepalive_timeout=keepalive, **transport.options())
+    # A header timeout past the test's patience: a connection that kept only the
+    # deadline of its accept would outlive the wait below.
+    server = start_server(
+        root=str(tmp_path),
+        keepalive_timeout=keepalive,
+        header_timeout=4 * DEADLINE,
+        **transport.options(),
+    )
     try:
         with connect(server.port, transport=transport) as sock:
             ends = time.monotonic() + 4 * keepalive

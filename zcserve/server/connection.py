@@ -20,7 +20,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol
 
 from zcserve.errors import FileShrankError, HttpError, SendStalledError, TransferError
 from zcserve.server.accesslog import AccessLog
@@ -206,11 +206,6 @@ class Repeat:
 _NO_REPEAT = Repeat(None, None, False)
 
 
-HeldRepeat: TypeAlias = tuple[Repeat, bytes, "Transfer | None", "OpenedFile | None", float]
-"""A repeat's answer, ready to send: the repeat, its head (or whole answer), what
-moves the body, and when it was asked for. A plain tuple: one is made per request."""
-
-
 class HttpConnection:
     """One HTTP/1.1 connection, plain or TLS, driven by loop callbacks.
 
@@ -229,7 +224,7 @@ class HttpConnection:
         "_recv", "_send_call", "_reading", "_writing", "_head_deadline",
         "_inflight", "_response", "_chosen", "_fell_back", "_linger_ends", "_drained", "_queued",
         "_head_flags", "_header_timeout", "_keepalive_timeout", "_repeat", "_repeat_length",
-        "_repeat_bytes", "_outbox", "_held",
+        "_repeat_bytes", "_outbox", "_held", "_held_at",
     )  # fmt: skip
 
     def __init__(
@@ -289,8 +284,11 @@ class HttpConnection:
         """The parser's repeat bytes while `_repeat` answers them and the parser rests
         after them (see `_on_readable`); -1: no read is a repeat without the parser."""
         self._outbox = server.outbox
-        self._held: HeldRepeat | None = None
-        """A repeat's answer, ready and waiting for the end of the loop pass."""
+        self._held: InFlight | Repeat | None = None
+        """The answer waiting for the end of the loop pass: planned (its `InFlight`,
+        also `_inflight`) or a repeat, answered then (`send_held`)."""
+        self._held_at = 0.0
+        """When a held repeat was asked for, if the server times requests."""
 
     @property
     def busy(self) -> bool:
@@ -349,14 +347,10 @@ class HttpConnection:
             if received == 0:
                 self.close()
                 return
-            if (
-                received == self._repeat_length
-                and self._buffer.startswith(self._repeat_bytes)
-                and self._answer_repeat(self._repeat)
-            ):
+            if received == self._repeat_length and self._buffer.startswith(self._repeat_bytes):
                 # The parser would hand back its repeat for these bytes, unchanged:
-                # answered without it, its list or `pending`, and held for the end
-                # of the pass (`send_held` goes on from there).
+                # answered without it, its list or `pending`, when the pass ends.
+                self._hold(self._repeat)
                 return
             data = self._view[:received]
         # Any other feed may leave the parser elsewhere than at rest after the repeat.
@@ -420,6 +414,10 @@ class HttpConnection:
     def _respond(self, request: Request, tries: int = 0, started: float = 0.0) -> None:
         repeating = request is self.parser.repeat
         if repeating and request is self._repeat.request:
+            if not self._outbox.flushing:  # answered when the pass ends
+                self._arm_repeat()
+                self._hold(self._repeat)
+                return
             if self._answer_repeat(self._repeat):
                 self._arm_repeat()
                 return
@@ -466,18 +464,18 @@ class HttpConnection:
         self._repeat_length = len(self.parser.repeat_bytes)
         self._repeat_bytes = self.parser.repeat_bytes
 
-    def _answer_repeat(self, repeat: Repeat) -> bool:
+    def _answer_repeat(self, repeat: Repeat, started: float = 0.0) -> bool:
         """Answer a repeat of the last whole answer's request straight from its cache
         entry: no planning and no `InFlight`, the body moved by the strategy's own
-        `Transfer` as any body is, so every strategy gains the same. It is sent at
-        the end of the loop pass (`Outbox`), or now when that end is under way.
-        False, having sent nothing, when the entry changed, a new Date second needs
-        a new head, the strategy lacks what it needs (the common way answers that),
-        or shutdown began."""
+        `Transfer` as any body is, so every strategy gains the same. If the socket
+        takes only part, the rest goes the common way. False, having sent nothing,
+        when the entry changed, a new Date second needs a new head, the strategy
+        lacks what it needs (the common way answers that), or shutdown began."""
         server = self.server
         request, entry = repeat.request, repeat.entry
         assert request is not None and entry is not None
-        started = time.perf_counter() if server.timed else 0.0
+        if server.timed and not started:
+            started = time.perf_counter()
         if server.closing or entry.evicted:  # dropped: changed, squeezed out or unused
             return False
         whole = repeat.whole
@@ -486,9 +484,12 @@ class HttpConnection:
             _monotonic() >= repeat.until and not self._recheck_repeat(repeat, request, kept)
         ):
             return False
+        data = kept[1]
         file: OpenedFile | None = None
         transfer: Transfer | None = None
+        flags = 0
         if not whole:
+            flags = self._head_flags
             # Taken before the head goes out, as `_commit` does.
             file = entry.lend()
             try:
@@ -502,20 +503,6 @@ class HttpConnection:
                 server.metrics.fallbacks += 1
         if server.metrics_on:
             server.metrics.repeats += 1
-        held: HeldRepeat = (repeat, kept[1], transfer, file, started)
-        if self._outbox.flushing:
-            self._send_repeat(held)
-        else:
-            self._held = held
-            self.phase = _RESPONDING
-            self._outbox.hold(self)
-        return True
-
-    def _send_repeat(self, held: HeldRepeat) -> None:
-        """Send a repeat's answer; if the socket takes only part, the rest goes the
-        common way, as an `InFlight` that `_pump` moves on and `_finish` accounts for."""
-        repeat, data, transfer, file, started = held
-        flags = 0 if file is None else self._head_flags
         stream = self.stream
         body_start = stream.bytes_sent
         sent = 0
@@ -539,10 +526,9 @@ class HttpConnection:
             if transfer is not None and file is not None:
                 transfer.close()
                 file.close()
-            self.phase = _READING
-            return
-        request, entry = repeat.request, repeat.entry
-        assert request is not None and entry is not None
+            return True
+        # The rest, the end, or the access log and metrics: the common way, as an
+        # `InFlight` that `_pump` moves on and `_finish` accounts for.
         inflight = self._response
         size = entry.size
         if file is None:
@@ -565,18 +551,31 @@ class HttpConnection:
             self._transfer_waits(transfer, progress)
         else:
             self._pump()
+        return True
 
     def send_held(self) -> None:
         """Send the answer held for the end of the loop pass (`Outbox`), then go on
-        to the next request."""
+        to the next request. What its body needs (a pipe, a buffer) is taken only
+        now, one answer at a time, so a pass's answers share the strategy's pool."""
         held = self._held
-        if held is None:  # a committed response (`_send`), or closed meanwhile
-            self._go_on()
+        if held is None:  # closed meanwhile
             return
         self._held = None
-        self._send_repeat(held)
-        if self.phase is _READING:
-            self._advance()
+        try:
+            if held.__class__ is InFlight:
+                assert isinstance(held, InFlight)
+                self._start_sending(held)
+            else:
+                assert isinstance(held, Repeat) and held.request is not None
+                self.phase = _READING
+                if not self._answer_repeat(held, self._held_at):
+                    # The common way: planned afresh, and kept again if it can be.
+                    self._repeat_length = -1
+                    self._respond(held.request)
+            if self.phase is _READING:
+                self._advance()
+        except Exception:
+            self._internal_error()
 
     def _recheck_repeat(self, repeat: Repeat, request: Request, kept: tuple[str, bytes]) -> bool:
         """Whether the repeat's entry is still the current one for the path and its
@@ -627,9 +626,26 @@ class HttpConnection:
             self._advance()
 
     def _commit(self, inflight: InFlight) -> None:
-        """Start sending `inflight`: from here on, it is the connection's answer."""
+        """Make `inflight` the connection's answer. A keep-alive answer is sent when
+        the loop pass ends (`Outbox`); a last one goes now, so that its close frees
+        a descriptor the next connection of the pass may need."""
         self._inflight = inflight
+        if not inflight.last and not self._outbox.flushing:
+            self._hold(inflight)
+            return
         self.phase = _RESPONDING
+        self._start_sending(inflight)
+
+    def _hold(self, answer: InFlight | Repeat) -> None:
+        """Send `answer` at the end of this loop pass, with the pass's other answers."""
+        self._held = answer
+        if answer.__class__ is Repeat and self.server.timed:
+            self._held_at = time.perf_counter()
+        self.phase = _RESPONDING
+        self._outbox.hold(self)
+
+    def _start_sending(self, inflight: InFlight) -> None:
+        """Take what the body needs, then send the head: from here on, bytes go."""
         reply = inflight.reply
         file = reply.file
         if file is None:
@@ -681,13 +697,6 @@ class HttpConnection:
     def _send(self, data: bytes, flags: int) -> None:
         inflight = self._inflight
         assert inflight is not None
-        if not inflight.last and not self._outbox.flushing:
-            # Sent with the pass's other answers. A last answer goes now: its close
-            # frees a descriptor that the next connection of the pass may need.
-            inflight.unsent = memoryview(data)
-            inflight.flags = flags
-            self._outbox.hold(self)
-            return
         try:
             sent = self._send_call(data, flags)
         except BlockingIOError:
@@ -967,14 +976,7 @@ class HttpConnection:
             return
         self._stop_writing()
         self._pause_reading()
-        held = self._held
-        if held is not None:  # made but not sent: what it took goes back
-            self._held = None
-            _, _, transfer, file, _ = held
-            if transfer is not None:
-                transfer.close()
-            if file is not None:
-                file.close()
+        self._held = None  # a held answer has taken nothing yet but its reply's file
         if inflight is not None:
             self._release_body(inflight)
             inflight.reply.close()
