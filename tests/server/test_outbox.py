@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import threading
 import time
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.httpclient import connect
-from tests.support.servers import start_server
+from tests.support.httpclient import connect, read_response
+from tests.support.servers import Child, start_child, start_server
 from tests.support.site import LOOPS
 from tests.support.timing import DEADLINE
 from tests.support.tls import Transport
@@ -229,3 +230,65 @@ def test_a_held_answer_that_fails_costs_only_its_own_connection() -> None:
     sent, closed = asyncio.run(run())
     assert sent == ["a", "b"]
     assert closed == [False, True, False]
+
+
+def _burst_in_one_pass(
+    child: Child, transport: Transport, target: str, clients: int
+) -> tuple[list[int], int, int]:
+    """`clients` keep-alive connections each ask for `target` once, then all ask again
+    while the server is stopped (SIGSTOP, by its PID), so that one loop pass reads
+    every request. Returns the second answers' statuses, and the server's
+    descriptors and peak memory (VmHWM, bytes) before that burst."""
+    request = f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    socks = [connect(child.port, transport=transport) for _ in range(clients)]
+    try:
+        for sock in socks:
+            sock.sendall(request)
+            read_response(sock.makefile("rb"))
+        fds, peak = child.fds(), _peak_memory(child.pid)
+        os.kill(child.pid, signal.SIGSTOP)
+        try:
+            for sock in socks:
+                sock.sendall(request)
+            time.sleep(0.3)
+        finally:
+            os.kill(child.pid, signal.SIGCONT)
+        statuses = []
+        for sock in socks:
+            response = read_response(sock.makefile("rb"))
+            statuses.append(0 if response is None else response.status)
+    finally:
+        for sock in socks:
+            sock.close()
+    return statuses, fds, peak
+
+
+def _peak_memory(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_the_answers_of_one_pass_share_what_their_bodies_need(
+    tmp_path: Path, transport: Transport, loop: str
+) -> None:
+    """What a body needs (a pipe under splice; a copy buffer under fallback, which
+    carries TLS) is taken when the held answer is sent, one answer at a time, so a
+    pass of 100 answers shares one as the answers before it did."""
+    (tmp_path / "small.bin").write_bytes(BODY)
+    (tmp_path / "big.bin").write_bytes(os.urandom(64 * 1024))
+    clients = 100
+    if transport.certificate is None:  # pipes: 2 descriptors per answer held at once
+        args, target, nofile = ("--strategy", "splice"), "/small.bin", clients + 40
+    else:  # buffers: 256 KiB per answer held at once
+        args, target, nofile = ("--strategy", "fallback"), "/big.bin", 4096
+    with start_child(
+        str(tmp_path), "--loop", loop, *args, *transport.flags(), nofile=nofile
+    ) as child:
+        statuses, fds, peak = _burst_in_one_pass(child, transport, target, clients)
+        assert statuses == [200] * clients, {s: statuses.count(s) for s in set(statuses)}
+        assert child.fds() <= fds + 4, "the burst kept a descriptor per answer"
+        grown = _peak_memory(child.pid) - peak
+        assert grown < 8 * 1024 * 1024, f"the burst's peak memory grew {grown >> 20} MiB"
