@@ -1,7 +1,7 @@
 """Defects of sending at the end of the loop pass: answers sent as soon as they are
-made, pipelined answers held a pass each, a held answer that outlives its closed
-connection, a repeat that failed at the end of the pass left armed, and one
-failing held answer that drops the rest of the pass."""
+made, pipelined answers held a pass each, a held answer that keeps its file after
+its connection closed, a repeat that failed at the end of the pass left
+armed, and one failing held answer that drops the rest of the pass."""
 
 from __future__ import annotations
 
@@ -27,21 +27,18 @@ MUTANTS: list[Mutant] = [
         tests=(f"{TESTS}::test_pipelined_answers_behind_a_held_one_go_in_the_same_end_of_pass",),
     ),
     Mutant(
-        name="held-answer-outlives-its-connection",
+        name="held-repeat-keeps-its-file-after-a-close",
         path=CONNECTION,
-        old="        self._held = None  # a held answer has taken nothing yet",
-        new="        pass  # a held answer has taken nothing yet",
+        old="            held[2].close()  # the repeat's lent file",
+        new="            pass  # the repeat's lent file",
         tests=(f"{TESTS}::test_a_connection_closed_with_its_answer_held_gives_the_file_back",),
     ),
     Mutant(
         name="failed-held-repeat-stays-armed",
         path=CONNECTION,
-        old=(
-            "                    self._repeat_length = -1\n"
-            "                    self._respond(held.request)\n"
-        ),
-        new="                    self._respond(held.request)\n",
-        tests=("tests/server/test_repeats.py", "tests/server/test_repeats_hostile.py"),
+        old="                self._repeat, self._repeat_length = _NO_REPEAT, -1\n",
+        new="                self._repeat = _NO_REPEAT\n",
+        tests=(f"{TESTS}::test_a_held_repeat_whose_strategy_fails_is_answered_the_common_way",),
     ),
     Mutant(
         name="one-failing-held-answer-drops-the-pass",

@@ -168,8 +168,7 @@ async def _hold_then_close(transport: Transport, root: Path, first: bool) -> int
         connection._on_readable()  # the answer is made and held
         entry = server.files.entry(b"/page.bin")
         assert entry is not None
-        # A planned answer holds its file; a repeat takes it only when sent.
-        assert entry.users == (1 if first else 0)
+        assert entry.users == 1  # lent to the held answer, planned or a repeat
         number = stream.fd
         connection.close()
         os.dup2(other.fileno(), number)  # the number now names another connection
@@ -292,3 +291,50 @@ def test_the_answers_of_one_pass_share_what_their_bodies_need(
         assert child.fds() <= fds + 4, "the burst kept a descriptor per answer"
         grown = _peak_memory(child.pid) - peak
         assert grown < 8 * 1024 * 1024, f"the burst's peak memory grew {grown >> 20} MiB"
+
+
+async def _repeat_shrunk_while_held(root: Path) -> tuple[bytes, bytes]:
+    """Under mmap, hold a repeat, empty its file before the pass ends (the mapping
+    then cannot be made), end the pass, then ask again. The two answers."""
+    loop = asyncio.get_running_loop()
+    server = Server(ServerConfig(root=str(root), port=0, strategy="mmap"))
+    client, stream = _server_stream(Transport("plain", None), loop)
+    client.settimeout(DEADLINE)
+    connection = HttpConnection(
+        server, stream, lambda _: None, "127.0.0.1", deadline=loop.time() + 60
+    )
+
+    def answer() -> bytes:
+        client.sendall(REQUEST)
+        time.sleep(0.05)  # the loop must not run: this test is the loop
+        connection._on_readable()
+        server.outbox.flush()
+        time.sleep(0.05)
+        return client.recv(65536)
+
+    try:
+        for _ in range(3):  # the third answer is kept for repeats
+            client.sendall(REQUEST)
+            time.sleep(0.05)
+            connection._on_readable()
+            server.outbox.flush()
+            assert read_answer(client).endswith(BODY)
+        client.sendall(REQUEST)
+        time.sleep(0.05)
+        connection._on_readable()  # held, its file lent
+        (root / "page.bin").write_bytes(b"")
+        server.outbox.flush()
+        time.sleep(0.05)
+        shrunk = client.recv(65536)
+        return shrunk, answer()
+    finally:
+        client.close()
+        connection.close()
+
+
+def test_a_held_repeat_whose_strategy_fails_is_answered_the_common_way(tmp_path: Path) -> None:
+    """Plain TCP only: mmap, whose mapping fails on an emptied file, carries no TLS."""
+    (tmp_path / "page.bin").write_bytes(BODY)
+    shrunk, after = asyncio.run(_repeat_shrunk_while_held(tmp_path))
+    assert shrunk.startswith(b"HTTP/1.1 200 ") and b"\r\nContent-Length: 0\r\n" in shrunk
+    assert after.startswith(b"HTTP/1.1 200 ") and b"\r\nContent-Length: 0\r\n" in after

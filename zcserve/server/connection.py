@@ -20,7 +20,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from zcserve.errors import FileShrankError, HttpError, SendStalledError, TransferError
 from zcserve.server.accesslog import AccessLog
@@ -205,6 +205,11 @@ class Repeat:
 
 _NO_REPEAT = Repeat(None, None, False)
 
+HeldRepeat: TypeAlias = tuple[Repeat, bytes, "OpenedFile | None", float]
+"""A repeat's answer waiting for the end of the loop pass: the repeat, its head (or
+whole answer), its lent file, and when it was asked for. A plain tuple: one is made
+per request."""
+
 
 class HttpConnection:
     """One HTTP/1.1 connection, plain or TLS, driven by loop callbacks.
@@ -224,7 +229,7 @@ class HttpConnection:
         "_recv", "_send_call", "_reading", "_writing", "_head_deadline",
         "_inflight", "_response", "_chosen", "_fell_back", "_linger_ends", "_drained", "_queued",
         "_head_flags", "_header_timeout", "_keepalive_timeout", "_repeat", "_repeat_length",
-        "_repeat_bytes", "_outbox", "_held", "_held_at",
+        "_repeat_bytes", "_outbox", "_held",
     )  # fmt: skip
 
     def __init__(
@@ -284,11 +289,9 @@ class HttpConnection:
         """The parser's repeat bytes while `_repeat` answers them and the parser rests
         after them (see `_on_readable`); -1: no read is a repeat without the parser."""
         self._outbox = server.outbox
-        self._held: InFlight | Repeat | None = None
-        """The answer waiting for the end of the loop pass: planned (its `InFlight`,
-        also `_inflight`) or a repeat, answered then (`send_held`)."""
-        self._held_at = 0.0
-        """When a held repeat was asked for, if the server times requests."""
+        self._held: InFlight | HeldRepeat | None = None
+        """The answer waiting for the end of the loop pass (`send_held`): planned (its
+        `InFlight`, also `_inflight`), or a repeat's."""
 
     @property
     def busy(self) -> bool:
@@ -347,10 +350,13 @@ class HttpConnection:
             if received == 0:
                 self.close()
                 return
-            if received == self._repeat_length and self._buffer.startswith(self._repeat_bytes):
+            if (
+                received == self._repeat_length
+                and self._buffer.startswith(self._repeat_bytes)
+                and self._answer_repeat(self._repeat)
+            ):
                 # The parser would hand back its repeat for these bytes, unchanged:
                 # answered without it, its list or `pending`, when the pass ends.
-                self._hold(self._repeat)
                 return
             data = self._view[:received]
         # Any other feed may leave the parser elsewhere than at rest after the repeat.
@@ -414,10 +420,6 @@ class HttpConnection:
     def _respond(self, request: Request, tries: int = 0, started: float = 0.0) -> None:
         repeating = request is self.parser.repeat
         if repeating and request is self._repeat.request:
-            if not self._outbox.flushing:  # answered when the pass ends
-                self._arm_repeat()
-                self._hold(self._repeat)
-                return
             if self._answer_repeat(self._repeat):
                 self._arm_repeat()
                 return
@@ -464,36 +466,45 @@ class HttpConnection:
         self._repeat_length = len(self.parser.repeat_bytes)
         self._repeat_bytes = self.parser.repeat_bytes
 
-    def _answer_repeat(self, repeat: Repeat, started: float = 0.0) -> bool:
+    def _answer_repeat(self, repeat: Repeat) -> bool:
         """Answer a repeat of the last whole answer's request straight from its cache
         entry: no planning and no `InFlight`, the body moved by the strategy's own
-        `Transfer` as any body is, so every strategy gains the same. If the socket
-        takes only part, the rest goes the common way. False, having sent nothing,
-        when the entry changed, a new Date second needs a new head, the strategy
-        lacks what it needs (the common way answers that), or shutdown began."""
+        `Transfer` as any body is, so every strategy gains the same. Checked, and its
+        file lent, now; sent when the loop pass ends (`Outbox`), or now while that
+        end is under way. False, having taken nothing, when the entry changed, a new
+        Date second needs a new head, or shutdown began: the common way answers."""
         server = self.server
         request, entry = repeat.request, repeat.entry
         assert request is not None and entry is not None
-        if server.timed and not started:
-            started = time.perf_counter()
+        started = time.perf_counter() if server.timed else 0.0
         if server.closing or entry.evicted:  # dropped: changed, squeezed out or unused
             return False
-        whole = repeat.whole
-        kept = (entry.wholes if whole else entry.heads).get(repeat.key)
+        kept = (entry.wholes if repeat.whole else entry.heads).get(repeat.key)
         if kept is None or (  # let go for room, changed, or a new Date second
             _monotonic() >= repeat.until and not self._recheck_repeat(repeat, request, kept)
         ):
             return False
-        data = kept[1]
-        file: OpenedFile | None = None
+        # Lent now, so that the cache keeps the descriptor open while the answer waits.
+        held: HeldRepeat = (repeat, kept[1], None if repeat.whole else entry.lend(), started)
+        if self._outbox.flushing:
+            return self._send_repeat(held)
+        self._hold(held)
+        return True
+
+    def _send_repeat(self, held: HeldRepeat) -> bool:
+        """Send a repeat's answer; if the socket takes only part, the rest goes the
+        common way, as an `InFlight` that `_pump` moves on and `_finish` accounts for.
+        False, having sent nothing and given the file back, when the strategy lacks
+        what it needs (the common way answers that)."""
+        repeat, data, file, started = held
+        server = self.server
         transfer: Transfer | None = None
         flags = 0
-        if not whole:
+        if file is not None:
             flags = self._head_flags
-            # Taken before the head goes out, as `_commit` does.
-            file = entry.lend()
+            # Taken before the head goes out, as `_start_sending` does.
             try:
-                transfer = self._chosen.start(self.stream, file, 0, entry.size)
+                transfer = self._chosen.start(self.stream, file, 0, file.size)
             except Exception:
                 transfer = None
             if transfer is None:
@@ -526,9 +537,10 @@ class HttpConnection:
             if transfer is not None and file is not None:
                 transfer.close()
                 file.close()
+            self.phase = _READING
             return True
-        # The rest, the end, or the access log and metrics: the common way, as an
-        # `InFlight` that `_pump` moves on and `_finish` accounts for.
+        request, entry = repeat.request, repeat.entry
+        assert request is not None and entry is not None
         inflight = self._response
         size = entry.size
         if file is None:
@@ -562,16 +574,16 @@ class HttpConnection:
             return
         self._held = None
         try:
-            if held.__class__ is InFlight:
-                assert isinstance(held, InFlight)
+            if isinstance(held, InFlight):
                 self._start_sending(held)
-            else:
-                assert isinstance(held, Repeat) and held.request is not None
+            elif not self._send_repeat(held):
+                # The common way, planned afresh (a 503 if the strategy still lacks
+                # what it needs), and kept again as a repeat if it can be.
+                request = held[0].request
+                assert request is not None
+                self._repeat, self._repeat_length = _NO_REPEAT, -1
                 self.phase = _READING
-                if not self._answer_repeat(held, self._held_at):
-                    # The common way: planned afresh, and kept again if it can be.
-                    self._repeat_length = -1
-                    self._respond(held.request)
+                self._respond(request)
             if self.phase is _READING:
                 self._advance()
         except Exception:
@@ -636,11 +648,9 @@ class HttpConnection:
         self.phase = _RESPONDING
         self._start_sending(inflight)
 
-    def _hold(self, answer: InFlight | Repeat) -> None:
+    def _hold(self, answer: InFlight | HeldRepeat) -> None:
         """Send `answer` at the end of this loop pass, with the pass's other answers."""
         self._held = answer
-        if answer.__class__ is Repeat and self.server.timed:
-            self._held_at = time.perf_counter()
         self.phase = _RESPONDING
         self._outbox.hold(self)
 
@@ -976,7 +986,9 @@ class HttpConnection:
             return
         self._stop_writing()
         self._pause_reading()
-        self._held = None  # a held answer has taken nothing yet but its reply's file
+        held, self._held = self._held, None  # a held answer is never sent now
+        if isinstance(held, tuple) and held[2] is not None:
+            held[2].close()  # the repeat's lent file (an `InFlight`'s goes below)
         if inflight is not None:
             self._release_body(inflight)
             inflight.reply.close()
