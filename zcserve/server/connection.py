@@ -705,17 +705,19 @@ class HttpConnection:
         self._answer_error(500, request)
 
     def _send(self, data: bytes, flags: int) -> None:
-        inflight = self._inflight
-        assert inflight is not None
         try:
             sent = self._send_call(data, flags)
         except BlockingIOError:
             sent = 0
         except PEER_GONE as exc:
+            inflight = self._inflight
+            assert inflight is not None
             inflight.unsent = memoryview(data)  # none of it went: the log says so
             self._end(exc)
             return
         if sent < len(data):  # the socket is full: keep the rest for _pump
+            inflight = self._inflight
+            assert inflight is not None
             inflight.unsent = memoryview(data)[sent:]
             inflight.flags = flags
         self._pump()
